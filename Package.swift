@@ -1,0 +1,97 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let package = Package(
+    name: "switchboard",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "switchboard", targets: ["switchboard"]),
+        .library(name: "RedisClient", targets: ["RedisClient"]),
+        .library(name: "Coordinator", targets: ["Coordinator"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+    ],
+    targets: [
+        // The Redis protocol (reply reader, command formatter) comes from Debian's libhiredis-dev.
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "RedisClient",
+            dependencies: [
+                "CHiredis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Lua/*.lua, embedded as Swift string constants at build time (no resource paths at run time).
+        .target(
+            name: "LuaScripts",
+            path: "Lua",
+            plugins: ["EmbedLua"]
+        ),
+        .executableTarget(name: "LuaEmbedder"),
+        .plugin(name: "EmbedLua", capability: .buildTool(), dependencies: ["LuaEmbedder"]),
+        .target(
+            name: "Coordinator",
+            dependencies: [
+                "RedisClient",
+                "LuaScripts",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "HTTPServer",
+            dependencies: [
+                "Coordinator",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ]
+        ),
+        // Starts a private redis-server child: the embedded default and the test harness.
+        .target(
+            name: "RedisServer",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        // A client of the public HTTP API (POSTs and SSE streams): tests and the load tool.
+        .target(
+            name: "SignalingClient",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "switchboard",
+            dependencies: [
+                "HTTPServer",
+                "RedisServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "RedisClientTests",
+            dependencies: ["RedisClient", "RedisServer"]
+        ),
+        .testTarget(
+            name: "LuaScriptTests",
+            dependencies: ["Coordinator", "RedisClient", "RedisServer", "LuaScripts"]
+        ),
+        .testTarget(
+            name: "NodeTests",
+            dependencies: ["HTTPServer", "RedisServer", "SignalingClient"]
+        ),
+    ]
+)

@@ -1,0 +1,209 @@
+import Foundation
+import LuaScripts
+import Logging
+import NIOCore
+import RedisClient
+import ServiceLifecycle
+import Synchronization
+
+/// Signaling on one node, with no HTTP in it: opens and closes peers' streams, joins, leaves
+/// and relays through the Lua scripts, and routes what arrives on the node's one subscriber
+/// connection to the streams it holds.
+public final class Coordinator: Service, Sendable {
+    public let nodeID: String
+    public let keys: KeySpace
+    public let redis: RedisClient
+    public let subscriber: RedisSubscriber
+    public let scripts: ScriptRegistry
+    private let streamBufferLimit: Int
+    private let logger: Logger
+    /// The streams this node holds, by peer. Normally one per peer; two while a newer stream
+    /// waits for Redis to confirm it replaces the older.
+    private let streams = Mutex<[PeerID: [PeerStream]]>([:])
+
+    public init(
+        redis: RedisClient,
+        subscriber: RedisSubscriber,
+        keys: KeySpace,
+        nodeID: String,
+        streamBufferLimit: Int = 1024,
+        logger: Logger = Logger(label: "switchboard.coordinator")
+    ) {
+        self.redis = redis
+        self.subscriber = subscriber
+        self.keys = keys
+        self.nodeID = nodeID
+        self.scripts = ScriptRegistry(redis: redis)
+        self.streamBufferLimit = streamBufferLimit
+        self.logger = logger
+    }
+
+    // MARK: Running
+
+    /// Keeps the subscriber connected and routes its messages until cancelled or shut down.
+    public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.subscriber.run() }
+            group.addTask {
+                do { try await self.scripts.loadAll() } catch {
+                    self.logger.warning("scripts not loaded yet; they load on first use", metadata: ["error": "\(error)"])
+                }
+            }
+            await cancelWhenGracefulShutdown { await self.routeMessages() }
+            group.cancelAll()
+        }
+    }
+
+    private func routeMessages() async {
+        let prefixLength = keys.channelPrefix.utf8.count
+        for await message in subscriber.messages {
+            guard let peer = PeerID(Substring(message.channel.utf8.dropFirst(prefixLength))) else { continue }
+            route(message.payload, to: peer)
+        }
+    }
+
+    /// Payloads are `<event>\n<JSON>`, or `!session\n<id>` marking where a new stream begins.
+    private func route(_ payload: ByteBuffer, to peer: PeerID) {
+        guard let newline = payload.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return }
+        let nameLength = newline - payload.readerIndex
+        let name = payload.getString(at: payload.readerIndex, length: nameLength) ?? ""
+        let body = payload.getSlice(at: newline + 1, length: payload.readableBytes - nameLength - 1)!
+        let local = streams.withLock { $0[peer] ?? [] }
+        if name == "!session" {
+            let session = String(buffer: body)
+            for stream in local {
+                if stream.session == session { stream.confirm() } else { stream.end(.replaced) }
+            }
+        } else {
+            let event = StreamEvent(name: name, data: body)
+            for stream in local { stream.deliver(event) }
+        }
+    }
+
+    // MARK: Streams
+
+    /// Opens a stream for `user` on this node. When this returns, Redis routes the peer's
+    /// events here and any older stream of the same peer (on any node) is being closed.
+    public func openStream(for user: PeerUser) async throws -> PeerStream {
+        let stream = PeerStream(user: user, session: UUID().uuidString, bufferLimit: streamBufferLimit)
+        streams.withLock { $0[user.id, default: []].append(stream) }
+        do {
+            try await subscriber.subscribe(keys.channel(user.id))
+        } catch {
+            forget(stream)
+            throw error
+        }
+        do {
+            try await scripts.run(
+                .connect, keys: [keys.peer(user.id)],
+                arguments: [stream.session, nodeID, user.json, keys.channel(user.id)])
+        } catch {
+            forget(stream)
+            subscriber.unsubscribe(keys.channel(user.id))
+            throw error
+        }
+        return stream
+    }
+
+    /// Closes a stream and, unless a newer stream replaced it, takes the peer out of every room
+    /// with `remove-peer` to the remaining members.
+    public func closeStream(_ stream: PeerStream) async {
+        stream.end(.closed)
+        forget(stream)
+        subscriber.unsubscribe(keys.channel(stream.user.id))
+        let peer = stream.user.id
+        do {
+            let rooms = try await scripts.run(
+                .disconnect, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [stream.session])
+            for room in rooms.array ?? [] {
+                guard let room = room.string.flatMap(RoomID.init) else { continue }
+                try await leaveRoom(room, peer: peer, tellLeaver: false)
+            }
+        } catch {
+            logger.error("disconnect clean-up failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    private func forget(_ stream: PeerStream) {
+        streams.withLock { streams in
+            streams[stream.user.id]?.removeAll { $0 === stream }
+            if streams[stream.user.id]?.isEmpty == true { streams[stream.user.id] = nil }
+        }
+    }
+
+    /// The number of streams open on this node.
+    public var openStreamCount: Int { streams.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+
+    // MARK: Rooms
+
+    public enum JoinOutcome: Sendable, Equatable {
+        /// Joined; introduced to this many members.
+        case joined(members: Int)
+        case alreadyMember
+    }
+
+    /// The peer has no open stream, so it cannot be told who else is in the room.
+    public struct NoOpenStream: Error, Sendable {}
+
+    /// Adds the peer to the room: it gets `add-peer` (offer: true) for every member and every
+    /// member gets `add-peer` (offer: false) for it.
+    public func join(_ user: PeerUser, room: RoomID) async throws -> JoinOutcome {
+        let peer = user.id
+        guard try await redis.send(["EXISTS", keys.peer(peer)]).int == 1 else { throw NoOpenStream() }
+        let members = try await scripts.run(
+            .join, keys: [keys.roomMembers(room)],
+            arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix]
+        ).int ?? -1
+        // The join is recorded on the peer's keys only while it still has a stream; if the
+        // stream ended meanwhile, undo the join so no ghost stays behind.
+        let recorded = try await scripts.run(
+            .rememberRoom, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [room.rawValue]
+        ).int == 1
+        guard recorded else {
+            try await leaveRoom(room, peer: peer, tellLeaver: false)
+            throw NoOpenStream()
+        }
+        return members < 0 ? .alreadyMember : .joined(members: members)
+    }
+
+    /// Takes the peer out of the room: every remaining member gets `remove-peer` for it, and
+    /// it gets `remove-peer` for each of them. Returns false if it was not a member.
+    @discardableResult
+    public func leave(_ user: PeerUser, room: RoomID) async throws -> Bool {
+        try await leaveRoom(room, peer: user.id, tellLeaver: true)
+    }
+
+    @discardableResult
+    private func leaveRoom(_ room: RoomID, peer: PeerID, tellLeaver: Bool) async throws -> Bool {
+        let told = try await scripts.run(
+            .leave, keys: [keys.roomMembers(room)],
+            arguments: [room.rawValue, peer.rawValue, keys.channelPrefix, tellLeaver ? "1" : "0"]
+        ).int ?? -1
+        try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue])
+        return told >= 0
+    }
+
+    // MARK: Relays
+
+    public enum RelayOutcome: Sendable, Equatable {
+        case delivered
+        /// The peer has no open stream (never connected, or gone).
+        case noSuchPeer
+        /// Redis knows the peer, but no node took the message: its node is gone.
+        case peerUnreachable
+    }
+
+    /// Sends `event` with `{"peer": sender, "data": body}` to the peer's stream. `body` must be
+    /// compact JSON text (no newline).
+    public func relay(from sender: PeerUser, to target: PeerID, event: EventName, body: String) async throws -> RelayOutcome {
+        let payload = "\(event.rawValue)\n{\"peer\":\(sender.json),\"data\":\(body)}"
+        let receivers = try await scripts.run(
+            .relay, keys: [keys.peer(target)], arguments: [keys.channel(target), payload]
+        ).int ?? -1
+        switch receivers {
+        case ..<0: return .noSuchPeer
+        case 0: return .peerUnreachable
+        default: return .delivered
+        }
+    }
+}

@@ -1,0 +1,32 @@
+/// Names of every Redis key and channel Switchboard uses. Room keys carry the room id as a
+/// hash tag and peer keys the peer id, so all keys of one script call share a cluster slot.
+public struct KeySpace: Sendable {
+    /// Put before every key and channel name, `sb:` by default.
+    public let prefix: String
+
+    public struct InvalidPrefix: Error, CustomStringConvertible {
+        public let prefix: String
+        public var description: String {
+            "invalid key prefix '\(prefix)': use up to 32 characters of A-Z a-z 0-9 - _ . : (no braces, no spaces)"
+        }
+    }
+
+    public init(prefix: String = "sb:") throws {
+        let allowed = prefix.utf8.allSatisfy { byte in
+            byte == UInt8(ascii: ":") || IdentifierRules.isValid(String(decoding: [byte], as: UTF8.self))
+        }
+        guard prefix.utf8.count <= 32, allowed else { throw InvalidPrefix(prefix: prefix) }
+        self.prefix = prefix
+    }
+
+    /// Hash: the peer's current stream (`session`, `node`, `user`).
+    public func peer(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}" }
+    /// Set: the rooms the peer is in.
+    public func peerRooms(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:rooms" }
+    /// Hash: member peer id → member's user JSON.
+    public func roomMembers(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:members" }
+
+    /// Pub/sub: a peer's channel is this followed by its id; only the node holding its stream listens.
+    public var channelPrefix: String { "\(prefix)to:" }
+    public func channel(_ id: PeerID) -> String { channelPrefix + id.rawValue }
+}

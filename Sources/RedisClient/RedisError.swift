@@ -1,0 +1,37 @@
+/// An error reply sent by the server (`-ERR ...`, `-NOSCRIPT ...`): the command reached Redis
+/// and Redis refused it. The connection is still good.
+public struct RedisServerError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The whole error line, e.g. `NOSCRIPT No matching script. Please use EVAL.`
+    public let message: String
+
+    public init(_ message: String) { self.message = message }
+
+    /// The first word of the message, by Redis convention the error kind: `ERR`, `NOSCRIPT`, `WRONGTYPE`…
+    public var code: Substring { message.prefix { $0 != " " } }
+
+    public var description: String { "Redis error: \(message)" }
+}
+
+/// The command may not have reached Redis, or its reply was lost: the connection is gone or unusable.
+public enum RedisConnectionError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Could not open the connection (refused, unreachable, timed out, AUTH/SELECT refused).
+    case connectFailed(String)
+    /// The connection closed before the reply arrived.
+    case connectionClosed
+    /// The last attempt failed recently; the client will try again after its back-off.
+    case unavailable(retryAfterMilliseconds: Int)
+    /// The server's bytes are not valid RESP; the connection was closed.
+    case protocolError(String)
+    /// No reply within the command time-out; the connection was closed.
+    case timeout
+
+    public var description: String {
+        switch self {
+        case .connectFailed(let why): "cannot connect to Redis: \(why)"
+        case .connectionClosed: "Redis connection closed"
+        case .unavailable(let ms): "Redis unavailable (next attempt in \(ms) ms)"
+        case .protocolError(let why): "Redis protocol error: \(why)"
+        case .timeout: "Redis command timed out"
+        }
+    }
+}

@@ -1,0 +1,172 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A message received on a subscribed channel.
+public struct PubSubMessage: Sendable {
+    public var channel: String
+    public var payload: ByteBuffer
+}
+
+/// One pub/sub connection shared by everything on a node. Channels are reference-counted:
+/// the first `subscribe` of a channel sends SUBSCRIBE and waits for Redis to confirm it, the
+/// last `unsubscribe` sends UNSUBSCRIBE. `run()` keeps the connection up, and after a reconnect
+/// subscribes to every channel still wanted. Messages arrive on `messages`.
+public final class RedisSubscriber: Sendable {
+    public let endpoint: RedisEndpoint
+    /// Every message on every subscribed channel, in the order Redis sent them.
+    public let messages: AsyncStream<PubSubMessage>
+    private let messageSink: AsyncStream<PubSubMessage>.Continuation
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    private struct Channel {
+        var count = 0
+        var confirmed = false
+        var waiters: [CheckedContinuation<Void, Error>] = []
+    }
+
+    private struct State {
+        var connection: RedisConnection?
+        var channels: [String: Channel] = [:]
+        var connectedWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    public init(endpoint: RedisEndpoint, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "redis.subscriber")) {
+        self.endpoint = endpoint
+        self.group = group
+        self.logger = logger
+        (messages, messageSink) = AsyncStream.makeStream(of: PubSubMessage.self)
+    }
+
+    public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
+
+    /// Subscribes to `channel` (or adds a reference to it) and returns once Redis has confirmed
+    /// the subscription, so every message published after this returns is delivered. Throws
+    /// `RedisConnectionError` while Redis is unreachable.
+    public func subscribe(_ channel: String) async throws {
+        enum Outcome { case unavailable, subscribed, waiting }
+        try await withCheckedThrowingContinuation { (waiter: CheckedContinuation<Void, Error>) in
+            let outcome: Outcome = state.withLock { state in
+                guard let connection = state.connection, connection.isActive else { return .unavailable }
+                var entry = state.channels[channel, default: Channel()]
+                entry.count += 1
+                defer { state.channels[channel] = entry }
+                if entry.confirmed { return .subscribed }
+                entry.waiters.append(waiter)
+                if entry.count == 1 { connection.sendWithoutReply(["SUBSCRIBE", channel]) }
+                return .waiting
+            }
+            switch outcome {
+            case .unavailable: waiter.resume(throwing: RedisConnectionError.unavailable(retryAfterMilliseconds: 1000))
+            case .subscribed: waiter.resume()
+            case .waiting: break
+            }
+        }
+    }
+
+    /// Drops one reference to `channel`; the last one unsubscribes.
+    public func unsubscribe(_ channel: String) {
+        state.withLock { state in
+            guard var entry = state.channels[channel] else { return }
+            entry.count -= 1
+            if entry.count > 0 {
+                state.channels[channel] = entry
+                return
+            }
+            state.channels[channel] = nil
+            state.connection?.sendWithoutReply(["UNSUBSCRIBE", channel])
+        }
+    }
+
+    /// Keeps the connection up until the task is cancelled.
+    public func run() async {
+        var backoff = Backoff()
+        while !Task.isCancelled {
+            do {
+                let connection = try await RedisConnection.connect(
+                    to: endpoint, on: group, connectTimeout: .seconds(2), commandTimeout: .seconds(5),
+                    onPush: { [weak self] reply in self?.receive(reply) })
+                backoff.reset()
+                resubscribe(on: connection)
+                logger.debug("subscriber connected", metadata: ["redis": "\(endpoint)"])
+                await withTaskCancellationHandler {
+                    try? await connection.closeFuture.get()
+                } onCancel: {
+                    connection.channel.close(promise: nil)
+                }
+                connectionLost()
+                if !Task.isCancelled { logger.warning("subscriber connection lost", metadata: ["redis": "\(endpoint)"]) }
+            } catch {
+                logger.warning("subscriber cannot connect", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
+            }
+            try? await Task.sleep(for: .nanoseconds(backoff.next().nanoseconds))
+        }
+        messageSink.finish()
+    }
+
+    /// Waits until the subscriber has a live connection (or the task is cancelled).
+    public func waitUntilConnected() async {
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state in
+                if state.connection?.isActive ?? false { return true }
+                state.connectedWaiters.append(waiter)
+                return false
+            }
+            if ready { waiter.resume() }
+        }
+    }
+
+    private func resubscribe(on connection: RedisConnection) {
+        let waiters = state.withLock { state in
+            state.connection = connection
+            for (name, var entry) in state.channels {
+                entry.confirmed = false
+                state.channels[name] = entry
+                connection.sendWithoutReply(["SUBSCRIBE", name])
+            }
+            defer { state.connectedWaiters = [] }
+            return state.connectedWaiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    private func connectionLost() {
+        let waiters = state.withLock { state in
+            state.connection = nil
+            var waiters: [CheckedContinuation<Void, Error>] = []
+            for (name, var entry) in state.channels {
+                // A failed subscribe holds no reference: its caller was told it failed.
+                waiters += entry.waiters
+                entry.count -= entry.waiters.count
+                entry.waiters = []
+                entry.confirmed = false
+                state.channels[name] = entry.count > 0 ? entry : nil
+            }
+            return waiters
+        }
+        waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
+    }
+
+    private func receive(_ reply: RESPValue) {
+        guard case .array(let parts) = reply, let kind = parts.first?.string else { return }
+        switch kind {
+        case "message":
+            guard parts.count == 3, let channel = parts[1].string, case .bulkString(let payload) = parts[2] else { return }
+            messageSink.yield(PubSubMessage(channel: channel, payload: payload))
+        case "subscribe":
+            guard parts.count == 3, let channel = parts[1].string else { return }
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Error>] in
+                guard var entry = state.channels[channel] else { return [] }
+                entry.confirmed = true
+                defer { entry.waiters = []; state.channels[channel] = entry }
+                return entry.waiters
+            }
+            waiters.forEach { $0.resume() }
+        default:
+            break  // unsubscribe confirmations, pongs
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import Logging
+
+/// A private `redis-server` child process in its own temporary directory, listening on a
+/// unix socket (and, if asked, a loopback TCP port), with persistence off. Used as the
+/// embedded default of `switchboard serve` and by the tests.
+public final class RedisServerProcess: @unchecked Sendable {
+    /// The server's own directory: socket, log, nothing else. Removed by `stop()`.
+    public let directory: URL
+    public let socketPath: String
+    public let tcpPort: Int?
+    private let executable: String
+    private let lock = NSLock()
+    private var process: Process?
+
+    public struct NotFound: Error, CustomStringConvertible {
+        public var description: String {
+            "redis-server not found on PATH: install it (apt-get install -y redis-server) or give a Redis URL (--redis)"
+        }
+    }
+
+    public struct FailedToStart: Error, CustomStringConvertible {
+        public let log: String
+        public var description: String { "redis-server did not start:\n\(log)" }
+    }
+
+    /// Starts a redis-server and returns once it accepts connections.
+    public static func start(tcpPort: Int? = nil) async throws -> RedisServerProcess {
+        guard let executable = findExecutable("redis-server") else { throw NotFound() }
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("switchboard-redis-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let server = RedisServerProcess(executable: executable, directory: directory, tcpPort: tcpPort)
+        try await server.launch()
+        return server
+    }
+
+    private init(executable: String, directory: URL, tcpPort: Int?) {
+        self.executable = executable
+        self.directory = directory
+        // Unix socket paths are limited to ~107 bytes; the temp dir keeps this short.
+        self.socketPath = directory.appendingPathComponent("redis.sock").path
+        self.tcpPort = tcpPort
+    }
+
+    /// `unix:///…/redis.sock`, for `RedisEndpoint(url:)` and `--redis`.
+    public var url: String { "unix://\(socketPath)" }
+
+    public var isRunning: Bool { lock.withLock { process?.isRunning ?? false } }
+
+    private var logPath: String { directory.appendingPathComponent("redis.log").path }
+
+    private func launch() async throws {
+        try? FileManager.default.removeItem(atPath: logPath)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = [
+            "--port", String(tcpPort ?? 0), "--bind", "127.0.0.1",
+            "--unixsocket", socketPath, "--unixsocketperm", "700",
+            "--dir", directory.path, "--logfile", logPath,
+            "--save", "", "--appendonly", "no", "--daemonize", "no",
+        ]
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        lock.withLock { self.process = process }
+        // Ready when the log says so; give up after 10 s.
+        for _ in 0..<200 {
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            if log.contains("Ready to accept connections") { return }
+            if !process.isRunning { throw FailedToStart(log: log) }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        process.terminate()
+        throw FailedToStart(log: (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "(no log)")
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and keeps its directory.
+    public func kill() async {
+        guard let process = lock.withLock({ self.process }) else { return }
+        if process.isRunning { process.terminate() }
+        for _ in 0..<100 where process.isRunning { try? await Task.sleep(for: .milliseconds(50)) }
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        for _ in 0..<100 where process.isRunning { try? await Task.sleep(for: .milliseconds(50)) }
+        lock.withLock { self.process = nil }
+    }
+
+    /// Stops the server and starts it again on the same socket and port, empty.
+    public func restart() async throws {
+        await kill()
+        try await launch()
+    }
+
+    /// Stops the server and removes its directory.
+    public func stop() async {
+        await kill()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// A free loopback TCP port, found by binding port 0.
+    public static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                bind(fd, raw, length) == 0 && getsockname(fd, raw, &length) == 0
+            }
+        }
+        guard bound else { throw POSIXError(.EADDRINUSE) }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static func findExecutable(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let candidates = path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+        return candidates.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}
