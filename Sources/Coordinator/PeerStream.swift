@@ -57,7 +57,7 @@ public final class PeerStream: Sendable {
         if case .dropped = sink.yield(event) { end(.tooSlow) }
     }
 
-    func end(_ reason: EndReason) {
+    public func end(_ reason: EndReason) {
         let first = state.withLock { state in
             if case .ended = state { return false }
             state = .ended(reason)

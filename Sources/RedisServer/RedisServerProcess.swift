@@ -68,7 +68,7 @@ public final class RedisServerProcess: @unchecked Sendable {
         // Ready when the log says so; give up after 10 s.
         for _ in 0..<200 {
             let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-            if log.contains("Ready to accept connections") { return }
+            if log.lowercased().contains("ready to accept connections") { return }
             if !process.isRunning { throw FailedToStart(log: log) }
             try await Task.sleep(for: .milliseconds(50))
         }

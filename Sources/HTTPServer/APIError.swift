@@ -1,0 +1,40 @@
+import Coordinator
+import Hummingbird
+import RedisClient
+
+/// The errors the API answers with. Each becomes a status and a JSON body
+/// `{"error": {"message": "..."}}`.
+enum APIError {
+    static func badRequest(_ message: String) -> HTTPError { HTTPError(.badRequest, message: message) }
+    static let missingToken = HTTPError(
+        .unauthorized, message: "missing token: send 'Authorization: Bearer <token>' or '?token=<token>'")
+    static let invalidToken = HTTPError(.forbidden, message: "invalid or expired token")
+    static let notEventStream = HTTPError(
+        .notAcceptable, message: "GET /connect is an event stream: send 'Accept: text/event-stream'")
+    static let noOpenStream = HTTPError(
+        .conflict, message: "no open event stream for this peer: open GET /connect first")
+    static func invalidID(_ what: String) -> HTTPError {
+        badRequest("invalid \(what): use \(identifierRule)")
+    }
+    static let originNotAllowed = HTTPError(.forbidden, message: "origin not allowed")
+
+    /// Redis unreachable: tell the client to come back shortly.
+    static func unavailable(_ error: RedisConnectionError) -> HTTPError {
+        let retryAfter = switch error {
+        case .unavailable(let ms): max(1, (ms + 999) / 1000)
+        default: 1
+        }
+        return HTTPError(
+            .serviceUnavailable, headers: [.retryAfter: String(retryAfter)],
+            message: "signaling store unavailable, retry shortly")
+    }
+}
+
+/// Runs a coordinator call, turning a Redis outage into 503 instead of 500.
+func withRedis<T>(_ operation: () async throws -> T) async throws -> T {
+    do {
+        return try await operation()
+    } catch let error as RedisConnectionError {
+        throw APIError.unavailable(error)
+    }
+}

@@ -1,0 +1,179 @@
+import Coordinator
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// The HTTP API of DESIGN.md on top of a `Coordinator`.
+struct SignalingAPI: Sendable {
+    let coordinator: Coordinator
+    let tokens: TokenAuthority
+    let configuration: NodeConfiguration
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.post("access", use: access)
+        router.get("connect", use: connect)
+        router.post(":roomId/join", use: join)
+        router.post(":roomId/leave", use: leave)
+        router.post("relay/:peerId/:event", use: relay)
+        router.get("healthz", use: health)
+    }
+
+    // MARK: Routes
+
+    /// `POST /access {"username": "ann"}` → `{"token": JWT}`.
+    @Sendable func access(request: Request, context: BasicRequestContext) async throws -> Response {
+        struct AccessRequest: Decodable { let username: String }
+        let body = try await request.body.collect(upTo: configuration.maxBodyBytes)
+        guard let parsed = try? JSONDecoder().decode(AccessRequest.self, from: body) else {
+            throw APIError.badRequest("expected a JSON body {\"username\": \"...\"}")
+        }
+        guard PeerUser.isValidUsername(parsed.username) else {
+            throw APIError.badRequest("username must be 1 to 64 characters without control characters")
+        }
+        let (token, _) = try await tokens.issue(username: parsed.username)
+        return try json(["token": token])
+    }
+
+    /// `GET /connect`: the peer's event stream.
+    @Sendable func connect(request: Request, context: BasicRequestContext) async throws -> Response {
+        let user = try await authenticate(request)
+        guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
+            throw APIError.notEventStream
+        }
+        let stream = try await withRedis { try await coordinator.openStream(for: user) }
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        headers[HTTPField.Name("X-Accel-Buffering")!] = "no"  // proxies must not buffer the stream
+        let userJSON = "{\"user\":\(user.json)}"
+        let pingInterval = configuration.pingInterval
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                // Pings go through the stream's own queue, so they never interleave a frame.
+                let pinger = Task {
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: pingInterval)
+                        stream.send(StreamEvent(name: "ping", data: ByteBuffer(string: "{}")))
+                    }
+                }
+                defer { pinger.cancel() }
+                var encoder = SSEEncoder()
+                var frame = ByteBuffer()
+                do {
+                    try await request.body.consumeWithCancellationOnInboundClose { _ in
+                        try await withGracefulShutdownHandler {
+                            encoder.encode(event: "connected", data: userJSON, into: &frame)
+                            try await writer.write(frame)
+                            for await event in stream.events {
+                                frame.clear()
+                                encoder.encode(event: event.name, data: event.data, into: &frame)
+                                try await writer.write(frame)
+                            }
+                        } onGracefulShutdown: {
+                            stream.end(.closed)
+                        }
+                    }
+                } catch {
+                    // The client went away: clean up below.
+                }
+                await coordinator.closeStream(stream)
+                try? await writer.finish(nil)
+            })
+    }
+
+    /// `POST /:roomId/join`.
+    @Sendable func join(request: Request, context: BasicRequestContext) async throws -> Response {
+        let user = try await authenticate(request)
+        let room = try roomID(context)
+        let outcome: Coordinator.JoinOutcome
+        do {
+            outcome = try await withRedis { try await coordinator.join(user, room: room) }
+        } catch is Coordinator.NoOpenStream {
+            throw APIError.noOpenStream
+        }
+        switch outcome {
+        case .joined(let members): return try json(["roomId": room.rawValue, "joined": true, "peers": members])
+        case .alreadyMember: return try json(["roomId": room.rawValue, "joined": false, "alreadyMember": true])
+        }
+    }
+
+    /// `POST /:roomId/leave`.
+    @Sendable func leave(request: Request, context: BasicRequestContext) async throws -> Response {
+        let user = try await authenticate(request)
+        let room = try roomID(context)
+        guard try await withRedis({ try await coordinator.leave(user, room: room) }) else {
+            throw HTTPError(.notFound, message: "not a member of room '\(room)'")
+        }
+        return try json(["roomId": room.rawValue, "left": true])
+    }
+
+    /// `POST /relay/:peerId/:event` with a JSON body: delivers `{"peer": sender, "data": body}`.
+    @Sendable func relay(request: Request, context: BasicRequestContext) async throws -> Response {
+        let user = try await authenticate(request)
+        guard let target = context.parameters.get("peerId").flatMap(PeerID.init) else { throw APIError.invalidID("peer id") }
+        guard let event = context.parameters.get("event").flatMap(EventName.init) else {
+            throw APIError.invalidID("event name")
+        }
+        let body = try await request.body.collect(upTo: configuration.maxBodyBytes)
+        guard let data = RelayBody.compactJSON(body) else { throw APIError.badRequest("body must be JSON") }
+        let outcome = try await withRedis {
+            try await coordinator.relay(from: user, to: target, event: event, body: data)
+        }
+        switch outcome {
+        case .delivered: return try json(["delivered": true])
+        case .noSuchPeer: throw HTTPError(.notFound, message: "peer '\(target)' has no open stream")
+        case .peerUnreachable: throw HTTPError(.notFound, message: "peer '\(target)' is not reachable")
+        }
+    }
+
+    /// `GET /healthz`: the process is up.
+    @Sendable func health(request: Request, context: BasicRequestContext) async throws -> Response {
+        try json(["status": "ok", "node": coordinator.nodeID, "streams": coordinator.openStreamCount])
+    }
+
+    // MARK: Helpers
+
+    /// The peer the request's token speaks for: 401 without a token, 403 with a bad one.
+    private func authenticate(_ request: Request) async throws -> PeerUser {
+        let header = request.headers[.authorization]
+        let token: String? =
+            if let header, header.lowercased().hasPrefix("bearer ") {
+                String(header.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+            } else {
+                request.uri.queryParameters["token"].map(String.init)
+            }
+        guard let token, !token.isEmpty else { throw APIError.missingToken }
+        guard let user = await tokens.verify(token) else { throw APIError.invalidToken }
+        return user
+    }
+
+    private func roomID(_ context: BasicRequestContext) throws -> RoomID {
+        guard let room = context.parameters.get("roomId").flatMap(RoomID.init) else { throw APIError.invalidID("room id") }
+        return room
+    }
+
+    private func json(_ object: [String: any Sendable]) throws -> Response {
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        return Response(
+            status: .ok, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// Relay bodies go into SSE `data:` lines, so they must be JSON without line breaks.
+enum RelayBody {
+    /// The body as JSON text on one line, or nil if it is not JSON. An empty body is `{}` (as
+    /// the original's body parser gave). Line breaks in valid JSON can only be whitespace
+    /// between tokens (inside strings they must be escaped), so they become spaces.
+    static func compactJSON(_ body: ByteBuffer) -> String? {
+        guard body.readableBytes > 0 else { return "{}" }
+        let bytes = Data(body.readableBytesView)
+        guard (try? JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])) != nil else { return nil }
+        let oneLine = bytes.map { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") ? UInt8(ascii: " ") : $0 }
+        return String(decoding: oneLine, as: UTF8.self)
+    }
+}

@@ -1,0 +1,61 @@
+import Coordinator
+import Foundation
+import JWTKit
+
+/// Issues and verifies the HS256 tokens of `POST /access`: payload `{id, username, iat, exp}`.
+/// Only HS256 with this node's secret verifies; `alg: none` and every other algorithm fail,
+/// and so does an expired token.
+public struct TokenAuthority: Sendable {
+    private let keys: JWTKeyCollection
+    public let lifetime: TimeInterval
+
+    /// HS256 needs a key at least as long as its hash.
+    public static let minimumSecretLength = 32
+
+    public struct SecretTooShort: Error, CustomStringConvertible {
+        public let length: Int
+        public var description: String {
+            "token secret is \(length) bytes; HS256 needs at least \(TokenAuthority.minimumSecretLength)"
+        }
+    }
+
+    public init(secret: String, lifetime: TimeInterval = 3600) async throws {
+        guard secret.utf8.count >= Self.minimumSecretLength else { throw SecretTooShort(length: secret.utf8.count) }
+        keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        self.lifetime = lifetime
+    }
+
+    /// A random secret for a single node that was given none.
+    public static func randomSecret() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
+    }
+
+    struct Payload: JWTPayload {
+        var id: PeerID
+        var username: String
+        var iat: IssuedAtClaim
+        var exp: ExpirationClaim
+
+        func verify(using algorithm: some JWTAlgorithm) throws {
+            try exp.verifyNotExpired()
+        }
+    }
+
+    /// A token for a new peer: a fresh id and the given name.
+    public func issue(username: String, now: Date = Date()) async throws -> (token: String, user: PeerUser) {
+        let id = PeerID(UUID().uuidString.lowercased())!
+        let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))  // whole seconds, as JWTs usually carry
+        let payload = Payload(id: id, username: username, iat: .init(value: now), exp: .init(value: now + lifetime))
+        return (try await keys.sign(payload), PeerUser(id: id, username: username))
+    }
+
+    /// The peer a token speaks for, or nil if the token is not valid now.
+    public func verify(_ token: String) async -> PeerUser? {
+        guard let payload = try? await keys.verify(token, as: Payload.self),
+            PeerUser.isValidUsername(payload.username)
+        else { return nil }
+        return PeerUser(id: payload.id, username: payload.username)
+    }
+}

@@ -1,0 +1,134 @@
+import ArgumentParser
+import Coordinator
+import Foundation
+import HTTPServer
+import Logging
+import RedisClient
+import RedisServer
+import ServiceLifecycle
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a signaling node.",
+        discussion: """
+            Every option can also be set by the environment variable named in its help; the
+            option wins. With no Redis URL, the node starts a private redis-server on a unix
+            socket in a temporary directory and stops it on exit (a single-node set-up).
+            """
+    )
+
+    @Option(help: "Address to listen on. (env: SWITCHBOARD_HOST, default: 127.0.0.1)")
+    var host: String?
+
+    @Option(help: "Port to listen on. (env: SWITCHBOARD_PORT, default: 8080)")
+    var port: Int?
+
+    @Option(help: ArgumentHelp(
+        "Redis URL: redis://[:password@]host:port[/db] or unix:///path. (env: SWITCHBOARD_REDIS, default: an embedded redis-server)",
+        valueName: "url"))
+    var redis: String?
+
+    @Option(help: "This node's id, unique in the fleet. (env: SWITCHBOARD_NODE_ID, default: hostname-pid)")
+    var nodeId: String?
+
+    @Option(help: ArgumentHelp(
+        "HS256 secret for tokens, at least 32 bytes; share it across the fleet. (env: SWITCHBOARD_TOKEN_SECRET, default: random, single node only)",
+        valueName: "secret"))
+    var tokenSecret: String?
+
+    @Option(help: "Prefix of every Redis key and channel. (env: SWITCHBOARD_KEY_PREFIX, default: sb:)")
+    var keyPrefix: String?
+
+    @Option(help: ArgumentHelp("Seconds between pings on a stream. (env: SWITCHBOARD_PING_INTERVAL, default: 10)", valueName: "seconds"))
+    var pingInterval: Double?
+
+    @Option(help: ArgumentHelp(
+        "Comma-separated origins allowed to call the API from a browser, or *. (env: SWITCHBOARD_ALLOWED_ORIGINS, default: *)",
+        valueName: "origins"))
+    var allowedOrigins: String?
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical. (env: SWITCHBOARD_LOG_LEVEL, default: info)")
+    var logLevel: String?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        func setting(_ value: String?, _ variable: String) -> String? { value ?? environment[variable] }
+        func number<T: LosslessStringConvertible>(_ value: T?, _ variable: String, _ fallback: T) throws -> T {
+            if let value { return value }
+            guard let text = environment[variable] else { return fallback }
+            guard let parsed = T(text) else { throw ValidationError("\(variable)='\(text)' is not a number") }
+            return parsed
+        }
+
+        let levelName = setting(logLevel, "SWITCHBOARD_LOG_LEVEL") ?? "info"
+        guard let level = Logger.Level(rawValue: levelName) else { throw ValidationError("unknown log level '\(levelName)'") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "switchboard")
+
+        let ping = try number(pingInterval, "SWITCHBOARD_PING_INTERVAL", 10.0)
+        guard ping > 0 else { throw ValidationError("ping interval must be positive") }
+        let node = NodeConfiguration(
+            host: setting(host, "SWITCHBOARD_HOST") ?? "127.0.0.1",
+            port: try number(port, "SWITCHBOARD_PORT", 8080),
+            pingInterval: .milliseconds(Int64(ping * 1000)),
+            allowedOrigins: (setting(allowedOrigins, "SWITCHBOARD_ALLOWED_ORIGINS") ?? "*")
+                .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        )
+        let keys: KeySpace
+        do { keys = try KeySpace(prefix: setting(keyPrefix, "SWITCHBOARD_KEY_PREFIX") ?? "sb:") } catch {
+            throw ValidationError("\(error)")
+        }
+        let nodeID = setting(nodeId, "SWITCHBOARD_NODE_ID")
+            ?? "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+
+        let secret: String
+        if let given = setting(tokenSecret, "SWITCHBOARD_TOKEN_SECRET") {
+            secret = given
+        } else {
+            secret = TokenAuthority.randomSecret()
+            logger.warning("no token secret given: using a random one, so tokens verify on this node only (set SWITCHBOARD_TOKEN_SECRET for a fleet)")
+        }
+        let tokens: TokenAuthority
+        do { tokens = try await TokenAuthority(secret: secret) } catch { throw ValidationError("\(error)") }
+
+        var services: [any Service] = []
+        let endpoint: RedisEndpoint
+        if let url = setting(redis, "SWITCHBOARD_REDIS") {
+            do { endpoint = try RedisEndpoint(url: url) } catch { throw ValidationError("\(error)") }
+        } else {
+            let embedded = try await RedisServerProcess.start()
+            logger.info("started embedded redis-server", metadata: ["redis": "\(embedded.url)"])
+            endpoint = try RedisEndpoint(url: embedded.url)
+            services.append(EmbeddedRedisService(server: embedded))
+        }
+
+        let redisClient = RedisClient(endpoint: endpoint, logger: Logger(label: "switchboard.redis"))
+        let subscriber = RedisSubscriber(endpoint: endpoint, logger: Logger(label: "switchboard.subscriber"))
+        let coordinator = Coordinator(redis: redisClient, subscriber: subscriber, keys: keys, nodeID: nodeID)
+        let app = SignalingServer.makeApplication(coordinator: coordinator, tokens: tokens, configuration: node)
+        logger.info("switchboard node starting", metadata: [
+            "node": "\(nodeID)", "listen": "\(node.host):\(node.port)", "redis": "\(endpoint)",
+        ])
+        // Services stop in reverse order: HTTP first (streams clean up through the coordinator),
+        // then the coordinator, then the embedded Redis.
+        services += [coordinator, app]
+        let group = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        await redisClient.close()
+    }
+}
+
+/// Stops the embedded redis-server when the node shuts down.
+struct EmbeddedRedisService: Service {
+    let server: RedisServerProcess
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await server.stop()
+    }
+}

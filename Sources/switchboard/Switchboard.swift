@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct Switchboard: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchboard",
+        abstract: "WebRTC signaling over Server-Sent Events, coordinated through Redis.",
+        subcommands: [Serve.self],
+        defaultSubcommand: Serve.self
+    )
+}
