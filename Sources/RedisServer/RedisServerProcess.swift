@@ -9,6 +9,7 @@ public final class RedisServerProcess: @unchecked Sendable {
     public let directory: URL
     public let socketPath: String
     public let tcpPort: Int?
+    private let extraArguments: [String]
     private let executable: String
     private let lock = NSLock()
     private var process: Process?
@@ -25,17 +26,37 @@ public final class RedisServerProcess: @unchecked Sendable {
     }
 
     /// Starts a redis-server and returns once it accepts connections.
-    public static func start(tcpPort: Int? = nil) async throws -> RedisServerProcess {
+    /// - Parameters:
+    ///   - tcpPort: also listen on this loopback port (see `freePort()`); unix socket only if nil.
+    ///   - extraArguments: more `redis-server` options, e.g. `["--requirepass", "secret"]`.
+    public static func start(tcpPort: Int? = nil, extraArguments: [String] = []) async throws -> RedisServerProcess {
         guard let executable = findExecutable("redis-server") else { throw NotFound() }
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("switchboard-redis-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let server = RedisServerProcess(executable: executable, directory: directory, tcpPort: tcpPort)
+        let server = RedisServerProcess(
+            executable: executable, directory: directory, tcpPort: tcpPort, extraArguments: extraArguments)
         try await server.launch()
         return server
     }
 
-    private init(executable: String, directory: URL, tcpPort: Int?) {
+    /// Runs `body` with a fresh server and stops the server afterwards, whatever happens.
+    public static func with<T>(
+        tcpPort: Int? = nil, extraArguments: [String] = [], _ body: (RedisServerProcess) async throws -> T
+    ) async throws -> T {
+        let server = try await start(tcpPort: tcpPort, extraArguments: extraArguments)
+        do {
+            let result = try await body(server)
+            await server.stop()
+            return result
+        } catch {
+            await server.stop()
+            throw error
+        }
+    }
+
+    private init(executable: String, directory: URL, tcpPort: Int?, extraArguments: [String]) {
+        self.extraArguments = extraArguments
         self.executable = executable
         self.directory = directory
         // Unix socket paths are limited to ~107 bytes; the temp dir keeps this short.
@@ -59,7 +80,7 @@ public final class RedisServerProcess: @unchecked Sendable {
             "--unixsocket", socketPath, "--unixsocketperm", "700",
             "--dir", directory.path, "--logfile", logPath,
             "--save", "", "--appendonly", "no", "--daemonize", "no",
-        ]
+        ] + extraArguments
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -69,20 +90,22 @@ public final class RedisServerProcess: @unchecked Sendable {
         for _ in 0..<200 {
             let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
             if log.lowercased().contains("ready to accept connections") { return }
-            if !process.isRunning { throw FailedToStart(log: log) }
+            if !process.isRunning {
+                lock.withLock { self.process = nil }
+                throw FailedToStart(log: log)
+            }
             try await Task.sleep(for: .milliseconds(50))
         }
-        process.terminate()
+        await kill()
         throw FailedToStart(log: (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "(no log)")
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and keeps its directory.
+    /// Stops the server at once (SIGKILL: nothing is persisted, so there is nothing to save;
+    /// a SIGTERM may sit blocked in a signal mask the child inherited) and keeps its directory.
     public func kill() async {
         guard let process = lock.withLock({ self.process }) else { return }
-        if process.isRunning { process.terminate() }
-        for _ in 0..<100 where process.isRunning { try? await Task.sleep(for: .milliseconds(50)) }
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
-        for _ in 0..<100 where process.isRunning { try? await Task.sleep(for: .milliseconds(50)) }
+        for _ in 0..<200 where process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
         lock.withLock { self.process = nil }
     }
 

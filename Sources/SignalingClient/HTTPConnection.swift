@@ -1,0 +1,72 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A response: status, headers and, for ordinary requests, the whole body.
+public struct HTTPResult: Sendable {
+    public var status: Int
+    public var headers: HTTPHeaders
+    public var body: String
+}
+
+public enum SignalingClientError: Error, Sendable, Equatable {
+    case connectionClosed
+    case unexpectedStatus(Int, String)
+}
+
+/// Hands the parts of one HTTP response to an AsyncStream.
+final class ResponsePartForwarder: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    let sink: AsyncStream<HTTPClientResponsePart>.Continuation
+
+    init(sink: AsyncStream<HTTPClientResponsePart>.Continuation) { self.sink = sink }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        sink.yield(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        sink.finish()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// One HTTP/1.1 request on its own connection, with the response streamed back.
+struct HTTPExchange {
+    let channel: Channel
+    let parts: AsyncStream<HTTPClientResponsePart>
+
+    static func start(
+        host: String, port: Int, method: HTTPMethod, path: String, headers: [(String, String)], body: String?,
+        group: EventLoopGroup
+    ) async throws -> HTTPExchange {
+        let (parts, sink) = AsyncStream.makeStream(of: HTTPClientResponsePart.self)
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(5))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(ResponsePartForwarder(sink: sink))
+                }
+            }
+            .connect(host: host, port: port).get()
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
+        head.headers.add(name: "Host", value: "\(host):\(port)")
+        for (name, value) in headers { head.headers.add(name: name, value: value) }
+        if let body {
+            head.headers.add(name: "Content-Length", value: String(body.utf8.count))
+        } else if method == .POST {
+            head.headers.add(name: "Content-Length", value: "0")
+        }
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(string: body))), promise: nil) }
+        try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
+        return HTTPExchange(channel: channel, parts: parts)
+    }
+}

@@ -1,0 +1,109 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A client of Switchboard's public HTTP API (the API of the original article), for tests and
+/// the load tool: it speaks only HTTP, so it drives any server with that API.
+public struct SignalingClient: Sendable {
+    public let host: String
+    public let port: Int
+    private let group: EventLoopGroup
+
+    public init(host: String = "127.0.0.1", port: Int, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.host = host
+        self.port = port
+        self.group = group
+    }
+
+    /// Sends a request and collects the whole response.
+    public func request(
+        _ method: HTTPMethod, _ path: String, token: String? = nil, headers: [(String, String)] = [], body: String? = nil
+    ) async throws -> HTTPResult {
+        var allHeaders = headers + [("Connection", "close")]
+        if let token { allHeaders.append(("Authorization", "Bearer \(token)")) }
+        if body != nil { allHeaders.append(("Content-Type", "application/json")) }
+        let exchange = try await HTTPExchange.start(
+            host: host, port: port, method: method, path: path, headers: allHeaders, body: body, group: group)
+        defer { exchange.channel.close(promise: nil) }
+        var result: HTTPResult?
+        var bytes: [UInt8] = []
+        for await part in exchange.parts {
+            switch part {
+            case .head(let head): result = HTTPResult(status: Int(head.status.code), headers: head.headers, body: "")
+            case .body(let buffer): bytes += buffer.readableBytesView
+            case .end:
+                guard var result else { throw SignalingClientError.connectionClosed }
+                result.body = String(decoding: bytes, as: UTF8.self)
+                return result
+            }
+        }
+        throw SignalingClientError.connectionClosed
+    }
+
+    /// `POST /access`: a token for a new peer.
+    public func access(username: String) async throws -> String {
+        let result = try await request(.POST, "/access", body: #"{"username":"\#(username)"}"#)
+        guard result.status == 200, let token = result.body.split(separator: "\"").dropFirst(3).first else {
+            throw SignalingClientError.unexpectedStatus(result.status, result.body)
+        }
+        return String(token)
+    }
+
+    /// `GET /connect`: opens the event stream. Returns once the response head arrived with 200.
+    public func connect(token: String, useQueryToken: Bool = true, lastEventID: String? = nil) async throws -> EventStream {
+        var headers = [("Accept", "text/event-stream")]
+        if !useQueryToken { headers.append(("Authorization", "Bearer \(token)")) }
+        if let lastEventID { headers.append(("Last-Event-ID", lastEventID)) }
+        let path = useQueryToken ? "/connect?token=\(token)" : "/connect"
+        let exchange = try await HTTPExchange.start(
+            host: host, port: port, method: .GET, path: path, headers: headers, body: nil, group: group)
+        var parts = exchange.parts.makeAsyncIterator()
+        guard case .head(let head) = await parts.next() else {
+            exchange.channel.close(promise: nil)
+            throw SignalingClientError.connectionClosed
+        }
+        guard head.status == .ok else {
+            var body: [UInt8] = []
+            while let part = await parts.next() {
+                if case .body(let buffer) = part { body += buffer.readableBytesView }
+            }
+            exchange.channel.close(promise: nil)
+            throw SignalingClientError.unexpectedStatus(Int(head.status.code), String(decoding: body, as: UTF8.self))
+        }
+        return EventStream(channel: exchange.channel, parts: parts)
+    }
+}
+
+/// An open event stream: read events with `next()`, end it with `close()`.
+public final class EventStream: @unchecked Sendable {
+    private let channel: Channel
+    private var parts: AsyncStream<HTTPClientResponsePart>.AsyncIterator
+    private var parser = SSEParser()
+    private var ready: [ServerSentEvent] = []
+
+    init(channel: Channel, parts: AsyncStream<HTTPClientResponsePart>.AsyncIterator) {
+        self.channel = channel
+        self.parts = parts
+    }
+
+    /// The next event, or nil when the server ended the stream. Not for concurrent use.
+    public func next() async -> ServerSentEvent? {
+        while ready.isEmpty {
+            guard let part = await parts.next() else { return nil }
+            if case .body(let buffer) = part { ready += parser.feed(buffer.readableBytesView) }
+        }
+        return ready.removeFirst()
+    }
+
+    /// The next event that is not a `ping`.
+    public func nextSignal() async -> ServerSentEvent? {
+        while let event = await next() {
+            if event.event != "ping" { return event }
+        }
+        return nil
+    }
+
+    public func close() {
+        channel.close(promise: nil)
+    }
+}

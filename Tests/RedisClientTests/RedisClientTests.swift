@@ -1,0 +1,209 @@
+import NIOCore
+import RedisServer
+import Testing
+
+@testable import RedisClient
+
+@Suite("Redis client against a live redis-server")
+struct RedisClientTests {
+    @Test func commandsOverUnixSocketAndTCP() async throws {
+        let port = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: port) { server in
+            for url in [server.url, "redis://127.0.0.1:\(port)"] {
+                let connection = try await RedisConnection.connect(to: RedisEndpoint(url: url))
+                #expect(try await connection.send(["SET", "greeting", "héllo"]) == .simpleString("OK"))
+                #expect(try await connection.send(["GET", "greeting"]).string == "héllo")
+                #expect(try await connection.send(["GET", "missing"]) == .null)
+                try await connection.send(["DEL", "n"])
+                #expect(try await connection.send(["INCRBY", "n", "5"]) == .integer(5))
+                await connection.close()
+            }
+        }
+    }
+
+    @Test func tenThousandPipelinedCommandsReplyInOrder() async throws {
+        try await RedisServerProcess.with { server in
+            let connection = try await RedisConnection.connect(to: RedisEndpoint(url: server.url))
+            let replies = try await connection.pipeline(Array(repeating: ["INCR", "counter"], count: 10_000))
+            #expect(replies == (1...10_000).map { RESPValue.integer($0) })
+
+            // Many tasks at once on the one connection: each gets its own reply.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<2_000 {
+                    group.addTask {
+                        let reply = try await connection.send(["ECHO", "message-\(i)"])
+                        #expect(reply.string == "message-\(i)")
+                    }
+                }
+                try await group.waitForAll()
+            }
+            await connection.close()
+        }
+    }
+
+    @Test func largeBulkStringsArriveWhole() async throws {
+        try await RedisServerProcess.with { server in
+            let connection = try await RedisConnection.connect(to: RedisEndpoint(url: server.url))
+            let big = String(repeating: "0123456789abcdef", count: 256 * 1024)  // 4 MiB, many reads
+            try await connection.send(["SET", "big", big])
+            let reply = try await connection.send(["GET", "big"])
+            #expect(reply.string?.utf8.count == big.utf8.count)
+            #expect(reply.string == big)
+            #expect(try await connection.send(["STRLEN", "big"]) == .integer(big.utf8.count))
+            await connection.close()
+        }
+    }
+
+    @Test func errorRepliesAreTypedAndLeaveTheConnectionUsable() async throws {
+        try await RedisServerProcess.with { server in
+            let connection = try await RedisConnection.connect(to: RedisEndpoint(url: server.url))
+            await #expect(throws: RedisServerError.self) { try await connection.send(["NOSUCHCOMMAND"]) }
+            do {
+                try await connection.send(["EVALSHA", String(repeating: "0", count: 40), "0"])
+                Issue.record("EVALSHA of an unknown script succeeded")
+            } catch let error as RedisServerError {
+                #expect(error.code == "NOSCRIPT")
+            }
+            try await connection.send(["SET", "s", "text"])
+            let replies = try await connection.pipeline([["INCR", "s"], ["PING"]])
+            guard case .error(let message) = replies[0] else { throw RedisServerError("expected an error reply") }
+            #expect(message.hasPrefix("ERR"))
+            #expect(replies[1] == .simpleString("PONG"))
+            await connection.close()
+        }
+    }
+
+    @Test func authAndSelectFromTheURL() async throws {
+        let port = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: port, extraArguments: ["--requirepass", "s3cret"]) { _ in
+            let connection = try await RedisConnection.connect(to: RedisEndpoint(url: "redis://:s3cret@127.0.0.1:\(port)/3"))
+            try await connection.send(["SET", "where", "db3"])
+            try await connection.send(["SELECT", "0"])
+            #expect(try await connection.send(["GET", "where"]) == .null)
+            try await connection.send(["SELECT", "3"])
+            #expect(try await connection.send(["GET", "where"]).string == "db3")
+            await connection.close()
+
+            await #expect(throws: RedisConnectionError.self) {
+                try await RedisConnection.connect(to: RedisEndpoint(url: "redis://:wrong@127.0.0.1:\(port)"))
+            }
+        }
+    }
+
+    @Test func clientReconnectsAfterTheServerRestarts() async throws {
+        try await RedisServerProcess.with { server in
+            let client = RedisClient(endpoint: try RedisEndpoint(url: server.url))
+            #expect(try await client.send(["PING"]) == .simpleString("PONG"))
+            try await server.restart()
+            // The old connection is gone; failures are connection errors, never a hang, and the
+            // client comes back by itself within its back-off.
+            var recovered = false
+            for _ in 0..<100 {
+                do {
+                    recovered = try await client.send(["PING"]) == .simpleString("PONG")
+                    break
+                } catch is RedisConnectionError {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            #expect(recovered)
+            await client.close()
+        }
+    }
+
+    @Test func commandsFailFastWhileRedisIsDown() async throws {
+        try await RedisServerProcess.with { server in
+            let client = RedisClient(endpoint: try RedisEndpoint(url: server.url))
+            try await client.send(["PING"])
+            await server.kill()
+            for _ in 0..<3 {
+                await #expect(throws: RedisConnectionError.self) { try await client.send(["PING"]) }
+            }
+            await client.close()
+        }
+    }
+
+    @Test func subscriberDeliversMessagesAndResubscribesAfterRestart() async throws {
+        try await RedisServerProcess.with { server in
+            let endpoint = try RedisEndpoint(url: server.url)
+            let client = RedisClient(endpoint: endpoint)
+            let subscriber = RedisSubscriber(endpoint: endpoint)
+            let running = Task { await subscriber.run() }
+            defer { running.cancel() }
+            await subscriber.waitUntilConnected()
+            try await subscriber.subscribe("news")
+            try await subscriber.subscribe("news")  // a second reference: no second SUBSCRIBE needed
+            var messages = subscriber.messages.makeAsyncIterator()
+
+            #expect(try await client.send(["PUBLISH", "news", "first"]) == .integer(1))
+            let first = await messages.next()
+            #expect(first?.channel == "news")
+            #expect(first.map { String(buffer: $0.payload) } == "first")
+
+            try await server.restart()
+            // Wait until the subscriber is back and subscribed again.
+            var receivers = 0
+            for _ in 0..<100 where receivers == 0 {
+                try await Task.sleep(for: .milliseconds(50))
+                receivers = (try? await client.send(["PUBLISH", "news", "again"]).int) ?? 0
+            }
+            #expect(receivers == 1)
+            #expect(await messages.next().map { String(buffer: $0.payload) } == "again")
+
+            subscriber.unsubscribe("news")
+            #expect(try await client.send(["PUBSUB", "NUMSUB", "news"]).array?[1] == .integer(1))
+            subscriber.unsubscribe("news")
+            var remaining = 1
+            for _ in 0..<50 where remaining != 0 {
+                remaining = try await client.send(["PUBSUB", "NUMSUB", "news"]).array?[1].int ?? -1
+                if remaining != 0 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(remaining == 0)
+            await client.close()
+        }
+    }
+}
+
+@Suite("hiredis reader and formatter")
+struct ProtocolTests {
+    @Test func readerParsesRepliesFedOneByteAtATime() throws {
+        let wire = "+OK\r\n-ERR bad\r\n:42\r\n$5\r\nhello\r\n$-1\r\n*3\r\n$1\r\na\r\n:7\r\n*1\r\n+in\r\n"
+        let reader = HiredisReader()
+        var replies: [RESPValue] = []
+        for byte in wire.utf8 {
+            try reader.feed(ByteBuffer(bytes: [byte]))
+            while let reply = try reader.next() { replies.append(reply) }
+        }
+        #expect(replies == [
+            .simpleString("OK"), .error("ERR bad"), .integer(42), .bulkString(ByteBuffer(string: "hello")), .null,
+            .array([.bulkString(ByteBuffer(string: "a")), .integer(7), .array([.simpleString("in")])]),
+        ])
+    }
+
+    @Test func readerRejectsGarbage() throws {
+        let reader = HiredisReader()
+        try? reader.feed(ByteBuffer(string: "?what\r\n"))
+        #expect(throws: RedisConnectionError.self) { try reader.next() }
+    }
+
+    @Test func formatterWritesRESPArrays() {
+        var buffer = ByteBuffer()
+        CommandEncoder.encode(["SET", "k", "two words", ""], into: &buffer)
+        #expect(String(buffer: buffer) == "*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$9\r\ntwo words\r\n$0\r\n\r\n")
+    }
+
+    @Test func urlsParse() throws {
+        #expect(try RedisEndpoint(url: "redis://localhost") == RedisEndpoint(address: .tcp(host: "localhost", port: 6379)))
+        #expect(
+            try RedisEndpoint(url: "redis://:p%40ss@10.0.0.1:6380/2")
+                == RedisEndpoint(address: .tcp(host: "10.0.0.1", port: 6380), password: "p@ss", database: 2))
+        #expect(
+            try RedisEndpoint(url: "redis://user:pw@[::1]:7000")
+                == RedisEndpoint(address: .tcp(host: "::1", port: 7000), username: "user", password: "pw"))
+        #expect(try RedisEndpoint(url: "unix:///tmp/r.sock?db=1") == RedisEndpoint(address: .unix(path: "/tmp/r.sock"), database: 1))
+        for bad in ["http://x", "redis://host:notaport", "redis://:pw@", "unix://relative.sock", "redis://h/x"] {
+            #expect(throws: RedisEndpoint.InvalidURL.self) { try RedisEndpoint(url: bad) }
+        }
+        #expect(!"\(try RedisEndpoint(url: "redis://:secret@h:1"))".contains("secret"))
+    }
+}
