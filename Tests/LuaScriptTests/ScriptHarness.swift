@@ -1,0 +1,108 @@
+import Coordinator
+import Foundation
+import LuaScripts
+import NIOCore
+import RedisClient
+import RedisServer
+import Synchronization
+import Testing
+
+/// A live redis-server with the scripts loaded, and a subscriber that records what the
+/// scripts publish on the channels a test watches.
+final class ScriptHarness: Sendable {
+    let server: RedisServerProcess
+    let redis: RedisClient
+    let scripts: ScriptRegistry
+    let keys = try! KeySpace(prefix: "sb:")
+    private let subscriber: RedisSubscriber
+    private let inbox = Inbox()
+    private let tasks: [Task<Void, Never>]
+    static let endOfCapture = "capture:end"
+
+    struct Published: Equatable, CustomStringConvertible, Comparable {
+        let channel: String
+        let payload: String
+        var description: String { "\(channel) ← \(payload.replacingOccurrences(of: "\n", with: "⏎"))" }
+        static func < (a: Self, b: Self) -> Bool { (a.channel, a.payload) < (b.channel, b.payload) }
+    }
+
+    static func with(_ body: (ScriptHarness) async throws -> Void) async throws {
+        try await RedisServerProcess.with { server in
+            let harness = try await ScriptHarness(server: server)
+            defer { harness.tasks.forEach { $0.cancel() } }
+            try await body(harness)
+            await harness.redis.close()
+        }
+    }
+
+    private init(server: RedisServerProcess) async throws {
+        self.server = server
+        let endpoint = try RedisEndpoint(url: server.url)
+        redis = RedisClient(endpoint: endpoint)
+        scripts = ScriptRegistry(redis: redis)
+        subscriber = RedisSubscriber(endpoint: endpoint)
+        let subscriber = subscriber
+        let inbox = inbox
+        tasks = [
+            Task { await subscriber.run() },
+            Task {
+                for await message in subscriber.messages {
+                    inbox.messages.withLock { $0.append((message.channel, String(buffer: message.payload))) }
+                }
+            },
+        ]
+        await subscriber.waitUntilConnected()
+        try await subscriber.subscribe(Self.endOfCapture)
+        try await scripts.loadAll()
+    }
+
+    /// Records messages on these peers' channels from now on.
+    func watch(_ peers: String...) async throws {
+        for peer in peers { try await subscriber.subscribe(keys.channelPrefix + peer) }
+    }
+
+    /// Everything published on watched channels since the last call, in publish order.
+    func published() async throws -> [Published] {
+        let marker = UUID().uuidString
+        try await redis.send(["PUBLISH", Self.endOfCapture, marker])
+        for _ in 0..<500 {
+            let done = inbox.messages.withLock { messages -> [Published]? in
+                guard let end = messages.firstIndex(where: { $0.channel == Self.endOfCapture && $0.payload == marker }) else {
+                    return nil
+                }
+                defer { messages.removeFirst(end + 1) }
+                return messages[..<end].filter { $0.channel != Self.endOfCapture }.map { Published(channel: $0.channel, payload: $0.payload) }
+            }
+            if let done { return done }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        Issue.record("end-of-capture marker never arrived")
+        return []
+    }
+
+    func run(_ script: LuaScript, keys: [String], _ arguments: String...) async throws -> RESPValue {
+        try await scripts.run(script, keys: keys, arguments: arguments)
+    }
+
+    func hash(_ key: String) async throws -> [String: String] {
+        let flat = try await redis.send(["HGETALL", key]).array ?? []
+        var result: [String: String] = [:]
+        for i in stride(from: 0, to: flat.count, by: 2) { result[flat[i].string!] = flat[i + 1].string! }
+        return result
+    }
+
+    func set(_ key: String) async throws -> Set<String> {
+        Set((try await redis.send(["SMEMBERS", key]).array ?? []).compactMap(\.string))
+    }
+
+    func allKeys() async throws -> [String] {
+        (try await redis.send(["KEYS", "*"]).array ?? []).compactMap(\.string).sorted()
+    }
+
+    static func user(_ id: String) -> String { #"{"id":"\#(id)","username":"user-\#(id)"}"# }
+}
+
+/// Messages received so far, shared with the task that receives them.
+private final class Inbox: Sendable {
+    let messages = Mutex<[(channel: String, payload: String)]>([])
+}
