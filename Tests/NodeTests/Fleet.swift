@@ -1,0 +1,137 @@
+import Coordinator
+import Foundation
+import HTTPServer
+import Logging
+import NIOCore
+import RedisClient
+import RedisServer
+import ServiceLifecycle
+import SignalingClient
+import Testing
+
+/// One redis-server and several nodes on it, each a real HTTP server on a loopback port,
+/// sharing one token secret: a fleet behind a load balancer, minus the load balancer.
+final class Fleet: Sendable {
+    struct Node: Sendable {
+        let id: String
+        let port: Int
+        let coordinator: Coordinator
+        let group: ServiceGroup
+        let task: Task<Void, Error>
+    }
+
+    static let secret = String(repeating: "test-secret-", count: 4)
+    let redisServer: RedisServerProcess
+    let redis: RedisClient
+    let nodes: [Node]
+
+    static func with(nodes count: Int, pingInterval: Duration = .seconds(10), _ body: (Fleet) async throws -> Void) async throws {
+        try await RedisServerProcess.with { server in
+            let fleet = try await Fleet(redisServer: server, nodes: count, pingInterval: pingInterval)
+            do {
+                try await body(fleet)
+                await fleet.stop()
+            } catch {
+                await fleet.stop()
+                throw error
+            }
+        }
+    }
+
+    private init(redisServer: RedisServerProcess, nodes count: Int, pingInterval: Duration) async throws {
+        self.redisServer = redisServer
+        let endpoint = try RedisEndpoint(url: redisServer.url)
+        redis = RedisClient(endpoint: endpoint)
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        let tokens = try await TokenAuthority(secret: Self.secret)
+        var nodes: [Node] = []
+        for index in 0..<count {
+            let id = "node-\(index)"
+            let subscriber = RedisSubscriber(endpoint: endpoint, logger: logger)
+            let coordinator = Coordinator(
+                redis: RedisClient(endpoint: endpoint, logger: logger), subscriber: subscriber,
+                keys: try KeySpace(prefix: "sb:"), nodeID: id, logger: logger)
+            let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
+            let app = SignalingServer.makeApplication(
+                coordinator: coordinator, tokens: tokens,
+                configuration: NodeConfiguration(host: "127.0.0.1", port: 0, pingInterval: pingInterval),
+                logger: logger,
+                onServerRunning: { channel in portSink.yield(channel.localAddress?.port ?? 0) })
+            let group = ServiceGroup(services: [coordinator, app], logger: logger)
+            let task = Task { try await group.run() }
+            var portIterator = ports.makeAsyncIterator()
+            let port = await portIterator.next() ?? 0
+            await subscriber.waitUntilConnected()
+            nodes.append(Node(id: id, port: port, coordinator: coordinator, group: group, task: task))
+        }
+        self.nodes = nodes
+    }
+
+    func client(_ node: Int) -> SignalingClient { SignalingClient(port: nodes[node % nodes.count].port) }
+
+    func stop() async {
+        for node in nodes.reversed() {
+            await node.group.triggerGracefulShutdown()
+            _ = try? await node.task.value
+        }
+        await redis.close()
+    }
+
+    /// Every key in Redis.
+    func keys(matching pattern: String = "*") async throws -> [String] {
+        (try await redis.send(["KEYS", pattern]).array ?? []).compactMap(\.string).sorted()
+    }
+
+    func roomMembers(_ room: String) async throws -> Set<String> {
+        Set((try await redis.send(["HKEYS", "sb:room:{\(room)}:members"]).array ?? []).compactMap(\.string))
+    }
+
+    /// Polls until `condition` holds (up to `seconds`); returns whether it did.
+    func eventually(seconds: Double = 10, _ condition: () async throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if try await condition() { return true }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return try await condition()
+    }
+}
+
+/// A browser-like participant: its token, its id and its open stream.
+struct Participant: Sendable {
+    let name: String
+    let token: String
+    let id: String
+    let stream: EventStream
+    let node: Int
+
+    static func connect(_ name: String, fleet: Fleet, node: Int) async throws -> Participant {
+        let client = fleet.client(node)
+        let token = try await client.access(username: name)
+        let stream = try await client.connect(token: token)
+        guard let connected = await stream.next(), connected.event == "connected",
+            let user = (json(connected.data)["user"] as? [String: Any]), let id = user["id"] as? String
+        else { throw SignalingClientError.connectionClosed }
+        return Participant(name: name, token: token, id: id, stream: stream, node: node)
+    }
+}
+
+func json(_ text: String) -> [String: Any] {
+    (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+}
+
+/// Reads the next non-ping event, failing the test if none comes within `seconds`.
+func nextSignal(_ stream: EventStream, seconds: Double = 10) async -> ServerSentEvent? {
+    await withTaskGroup(of: ServerSentEvent?.self) { group in
+        group.addTask { await stream.nextSignal() }
+        group.addTask {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            return nil
+        }
+        let first = await group.next() ?? nil
+        group.cancelAll()
+        if first == nil { stream.close() }  // unblock the reader; the stream is done for
+        return first
+    }
+}
