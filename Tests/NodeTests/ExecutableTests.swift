@@ -1,0 +1,110 @@
+import Foundation
+import RedisServer
+import SignalingClient
+import Testing
+
+/// The built `switchboard` binary, run as a user would: alone on its embedded Redis, and as
+/// two processes sharing one Redis.
+@Suite("switchboard serve, as a process")
+struct ExecutableTests {
+    static let secret = String(repeating: "process-secret-", count: 3)
+
+    /// `switchboard` sits next to the test bundle in the build folder.
+    static var binary: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
+    }
+
+    final class Node: @unchecked Sendable {
+        let process = Process()
+        let port: Int
+        let log: URL
+
+        init(arguments: [String]) throws {
+            port = try RedisServerProcess.freePort()
+            log = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-\(port).log")
+            FileManager.default.createFile(atPath: log.path, contents: nil)
+            process.executableURL = ExecutableTests.binary
+            process.arguments = ["serve", "--port", String(port)] + arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(
+                ["SWITCHBOARD_TOKEN_SECRET": ExecutableTests.secret, "SWITCHBOARD_LOG_LEVEL": "warning"]) { $1 }
+            let handle = try FileHandle(forWritingTo: log)
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+        }
+
+        var client: SignalingClient { SignalingClient(port: port) }
+
+        func waitUntilHealthy() async throws {
+            for _ in 0..<200 {
+                if (try? await client.request(.GET, "/healthz").status) == 200 { return }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            Issue.record("node did not become healthy: \((try? String(contentsOf: log, encoding: .utf8)) ?? "")")
+        }
+
+        /// SIGTERM, then the exit status (nil if it did not exit within 10 s).
+        func terminate() async -> Int32? {
+            process.terminate()
+            for _ in 0..<200 where process.isRunning { try? await Task.sleep(for: .milliseconds(50)) }
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                return nil
+            }
+            try? FileManager.default.removeItem(at: log)
+            return process.terminationStatus
+        }
+    }
+
+    /// ann on `first`, bob on `second`: join, discover, relay, leave.
+    static func articleFlow(_ first: Node, _ second: Node) async throws {
+        let annToken = try await first.client.access(username: "ann")
+        let bobToken = try await second.client.access(username: "bob")
+        let ann = try await first.client.connect(token: annToken)
+        let bob = try await second.client.connect(token: bobToken)
+        let annID = (json(await ann.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+        let bobID = (json(await bob.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+        #expect(try await second.client.request(.POST, "/call/join", token: annToken).status == 200)
+        #expect(try await first.client.request(.POST, "/call/join", token: bobToken).status == 200)
+        #expect(json(await nextSignal(ann)?.data ?? "")["offer"] as? Bool == false)
+        #expect(json(await nextSignal(bob)?.data ?? "")["offer"] as? Bool == true)
+        let relay = try await second.client.request(.POST, "/relay/\(annID)/session-description", token: bobToken, body: #"{"sdp":"x"}"#)
+        #expect(relay.status == 200)
+        #expect(await nextSignal(ann)?.event == "session-description")
+        bob.close()
+        let removed = await nextSignal(ann)
+        #expect(removed?.event == "remove-peer")
+        #expect((json(removed?.data ?? "")["peer"] as? [String: Any])?["id"] as? String == bobID)
+        ann.close()
+    }
+
+    @Test func servesAloneOnItsEmbeddedRedis() async throws {
+        let node = try Node(arguments: [])
+        try await node.waitUntilHealthy()
+        try await Self.articleFlow(node, node)
+        #expect(await node.terminate() == 0)
+    }
+
+    @Test func twoProcessesShareOneRedis() async throws {
+        let redisPort = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: redisPort) { _ in
+            let a = try Node(arguments: ["--redis", "redis://127.0.0.1:\(redisPort)", "--node-id", "a"])
+            let b = try Node(arguments: ["--redis", "redis://127.0.0.1:\(redisPort)", "--node-id", "b"])
+            try await a.waitUntilHealthy()
+            try await b.waitUntilHealthy()
+            try await Self.articleFlow(a, b)
+            #expect(await a.terminate() == 0)
+            #expect(await b.terminate() == 0)
+        }
+    }
+
+    @Test func refusesAShortSecretClearly() async throws {
+        let node = try Node(arguments: ["--token-secret", "short"])
+        for _ in 0..<200 where node.process.isRunning { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!node.process.isRunning)
+        #expect(node.process.terminationStatus != 0)
+        let log = try String(contentsOf: node.log, encoding: .utf8)
+        try? FileManager.default.removeItem(at: node.log)
+        #expect(log.contains("at least 32"))
+    }
+}
