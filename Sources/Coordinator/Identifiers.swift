@@ -21,16 +21,27 @@ enum IdentifierRules {
     static let rule = "1 to \(maxLength) characters of A-Z a-z 0-9 - _ . ~"
 }
 
-/// The id of a peer (a token's `id`). Validated: safe in a key, a channel and JSON.
-public struct PeerID: Hashable, Sendable, CustomStringConvertible, Codable {
-    public let rawValue: String
+/// A validated identifier: safe in a key, a channel name, JSON and an SSE line.
+public protocol Identifier: Hashable, Sendable, CustomStringConvertible {
+    var rawValue: String { get }
+    /// Wraps text without checking it: only for text already checked against `IdentifierRules`.
+    init(uncheckedRawValue: String)
+}
 
+extension Identifier {
+    /// The identifier, or nil unless `text` follows `IdentifierRules`.
     public init?(_ text: some StringProtocol) {
         guard IdentifierRules.isValid(text) else { return nil }
-        rawValue = String(text)
+        self.init(uncheckedRawValue: String(text))
     }
 
     public var description: String { rawValue }
+}
+
+/// The id of a peer (a token's `id`).
+public struct PeerID: Identifier, Codable {
+    public let rawValue: String
+    public init(uncheckedRawValue: String) { rawValue = uncheckedRawValue }
 
     public init(from decoder: Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
@@ -46,29 +57,17 @@ public struct PeerID: Hashable, Sendable, CustomStringConvertible, Codable {
     }
 }
 
-/// The id of a room, from the URL. Validated like `PeerID`.
-public struct RoomID: Hashable, Sendable, CustomStringConvertible {
+/// The id of a room, from the URL.
+public struct RoomID: Identifier {
     public let rawValue: String
-
-    public init?(_ text: some StringProtocol) {
-        guard IdentifierRules.isValid(text) else { return nil }
-        rawValue = String(text)
-    }
-
-    public var description: String { rawValue }
+    public init(uncheckedRawValue: String) { rawValue = uncheckedRawValue }
 }
 
-/// The name of a relayed event, from the URL; it becomes an SSE `event:` line, so a CR or LF
-/// would forge frames. Validated like `PeerID`.
-public struct EventName: Hashable, Sendable, CustomStringConvertible {
+/// The name of a relayed event, from the URL. It becomes an SSE `event:` line, where a CR or
+/// LF would forge frames.
+public struct EventName: Identifier {
     public let rawValue: String
-
-    public init?(_ text: some StringProtocol) {
-        guard IdentifierRules.isValid(text) else { return nil }
-        rawValue = String(text)
-    }
-
-    public var description: String { rawValue }
+    public init(uncheckedRawValue: String) { rawValue = uncheckedRawValue }
 }
 
 /// What an id must look like, for error messages.

@@ -22,7 +22,7 @@ struct ExecutableTests {
         init(arguments: [String]) throws {
             port = try RedisServerProcess.freePort()
             log = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-\(port).log")
-            FileManager.default.createFile(atPath: log.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             process.executableURL = ExecutableTests.binary
             process.arguments = ["serve", "--port", String(port)] + arguments
             process.environment = ProcessInfo.processInfo.environment.merging(
