@@ -91,7 +91,10 @@ let package = Package(
         ),
         .testTarget(
             name: "NodeTests",
-            dependencies: ["HTTPServer", "RedisServer", "SignalingClient"]
+            dependencies: [
+                "HTTPServer", "RedisServer", "SignalingClient",
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ]
         ),
     ]
 )
