@@ -2,42 +2,6 @@ import Foundation
 import SignalingClient
 import Testing
 
-/// What one participant learned about one room, checked against DESIGN.md's guarantees.
-struct RoomView {
-    /// Peer id → offer flag of its add-peer, for peers currently in view.
-    private(set) var peers: [String: Bool] = [:]
-    /// Every add-peer ever received, with the offer flag, in order.
-    private(set) var added: [(peer: String, offer: Bool)] = []
-    private(set) var violations: [String] = []
-
-    mutating func apply(_ event: ServerSentEvent) {
-        let data = json(event.data)
-        guard let peer = (data["peer"] as? [String: Any])?["id"] as? String else {
-            violations.append("event without a peer: \(event.event)")
-            return
-        }
-        switch event.event {
-        case "add-peer":
-            let offer = data["offer"] as? Bool ?? false
-            if peers[peer] != nil { violations.append("add-peer \(peer) twice") }
-            peers[peer] = offer
-            added.append((peer, offer))
-        case "remove-peer":
-            if peers.removeValue(forKey: peer) == nil { violations.append("remove-peer \(peer) before add-peer") }
-        default:
-            violations.append("unexpected \(event.event)")
-        }
-    }
-}
-
-/// Tallies for the closing note: printed by the tests, asserted to be zero.
-struct PairTally: CustomStringConvertible {
-    var pairs = 0, misses = 0, duplicates = 0, bothOffer = 0, neitherOffer = 0
-    var description: String {
-        "\(pairs) pairs: \(misses) misses, \(duplicates) duplicates, \(bothOffer) both-offer, \(neitherOffer) neither-offer"
-    }
-}
-
 @Suite("Join storms and churn across two nodes")
 struct JoinStormTests {
     static let clients = 50
@@ -51,7 +15,7 @@ struct JoinStormTests {
         var view = RoomView()
         while !done(view) {
             guard let event = await nextSignal(participant.stream) else { break }
-            if event.event == "add-peer" || event.event == "remove-peer", json(event.data)["roomId"] as? String != room {
+            if event.event == "add-peer" || event.event == "remove-peer", RoomView.roomID(of: event) != room {
                 continue
             }
             view.apply(event)
@@ -96,20 +60,7 @@ struct JoinStormTests {
                 }
                 for view in views.values { #expect(view.violations.isEmpty, "\(view.violations)") }
                 let ids = participants.map(\.id)
-                for (i, a) in ids.enumerated() {
-                    for b in ids[(i + 1)...] {
-                        tally.pairs += 1
-                        let aAboutB = views[a]!.added.filter { $0.peer == b }
-                        let bAboutA = views[b]!.added.filter { $0.peer == a }
-                        if aAboutB.isEmpty || bAboutA.isEmpty { tally.misses += 1; continue }
-                        if aAboutB.count > 1 || bAboutA.count > 1 { tally.duplicates += 1 }
-                        switch (aAboutB[0].offer, bAboutA[0].offer) {
-                        case (true, true): tally.bothOffer += 1
-                        case (false, false): tally.neitherOffer += 1
-                        default: break
-                        }
-                    }
-                }
+                tally.add(views: views, ids: ids)
                 #expect(try await fleet.roomMembers(room) == Set(ids))
             }
             print("join storm: \(Self.clients) clients, 2 nodes, \(Self.rounds) rounds, \(tally)")
