@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "switchboard", targets: ["switchboard"]),
+        .executable(name: "switchboard-load", targets: ["switchboard-load"]),
         .library(name: "RedisClient", targets: ["RedisClient"]),
         .library(name: "Coordinator", targets: ["Coordinator"]),
     ],
@@ -16,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // The Redis protocol (reply reader, command formatter) comes from Debian's libhiredis-dev.
@@ -79,6 +81,16 @@ let package = Package(
                 "RedisServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Load and correctness runs over the public HTTP API, against any server speaking it.
+        .executableTarget(
+            name: "switchboard-load",
+            dependencies: [
+                "SignalingClient",
+                "RedisClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         .testTarget(

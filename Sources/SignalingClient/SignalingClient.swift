@@ -103,6 +103,22 @@ public final class EventStream: @unchecked Sendable {
         return nil
     }
 
+    /// The next non-`ping` event within `timeout`; nil if none came (the stream is then closed).
+    public func nextSignal(timeout: Duration) async -> ServerSentEvent? {
+        let event = await withTaskGroup(of: ServerSentEvent?.self) { group in
+            group.addTask { await self.nextSignal() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        if event == nil { close() }
+        return event
+    }
+
     public func close() {
         channel.close(promise: nil)
     }

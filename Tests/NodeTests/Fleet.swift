@@ -121,17 +121,7 @@ func json(_ text: String) -> [String: Any] {
     (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
 }
 
-/// Reads the next non-ping event, failing the test if none comes within `seconds`.
+/// Reads the next non-ping event; nil if none comes within `seconds`.
 func nextSignal(_ stream: EventStream, seconds: Double = 10) async -> ServerSentEvent? {
-    await withTaskGroup(of: ServerSentEvent?.self) { group in
-        group.addTask { await stream.nextSignal() }
-        group.addTask {
-            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            return nil
-        }
-        let first = await group.next() ?? nil
-        group.cancelAll()
-        if first == nil { stream.close() }  // unblock the reader; the stream is done for
-        return first
-    }
+    await stream.nextSignal(timeout: .milliseconds(Int(seconds * 1000)))
 }

@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import RedisClient
+
+struct IdleCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "idle",
+        abstract: "Open C streams and hold them: node memory per stream and Redis connections.")
+
+    @OptionGroup var options: FleetOptions
+    @Option(help: "Streams to open, spread over the nodes.") var streams = 1000
+    @Option(help: "Seconds to hold them before measuring.") var hold = 5.0
+    @Option(name: .customLong("pid"), help: "A node's process id, to read its memory (repeat per node).") var pids: [Int32] = []
+    @Option(help: "Redis URL, to read connected_clients.") var redis: String?
+
+    func run() async throws {
+        let nodes = try options.fleet()
+        raiseFileLimit()
+        let redisClient = try redis.map { RedisClient(endpoint: try RedisEndpoint(url: $0)) }
+        let rssBefore = pids.compactMap(residentKiB).reduce(0, +)
+        let clientsBefore = try await connectedClients(redisClient)
+        let progress = Progress()
+        progress.start("idle")
+        progress.update("opening \(streams) streams")
+        let start = monotonicNanoseconds()
+        let peers = try await Peer.connectMany(streams, nodes: nodes, prefix: "idle")
+        let openSeconds = Double(monotonicNanoseconds() - start) / 1e9
+        progress.update("holding \(streams) streams")
+        try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
+        let rssAfter = pids.compactMap(residentKiB).reduce(0, +)
+        let clientsAfter = try await connectedClients(redisClient)
+        progress.stop()
+        peers.forEach { $0.stream.close() }
+        var report = Report(
+            title: "idle: \(streams) streams over \(nodes.count) node(s), held \(Int(hold)) s",
+            columns: ["streams", "open_s", "node_rss_before_mib", "node_rss_after_mib", "kib_per_stream", "redis_clients_before", "redis_clients_after"])
+        report.rows.append([
+            "streams": streams, "open_s": openSeconds,
+            "node_rss_before_mib": pids.isEmpty ? "-" : String(format: "%.1f", Double(rssBefore) / 1024),
+            "node_rss_after_mib": pids.isEmpty ? "-" : String(format: "%.1f", Double(rssAfter) / 1024),
+            "kib_per_stream": pids.isEmpty ? "-" : String(format: "%.2f", Double(rssAfter - rssBefore) / Double(streams)),
+            "redis_clients_before": clientsBefore.map(String.init) ?? "-",
+            "redis_clients_after": clientsAfter.map(String.init) ?? "-",
+        ])
+        report.print(json: options.json)
+        await redisClient?.close()
+    }
+
+    private func connectedClients(_ client: RedisClient?) async throws -> Int? {
+        guard let client else { return nil }
+        let info = try await client.send(["INFO", "clients"]).string ?? ""
+        return info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("connected_clients:") }
+            .flatMap { Int($0.dropFirst("connected_clients:".count)) }
+    }
+}
+
+/// Resident memory of a process in KiB, from /proc.
+func residentKiB(_ pid: Int32) -> Int? {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+    else { return nil }
+    return Int(line.split(separator: " ").dropFirst().first ?? "")
+}
+
+/// Many streams need many file descriptors: lift the soft limit to the hard one.
+func raiseFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}

@@ -1,0 +1,48 @@
+import Foundation
+import SignalingClient
+
+/// A simulated browser: token, id, open stream, and the node it streams from.
+struct Peer: Sendable {
+    let token: String
+    let id: String
+    let stream: EventStream
+    let node: NodeAddress
+
+    struct Failed: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static func connect(name: String, node: NodeAddress) async throws -> Peer {
+        let client = SignalingClient(host: node.host, port: node.port)
+        let token = try await client.access(username: name)
+        let stream = try await client.connect(token: token)
+        guard let connected = await stream.next(), connected.event == "connected",
+            let data = try? JSONSerialization.jsonObject(with: Data(connected.data.utf8)) as? [String: Any],
+            let user = data["user"] as? [String: Any], let id = user["id"] as? String
+        else { throw Failed(description: "no 'connected' event from \(node)") }
+        return Peer(token: token, id: id, stream: stream, node: node)
+    }
+
+    /// Connects `count` peers spread round-robin over the nodes, `parallel` at a time.
+    static func connectMany(_ count: Int, nodes: [NodeAddress], prefix: String, parallel: Int = 64) async throws -> [Peer] {
+        try await withThrowingTaskGroup(of: (Int, Peer).self) { group in
+            var peers: [Peer?] = Array(repeating: nil, count: count)
+            var next = 0
+            func add() {
+                let index = next
+                group.addTask { (index, try await connect(name: "\(prefix)\(index)", node: nodes[index % nodes.count])) }
+                next += 1
+            }
+            while next < min(parallel, count) { add() }
+            while let (index, peer) = try await group.next() {
+                peers[index] = peer
+                if next < count { add() }
+            }
+            return peers.map { $0! }
+        }
+    }
+
+    func post(_ path: String, via node: NodeAddress, body: String? = nil) async throws -> HTTPResult {
+        try await SignalingClient(host: node.host, port: node.port).request(.POST, path, token: token, body: body)
+    }
+}
