@@ -9,6 +9,10 @@ let package = Package(
         .executable(name: "switchboard-load", targets: ["switchboard-load"]),
         .library(name: "RedisClient", targets: ["RedisClient"]),
         .library(name: "Coordinator", targets: ["Coordinator"]),
+        .library(name: "LuaScripts", targets: ["LuaScripts"]),
+        .library(name: "HTTPServer", targets: ["HTTPServer"]),
+        .library(name: "RedisServer", targets: ["RedisServer"]),
+        .library(name: "SignalingClient", targets: ["SignalingClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),

@@ -15,7 +15,7 @@ public final class Coordinator: Service, Sendable {
     public let redis: RedisClient
     public let subscriber: RedisSubscriber
     public let scripts: ScriptRegistry
-    private let streamBufferLimit: Int
+    private let streamLimits: PeerStream.Limits
     private let logger: Logger
     /// The streams this node holds, by peer. Normally one per peer; two while a newer stream
     /// waits for Redis to confirm it replaces the older.
@@ -26,7 +26,7 @@ public final class Coordinator: Service, Sendable {
         subscriber: RedisSubscriber,
         keys: KeySpace,
         nodeID: String,
-        streamBufferLimit: Int = 1024,
+        streamLimits: PeerStream.Limits = .init(),
         logger: Logger = Logger(label: "switchboard.coordinator")
     ) {
         self.redis = redis
@@ -34,7 +34,7 @@ public final class Coordinator: Service, Sendable {
         self.keys = keys
         self.nodeID = nodeID
         self.scripts = ScriptRegistry(redis: redis)
-        self.streamBufferLimit = streamBufferLimit
+        self.streamLimits = streamLimits
         self.logger = logger
     }
 
@@ -85,7 +85,7 @@ public final class Coordinator: Service, Sendable {
     /// Opens a stream for `user` on this node. When this returns, Redis routes the peer's
     /// events here and any older stream of the same peer (on any node) is being closed.
     public func openStream(for user: PeerUser) async throws -> PeerStream {
-        let stream = PeerStream(user: user, session: UUID().uuidString, bufferLimit: streamBufferLimit)
+        let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits)
         streams.withLock { $0[user.id, default: []].append(stream) }
         do {
             try await subscriber.subscribe(keys.channel(user.id))
@@ -108,6 +108,9 @@ public final class Coordinator: Service, Sendable {
     /// Closes a stream and, unless a newer stream replaced it, takes the peer out of every room
     /// with `remove-peer` to the remaining members.
     public func closeStream(_ stream: PeerStream) async {
+        if stream.endReason == .tooSlow {
+            logger.warning("stream dropped: its reader fell behind", metadata: ["peer": "\(stream.user.id)"])
+        }
         stream.end(.closed)
         forget(stream)
         subscriber.unsubscribe(keys.channel(stream.user.id))
@@ -150,15 +153,15 @@ public final class Coordinator: Service, Sendable {
     public func join(_ user: PeerUser, room: RoomID) async throws -> JoinOutcome {
         let peer = user.id
         guard try await redis.send(["EXISTS", keys.peer(peer)]).int == 1 else { throw NoOpenStream() }
-        let members = try await scripts.run(
-            .join, keys: [keys.roomMembers(room)],
-            arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix]
-        ).int ?? -1
-        // The join is recorded on the peer's keys only while it still has a stream; if the
-        // stream ended meanwhile, undo the join so no ghost stays behind.
-        let recorded = try await scripts.run(
-            .rememberRoom, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [room.rawValue]
-        ).int == 1
+        // join.lua on the room's keys, then remember-room.lua on the peer's, in one round trip.
+        // The join is recorded on the peer only while it still has a stream; if the stream
+        // ended meanwhile, the join is undone below so no ghost stays behind.
+        let replies = try await scripts.run([
+            .init(.join, keys: [keys.roomMembers(room)], arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix]),
+            .init(.rememberRoom, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [room.rawValue]),
+        ])
+        let members = replies[0].int ?? -1
+        let recorded = replies[1].int == 1
         guard recorded else {
             try await leaveRoom(room, peer: peer, tellLeaver: false)
             throw NoOpenStream()

@@ -29,6 +29,41 @@ public final class ScriptRegistry: Sendable {
         }
     }
 
+    /// One script call, for `run(_ calls:)`.
+    public struct Call: Sendable {
+        public let script: LuaScript
+        public let keys: [String]
+        public let arguments: [String]
+
+        public init(_ script: LuaScript, keys: [String], arguments: [String]) {
+            self.script = script
+            self.keys = keys
+            self.arguments = arguments
+        }
+    }
+
+    /// Runs several calls in one write (one round trip) and returns their replies in order.
+    /// If a call is answered `NOSCRIPT`, it and every call after it run again, in order, so
+    /// their order as Redis sees it always holds.
+    public func run(_ calls: [Call]) async throws -> [RESPValue] {
+        var commands: [[String]] = []
+        for call in calls {
+            let cached = hashes.withLock { $0[call.script.name] }
+            let sha = if let cached { cached } else { try await load(call.script) }
+            commands.append(["EVALSHA", sha, String(call.keys.count)] + call.keys + call.arguments)
+        }
+        var replies = try await redis.pipeline(commands)
+        if let first = replies.firstIndex(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
+            for index in first..<calls.count {
+                replies[index] = try await run(calls[index].script, keys: calls[index].keys, arguments: calls[index].arguments)
+            }
+        }
+        for reply in replies {
+            if case .error(let message) = reply { throw RedisServerError(message) }
+        }
+        return replies
+    }
+
     private func load(_ script: LuaScript) async throws -> String {
         let reply = try await redis.send(["SCRIPT", "LOAD", script.source])
         guard let sha = reply.string else { throw RedisServerError("SCRIPT LOAD returned \(reply)") }

@@ -68,9 +68,10 @@ struct SignalingAPI: Sendable {
                         try await withGracefulShutdownHandler {
                             encoder.encode(event: "connected", data: userJSON, into: &frame)
                             try await writer.write(frame)
-                            for await event in stream.events {
+                            // Whatever queued while the last write was going out leaves in one write.
+                            while let batch = await stream.nextBatch() {
                                 frame.clear()
-                                encoder.encode(event: event.name, data: event.data, into: &frame)
+                                for event in batch { encoder.encode(event: event.name, data: event.data, into: &frame) }
                                 try await writer.write(frame)
                             }
                         } onGracefulShutdown: {

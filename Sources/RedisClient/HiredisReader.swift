@@ -3,11 +3,11 @@ import NIOCore
 
 /// hiredis's incremental reply parser: feed it bytes as they arrive, take replies out as they
 /// complete. Not thread-safe; one per connection, used on its event loop.
-final class HiredisReader {
+public final class HiredisReader {
     private let reader: UnsafeMutablePointer<redisReader>
     private let allocator = ByteBufferAllocator()
 
-    init() {
+    public init() {
         reader = redisReaderCreate()
         // Keep hiredis's read buffer instead of freeing it whenever it empties (the default
         // trims above 16 KiB); a busy connection would otherwise malloc per read.
@@ -16,7 +16,7 @@ final class HiredisReader {
 
     deinit { redisReaderFree(reader) }
 
-    func feed(_ buffer: ByteBuffer) throws {
+    public func feed(_ buffer: ByteBuffer) throws {
         let status = buffer.withUnsafeReadableBytes { bytes in
             redisReaderFeed(reader, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
         }
@@ -24,7 +24,7 @@ final class HiredisReader {
     }
 
     /// The next complete reply, or nil if more bytes are needed.
-    func next() throws -> RESPValue? {
+    public func next() throws -> RESPValue? {
         var raw: UnsafeMutableRawPointer?
         guard redisReaderGetReply(reader, &raw) == REDIS_OK else {
             throw RedisConnectionError.protocolError(errorString)

@@ -98,6 +98,44 @@ struct ExecutableTests {
         }
     }
 
+    /// The load tool against two processes: a short storm and a short relay run, as JSON.
+    @Test func loadToolDrivesTwoNodes() async throws {
+        let redisPort = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: redisPort) { _ in
+            let a = try Node(arguments: ["--redis", "redis://127.0.0.1:\(redisPort)"])
+            let b = try Node(arguments: ["--redis", "redis://127.0.0.1:\(redisPort)"])
+            try await a.waitUntilHealthy()
+            try await b.waitUntilHealthy()
+            let nodes = ["--node", "http://127.0.0.1:\(a.port)", "--node", "http://127.0.0.1:\(b.port)", "--json"]
+            let storm = try Self.runLoadTool(["storm", "--clients", "12", "--rounds", "3"] + nodes)
+            #expect(storm?["pairs"] as? Int == 3 * 12 * 11 / 2)
+            #expect(storm?["misses"] as? Int == 0)
+            #expect(storm?["duplicates"] as? Int == 0)
+            let relay = try Self.runLoadTool(["relay", "--pairs", "4", "--duration", "1"] + nodes)
+            #expect((relay?["delivered"] as? Int ?? 0) > 0)
+            #expect(relay?["delivered"] as? Int == relay?["sent"] as? Int)
+            #expect(relay?["lost"] as? Int == 0)
+            #expect(relay?["reordered"] as? Int == 0)
+            #expect(await a.terminate() == 0)
+            #expect(await b.terminate() == 0)
+        }
+    }
+
+    /// Runs `switchboard-load` with `--json` and returns its one result row.
+    static func runLoadTool(_ arguments: [String]) throws -> [String: Any]? {
+        let process = Process()
+        process.executableURL = binary.deletingLastPathComponent().appendingPathComponent("switchboard-load")
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let report = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        return (report?["results"] as? [[String: Any]])?.first
+    }
+
     @Test func refusesAShortSecretClearly() async throws {
         let node = try Node(arguments: ["--token-secret", "short"])
         for _ in 0..<200 where node.process.isRunning { try await Task.sleep(for: .milliseconds(50)) }

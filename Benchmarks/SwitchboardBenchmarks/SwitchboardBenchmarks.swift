@@ -1,0 +1,203 @@
+import Benchmark
+import Coordinator
+import Foundation
+import HTTPServer
+import LuaScripts
+import NIOCore
+import RedisClient
+import RedisServer
+
+// Protocol work (no I/O) and, against a live redis-server started here, the join and relay
+// round trips of Switchboard's scripts side by side with the original article's sequence of
+// commands on the same client. Nobody subscribes to the channels in either case, so both
+// pay the same for their PUBLISHes.
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal],
+        warmupIterations: 10,
+        maxDuration: .seconds(2),
+        maxIterations: 1_000_000
+    )
+    Benchmark.setup = { try await Live.start() }
+    Benchmark.teardown = { await Live.stop() }
+
+    // MARK: Protocol
+
+    Benchmark("RESP reader: 1,000 pub/sub messages (\(Wire.messages.readableBytes) bytes)") { benchmark in
+        for _ in benchmark.scaledIterations {
+            let reader = HiredisReader()
+            try reader.feed(Wire.messages)
+            while let reply = try reader.next() { blackHole(reply) }
+        }
+    }
+
+    Benchmark("RESP formatter: 1,000 EVALSHA join commands (\(Wire.joinCommandBytes * 1000) bytes)") { benchmark in
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(Wire.joinCommandBytes * 1000)
+        for _ in benchmark.scaledIterations {
+            buffer.clear()
+            for _ in 0..<1000 { CommandEncoder.encode(Wire.joinCommand, into: &buffer) }
+            blackHole(buffer)
+        }
+    }
+
+    Benchmark("SSE: encode 1,000 add-peer frames") { benchmark in
+        var encoder = SSEEncoder()
+        var buffer = ByteBuffer()
+        let data = ByteBuffer(string: Wire.addPeerJSON)
+        for _ in benchmark.scaledIterations {
+            buffer.clear()
+            for _ in 0..<1000 { encoder.encode(event: "add-peer", data: data, into: &buffer) }
+            blackHole(buffer)
+        }
+    }
+
+    // MARK: Live Redis: join
+
+    for size in [2, 10, 100] {
+        let room = "bench-\(size)"
+        Benchmark("join, room of \(size): join.lua, one EVALSHA") { benchmark in
+            for _ in benchmark.scaledIterations {
+                benchmark.startMeasurement()
+                try await Live.scripts.run(
+                    .join, keys: [Live.keys.roomMembers(RoomID(room)!)],
+                    arguments: [room, "joiner", Live.joiner.json, Live.keys.channelPrefix])
+                benchmark.stopMeasurement()
+                try await Live.scripts.run(
+                    .leave, keys: [Live.keys.roomMembers(RoomID(room)!)],
+                    arguments: [room, "joiner", Live.keys.channelPrefix, "0"])
+            }
+        } setup: {
+            try await Live.fillSwitchboardRoom(room, members: size - 1)
+        }
+
+        Benchmark("join, room of \(size): coordinator (EXISTS, join.lua, remember-room.lua)") { benchmark in
+            for _ in benchmark.scaledIterations {
+                benchmark.startMeasurement()
+                _ = try await Live.coordinator.join(Live.joiner, room: RoomID(room)!)
+                benchmark.stopMeasurement()
+                try await Live.coordinator.leave(Live.joiner, room: RoomID(room)!)
+            }
+        } setup: {
+            try await Live.fillSwitchboardRoom(room, members: size - 1)
+        }
+
+        Benchmark("join, room of \(size): article (SADD, SMEMBERS, 2n PUBLISH, SADD)") { benchmark in
+            for _ in benchmark.scaledIterations {
+                benchmark.startMeasurement()
+                try await Article.join(room: room, user: "joiner")
+                benchmark.stopMeasurement()
+                _ = try await Live.redis.pipeline([["SREM", "channels:\(room)", "joiner"], ["SREM", "joiner:channels", room]])
+            }
+        } setup: {
+            try await Article.fillRoom(room, members: size - 1)
+        }
+    }
+
+    // MARK: Live Redis: relay
+
+    Benchmark("relay: relay.lua, one EVALSHA") { benchmark in
+        let message = "ice-candidate\n{\"peer\":\(Live.joiner.json),\"data\":{\"candidate\":\"candidate:1 1 udp 1 127.0.0.1 5000 typ host\"}}"
+        for _ in benchmark.scaledIterations {
+            try await Live.scripts.run(
+                .relay, keys: [Live.keys.peer(Live.joiner.id)], arguments: [Live.keys.channel(Live.joiner.id), message])
+        }
+    }
+
+    Benchmark("relay: article (PUBLISH)") { benchmark in
+        let message = #"{"event":"ice-candidate","data":{"peer":{"id":"joiner"},"data":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host"}}}"#
+        for _ in benchmark.scaledIterations {
+            try await Live.redis.send(["PUBLISH", "messages:joiner", message])
+        }
+    }
+}
+
+/// Bytes as Redis and the nodes see them.
+enum Wire {
+    static let addPeerJSON = #"{"peer":{"id":"6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55","username":"ann"},"roomId":"demo","offer":false}"#
+
+    /// 1,000 `message` pushes as a subscriber connection receives them.
+    static let messages: ByteBuffer = {
+        var buffer = ByteBuffer()
+        let channel = "sb:to:6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55"
+        let payload = "add-peer\n" + addPeerJSON
+        for _ in 0..<1000 {
+            buffer.writeString("*3\r\n$7\r\nmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(payload.utf8.count)\r\n\(payload)\r\n")
+        }
+        return buffer
+    }()
+
+    static let joinCommand = [
+        "EVALSHA", String(repeating: "a", count: 40), "1", "sb:room:{demo}:members", "demo",
+        "6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55", #"{"id":"6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55","username":"ann"}"#, "sb:to:",
+    ]
+
+    static let joinCommandBytes: Int = {
+        var buffer = ByteBuffer()
+        CommandEncoder.encode(joinCommand, into: &buffer)
+        return buffer.readableBytes
+    }()
+}
+
+/// The live redis-server and the clients the Redis benchmarks share.
+enum Live {
+    nonisolated(unsafe) static var server: RedisServerProcess?
+    nonisolated(unsafe) static var redis: RedisClient!
+    nonisolated(unsafe) static var scripts: ScriptRegistry!
+    nonisolated(unsafe) static var coordinator: Coordinator!
+    static let keys = try! KeySpace(prefix: "sb:")
+    static let joiner = PeerUser(id: PeerID("joiner")!, username: "joiner")
+
+    static func start() async throws {
+        guard server == nil else { return }
+        let server = try await RedisServerProcess.start()
+        let endpoint = try RedisEndpoint(url: server.url)
+        self.server = server
+        redis = RedisClient(endpoint: endpoint)
+        scripts = ScriptRegistry(redis: redis)
+        try await scripts.loadAll()
+        coordinator = Coordinator(redis: redis, subscriber: RedisSubscriber(endpoint: endpoint), keys: keys, nodeID: "bench")
+        // The joiner has an open stream as far as Redis knows (the coordinator checks).
+        try await scripts.run(.connect, keys: [keys.peer(joiner.id)], arguments: ["s", "bench", joiner.json, keys.channel(joiner.id)])
+    }
+
+    static func stop() async {
+        await redis?.close()
+        await server?.stop()
+        server = nil
+    }
+
+    static func fillSwitchboardRoom(_ room: String, members: Int) async throws {
+        try await start()
+        let key = keys.roomMembers(RoomID(room)!)
+        try await redis.send(["DEL", key])
+        for i in 0..<members {
+            let user = PeerUser(id: PeerID("member-\(i)")!, username: "member-\(i)")
+            try await scripts.run(.join, keys: [key], arguments: [room, user.id.rawValue, user.json, keys.channelPrefix])
+        }
+    }
+}
+
+/// The original article's join, command for command (node-redis pipelines the PUBLISHes and
+/// the last SADD on its one connection, as `pipeline` does here).
+enum Article {
+    static func join(room: String, user: String) async throws {
+        try await Live.redis.send(["SADD", "\(user):channels", room])
+        let peers = try await Live.redis.send(["SMEMBERS", "channels:\(room)"]).array ?? []
+        var commands: [[String]] = []
+        commands.reserveCapacity(peers.count * 2 + 1)
+        for peer in peers.compactMap(\.string) {
+            commands.append(["PUBLISH", "messages:\(peer)", #"{"event":"add-peer","data":{"peer":{"id":"\#(user)","username":"\#(user)"},"roomId":"\#(room)","offer":false}}"#])
+            commands.append(["PUBLISH", "messages:\(user)", #"{"event":"add-peer","data":{"peer":{"id":"\#(peer)"},"roomId":"\#(room)","offer":true}}"#])
+        }
+        commands.append(["SADD", "channels:\(room)", user])
+        _ = try await Live.redis.pipeline(commands)
+    }
+
+    static func fillRoom(_ room: String, members: Int) async throws {
+        try await Live.start()
+        try await Live.redis.send(["DEL", "channels:\(room)"])
+        for i in 0..<members { try await join(room: room, user: "member-\(i)") }
+    }
+}
