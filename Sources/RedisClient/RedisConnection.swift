@@ -90,10 +90,9 @@ public final class RedisConnection: Sendable {
             promises.append(channel.eventLoop.makePromise())
         }
         channel.writeAndFlush(RedisRequest(bytes: bytes, promises: promises), promise: nil)
-        var replies: [RESPValue] = []
-        replies.reserveCapacity(promises.count)
-        for promise in promises { replies.append(try await promise.futureResult.get()) }
-        return replies
+        // One wait for all replies, not one task switch per reply.
+        let results = try await EventLoopFuture.whenAllComplete(promises.map(\.futureResult), on: channel.eventLoop).get()
+        return try results.map { try $0.get() }
     }
 
     func sendRaw(_ arguments: [String]) -> EventLoopFuture<RESPValue> {
