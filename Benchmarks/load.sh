@@ -16,7 +16,8 @@ swift build -c release --product switchboard-load >/dev/null
 BIN=$(swift build -c release --show-bin-path)
 
 WORK=$(mktemp -d)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+# Nodes first (their streams clean up in Redis), then Redis.
+cleanup() { kill "${A:-}" "${B:-}" 2>/dev/null || true; wait "${A:-}" "${B:-}" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 
@@ -35,14 +36,15 @@ LOAD="$BIN/switchboard-load"
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 echo "== ceilings"
+last() { tr '\r' '\n' | grep -v '^ *$' | tail -1; }  # redis-benchmark's final line
 redis-cli -p $REDIS_PORT SCRIPT LOAD "$(cat Lua/relay.lua)" >"$WORK/sha"
 redis-cli -p $REDIS_PORT HSET 'sb:peer:{bench}' session s >/dev/null
 echo "redis-benchmark PUBLISH, 1 client (one round trip at a time):"
-redis-benchmark -p $REDIS_PORT -c 1 -n 50000 -q PUBLISH sb:to:bench "$(printf 'x%.0s' {1..150})"
+redis-benchmark -p $REDIS_PORT -c 1 -n 50000 -q PUBLISH sb:to:bench "$(printf 'x%.0s' {1..150})" | last | sed 's/x\{20,\}/…/'
 echo "redis-benchmark EVALSHA relay.lua, 1 client:"
-redis-benchmark -p $REDIS_PORT -c 1 -n 50000 -q EVALSHA "$(cat "$WORK/sha")" 1 'sb:peer:{bench}' sb:to:bench "$(printf 'x%.0s' {1..150})"
+redis-benchmark -p $REDIS_PORT -c 1 -n 50000 -q EVALSHA "$(cat "$WORK/sha")" 1 'sb:peer:{bench}' sb:to:bench "$(printf 'x%.0s' {1..150})" | last | sed 's/x\{20,\}/…/'
 echo "redis-benchmark PUBLISH, 16 clients:"
-redis-benchmark -p $REDIS_PORT -c 16 -n 200000 -q PUBLISH sb:to:bench "$(printf 'x%.0s' {1..150})"
+redis-benchmark -p $REDIS_PORT -c 16 -n 200000 -q PUBLISH sb:to:bench "$(printf 'x%.0s' {1..150})" | last | sed 's/x\{20,\}/…/'
 echo "wrk GET /healthz on one node (HTTP on the same stack), 16 connections, 2 threads:"
 wrk -t2 -c16 -d"${DURATION}s" --latency http://127.0.0.1:18001/healthz | grep -E "Requests/sec|50%|90%|99%"
 

@@ -157,7 +157,7 @@ enum Live {
         redis = RedisClient(endpoint: endpoint)
         scripts = ScriptRegistry(redis: redis)
         try await scripts.loadAll()
-        coordinator = Coordinator(redis: redis, subscriber: RedisSubscriber(endpoint: endpoint), keys: keys, nodeID: "bench")
+        coordinator = Coordinator(redis: redis, keys: keys, nodeID: "bench")
         // The joiner has an open stream as far as Redis knows (the coordinator checks).
         try await scripts.run(.connect, keys: [keys.peer(joiner.id)], arguments: ["s", "bench", joiner.json, keys.channel(joiner.id)])
     }

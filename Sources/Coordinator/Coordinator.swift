@@ -17,66 +17,41 @@ public final class Coordinator: Service, Sendable {
     public let scripts: ScriptRegistry
     private let streamLimits: PeerStream.Limits
     private let logger: Logger
-    /// The streams this node holds, by peer. Normally one per peer; two while a newer stream
-    /// waits for Redis to confirm it replaces the older.
-    private let streams = Mutex<[PeerID: [PeerStream]]>([:])
+    private let localStreams: LocalStreams
 
+    /// - Parameters:
+    ///   - redis: the node's command connection; the coordinator opens its own subscriber
+    ///     connection to the same server.
     public init(
         redis: RedisClient,
-        subscriber: RedisSubscriber,
         keys: KeySpace,
         nodeID: String,
         streamLimits: PeerStream.Limits = .init(),
         logger: Logger = Logger(label: "switchboard.coordinator")
     ) {
         self.redis = redis
-        self.subscriber = subscriber
         self.keys = keys
         self.nodeID = nodeID
         self.scripts = ScriptRegistry(redis: redis)
         self.streamLimits = streamLimits
         self.logger = logger
+        let localStreams = LocalStreams(channelPrefix: keys.channelPrefix)
+        self.localStreams = localStreams
+        // Messages are routed on the subscriber's event loop, straight into the streams' queues.
+        self.subscriber = RedisSubscriber(endpoint: redis.endpoint, logger: logger, onMessage: localStreams.route)
     }
 
     // MARK: Running
 
-    /// Keeps the subscriber connected and routes its messages until cancelled or shut down.
+    /// Keeps the subscriber connected until cancelled or shut down.
     public func run() async throws {
         await withDiscardingTaskGroup { group in
-            group.addTask { await self.subscriber.run() }
             group.addTask {
                 do { try await self.scripts.loadAll() } catch {
                     self.logger.warning("scripts not loaded yet; they load on first use", metadata: ["error": "\(error)"])
                 }
             }
-            await cancelWhenGracefulShutdown { await self.routeMessages() }
-            group.cancelAll()
-        }
-    }
-
-    private func routeMessages() async {
-        let prefixLength = keys.channelPrefix.utf8.count
-        for await message in subscriber.messages {
-            guard let peer = PeerID(Substring(message.channel.utf8.dropFirst(prefixLength))) else { continue }
-            route(message.payload, to: peer)
-        }
-    }
-
-    /// Payloads are `<event>\n<JSON>`, or `!session\n<id>` marking where a new stream begins.
-    private func route(_ payload: ByteBuffer, to peer: PeerID) {
-        guard let newline = payload.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return }
-        let nameLength = newline - payload.readerIndex
-        let name = payload.getString(at: payload.readerIndex, length: nameLength) ?? ""
-        let body = payload.getSlice(at: newline + 1, length: payload.readableBytes - nameLength - 1)!
-        let local = streams.withLock { $0[peer] ?? [] }
-        if name == "!session" {
-            let session = String(buffer: body)
-            for stream in local {
-                if stream.session == session { stream.confirm() } else { stream.end(.replaced) }
-            }
-        } else {
-            let event = StreamEvent(name: name, data: body)
-            for stream in local { stream.deliver(event) }
+            await cancelWhenGracefulShutdown { await self.subscriber.run() }
         }
     }
 
@@ -86,11 +61,11 @@ public final class Coordinator: Service, Sendable {
     /// events here and any older stream of the same peer (on any node) is being closed.
     public func openStream(for user: PeerUser) async throws -> PeerStream {
         let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits)
-        streams.withLock { $0[user.id, default: []].append(stream) }
+        localStreams.add(stream)
         do {
             try await subscriber.subscribe(keys.channel(user.id))
         } catch {
-            forget(stream)
+            localStreams.remove(stream)
             throw error
         }
         do {
@@ -98,7 +73,7 @@ public final class Coordinator: Service, Sendable {
                 .connect, keys: [keys.peer(user.id)],
                 arguments: [stream.session, nodeID, user.json, keys.channel(user.id)])
         } catch {
-            forget(stream)
+            localStreams.remove(stream)
             subscriber.unsubscribe(keys.channel(user.id))
             throw error
         }
@@ -112,7 +87,7 @@ public final class Coordinator: Service, Sendable {
             logger.warning("stream dropped: its reader fell behind", metadata: ["peer": "\(stream.user.id)"])
         }
         stream.end(.closed)
-        forget(stream)
+        localStreams.remove(stream)
         subscriber.unsubscribe(keys.channel(stream.user.id))
         let peer = stream.user.id
         do {
@@ -127,15 +102,13 @@ public final class Coordinator: Service, Sendable {
         }
     }
 
-    private func forget(_ stream: PeerStream) {
-        streams.withLock { streams in
-            streams[stream.user.id]?.removeAll { $0 === stream }
-            if streams[stream.user.id]?.isEmpty == true { streams[stream.user.id] = nil }
-        }
-    }
-
     /// The number of streams open on this node.
-    public var openStreamCount: Int { streams.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+    public var openStreamCount: Int { localStreams.count }
+
+    /// Sends an event of the node's own (a `ping`) to every stream it holds.
+    public func sendToAllStreams(_ event: StreamEvent) {
+        for stream in localStreams.all { stream.send(event) }
+    }
 
     // MARK: Rooms
 

@@ -49,18 +49,9 @@ struct SignalingAPI: Sendable {
         headers[.cacheControl] = "no-cache"
         headers[HTTPField.Name("X-Accel-Buffering")!] = "no"  // proxies must not buffer the stream
         let userJSON = "{\"user\":\(user.json)}"
-        let pingInterval = configuration.pingInterval
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
-                // Pings go through the stream's own queue, so they never interleave a frame.
-                let pinger = Task {
-                    while !Task.isCancelled {
-                        try await Task.sleep(for: pingInterval)
-                        stream.send(StreamEvent(name: "ping", data: ByteBuffer(string: "{}")))
-                    }
-                }
-                defer { pinger.cancel() }
                 var encoder = SSEEncoder()
                 var frame = ByteBuffer()
                 do {

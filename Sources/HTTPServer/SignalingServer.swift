@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import ServiceLifecycle
 
 /// Builds the HTTP application of one node.
 public enum SignalingServer {
@@ -29,7 +30,25 @@ public enum SignalingServer {
         return Application(
             router: router,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "switchboard"),
+            services: [PingService(coordinator: coordinator, interval: configuration.pingInterval)],
             onServerRunning: onServerRunning,
             logger: logger)
+    }
+}
+
+/// Sends `ping` to every stream of the node each interval: one timer for the node, not one
+/// per stream. Pings go through each stream's queue, so they never split a frame.
+struct PingService: Service {
+    let coordinator: Coordinator
+    let interval: Duration
+
+    func run() async throws {
+        let ping = StreamEvent(name: "ping", data: ByteBuffer(string: "{}"))
+        // Shutdown cancels the sleep; that is the normal end, not an error.
+        await cancelWhenGracefulShutdown {
+            while (try? await Task.sleep(for: interval)) != nil {
+                coordinator.sendToAllStreams(ping)
+            }
+        }
     }
 }

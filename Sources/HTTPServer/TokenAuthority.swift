@@ -1,6 +1,7 @@
 import Coordinator
 import Foundation
 import JWTKit
+import Synchronization
 
 /// Issues and verifies the HS256 tokens of `POST /access`: payload `{id, username, iat, exp}`.
 /// Only HS256 with this node's secret verifies; `alg: none` and every other algorithm fail,
@@ -8,6 +9,9 @@ import JWTKit
 public struct TokenAuthority: Sendable {
     private let keys: JWTKeyCollection
     public let lifetime: TimeInterval
+    /// Tokens already verified, until they expire: a browser sends the same token with every
+    /// request, and an HMAC check plus JSON decoding per relay is work for nothing.
+    private let verified = VerifiedTokens(capacity: 100_000)
 
     /// HS256 needs a key at least as long as its hash.
     public static let minimumSecretLength = 32
@@ -52,10 +56,40 @@ public struct TokenAuthority: Sendable {
     }
 
     /// The peer a token speaks for, or nil if the token is not valid now.
-    public func verify(_ token: String) async -> PeerUser? {
+    public func verify(_ token: String, now: Date = Date()) async -> PeerUser? {
+        if let user = verified.user(for: token, at: now) { return user }
         guard let payload = try? await keys.verify(token, as: Payload.self),
             PeerUser.isValidUsername(payload.username)
         else { return nil }
-        return PeerUser(id: payload.id, username: payload.username)
+        let user = PeerUser(id: payload.id, username: payload.username)
+        verified.remember(token, user: user, until: payload.exp.value)
+        return user
+    }
+}
+
+/// A bounded map of verified tokens to their peers, each valid until its token's expiry.
+final class VerifiedTokens: Sendable {
+    private let capacity: Int
+    private let entries = Mutex<[String: (user: PeerUser, expires: Date)]>([:])
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func user(for token: String, at now: Date) -> PeerUser? {
+        entries.withLock { entries in
+            guard let entry = entries[token] else { return nil }
+            guard entry.expires > now else {
+                entries[token] = nil
+                return nil
+            }
+            return entry.user
+        }
+    }
+
+    func remember(_ token: String, user: PeerUser, until expires: Date) {
+        entries.withLock { entries in
+            // Full: start over rather than track recency; a miss only costs one verification.
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[token] = (user, expires)
+        }
     }
 }

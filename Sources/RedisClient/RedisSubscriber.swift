@@ -15,9 +15,11 @@ public struct PubSubMessage: Sendable {
 /// subscribes to every channel still wanted. Messages arrive on `messages`.
 public final class RedisSubscriber: Sendable {
     public let endpoint: RedisEndpoint
-    /// Every message on every subscribed channel, in the order Redis sent them.
+    /// Every message on every subscribed channel, in the order Redis sent them (unless an
+    /// `onMessage` handler takes them instead).
     public let messages: AsyncStream<PubSubMessage>
     private let messageSink: AsyncStream<PubSubMessage>.Continuation
+    private let onMessage: (@Sendable (PubSubMessage) -> Void)?
     private let group: EventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
@@ -34,8 +36,17 @@ public final class RedisSubscriber: Sendable {
         var connectedWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    public init(endpoint: RedisEndpoint, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "redis.subscriber")) {
+    /// - Parameter onMessage: if given, called with each message on the connection's event
+    ///   loop, in order, instead of queueing it on `messages` (saves a task switch per message;
+    ///   it must not block).
+    public init(
+        endpoint: RedisEndpoint,
+        group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "redis.subscriber"),
+        onMessage: (@Sendable (PubSubMessage) -> Void)? = nil
+    ) {
         self.endpoint = endpoint
+        self.onMessage = onMessage
         self.group = group
         self.logger = logger
         (messages, messageSink) = AsyncStream.makeStream(of: PubSubMessage.self)
@@ -155,7 +166,8 @@ public final class RedisSubscriber: Sendable {
         switch kind {
         case "message":
             guard parts.count == 3, let channel = parts[1].string, case .bulkString(let payload) = parts[2] else { return }
-            messageSink.yield(PubSubMessage(channel: channel, payload: payload))
+            let message = PubSubMessage(channel: channel, payload: payload)
+            if let onMessage { onMessage(message) } else { messageSink.yield(message) }
         case "subscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
             let waiters = state.withLock { state -> [CheckedContinuation<Void, Error>] in

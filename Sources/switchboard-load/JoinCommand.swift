@@ -68,12 +68,19 @@ struct JoinCommand: AsyncParsableCommand {
         report.print(json: options.json)
     }
 
-    /// Reads `count` add-peer / remove-peer events; returns when the last arrived, or nil.
+    /// Reads `count` add-peer / remove-peer events; returns when the last arrived, or nil if
+    /// they did not all come within `wait` (the stream is then closed).
     private func drain(_ peer: Peer, count: Int, wait: Duration) async -> UInt64? {
+        let stream = peer.stream
+        let watchdog = Task {
+            try await Task.sleep(for: wait)
+            stream.close()
+        }
+        defer { watchdog.cancel() }
         var last = monotonicNanoseconds()
         var seen = 0
         while seen < count {
-            guard let event = await peer.stream.nextSignal(timeout: wait) else { return nil }
+            guard let event = await stream.nextSignal() else { return nil }
             if event.event == "add-peer" || event.event == "remove-peer" {
                 seen += 1
                 last = monotonicNanoseconds()

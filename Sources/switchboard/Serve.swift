@@ -51,6 +51,7 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
+        raiseFileLimit()
         let environment = ProcessInfo.processInfo.environment
         func setting(_ value: String?, _ variable: String) -> String? { value ?? environment[variable] }
         func number<T: LosslessStringConvertible>(_ value: T?, _ variable: String, _ fallback: T) throws -> T {
@@ -107,8 +108,7 @@ struct Serve: AsyncParsableCommand {
         }
 
         let redisClient = RedisClient(endpoint: endpoint, logger: Logger(label: "switchboard.redis"))
-        let subscriber = RedisSubscriber(endpoint: endpoint, logger: Logger(label: "switchboard.subscriber"))
-        let coordinator = Coordinator(redis: redisClient, subscriber: subscriber, keys: keys, nodeID: nodeID)
+        let coordinator = Coordinator(redis: redisClient, keys: keys, nodeID: nodeID)
         let app = SignalingServer.makeApplication(coordinator: coordinator, tokens: tokens, configuration: node)
         logger.info("switchboard node starting", metadata: [
             "node": "\(nodeID)", "listen": "\(node.host):\(node.port)", "redis": "\(endpoint)",
@@ -121,6 +121,14 @@ struct Serve: AsyncParsableCommand {
         try await group.run()
         await redisClient.close()
     }
+}
+
+/// Every stream is a socket: lift the soft limit on open files to the hard one.
+func raiseFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
 }
 
 /// Stops the embedded redis-server when the node shuts down.

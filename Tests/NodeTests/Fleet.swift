@@ -48,10 +48,9 @@ final class Fleet: Sendable {
         var nodes: [Node] = []
         for index in 0..<count {
             let id = "node-\(index)"
-            let subscriber = RedisSubscriber(endpoint: endpoint, logger: logger)
             let coordinator = Coordinator(
-                redis: RedisClient(endpoint: endpoint, logger: logger), subscriber: subscriber,
-                keys: try KeySpace(prefix: "sb:"), nodeID: id, logger: logger)
+                redis: RedisClient(endpoint: endpoint, logger: logger), keys: try KeySpace(prefix: "sb:"), nodeID: id,
+                logger: logger)
             let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
             let app = SignalingServer.makeApplication(
                 coordinator: coordinator, tokens: tokens,
@@ -62,7 +61,7 @@ final class Fleet: Sendable {
             let task = Task { try await group.run() }
             var portIterator = ports.makeAsyncIterator()
             let port = await portIterator.next() ?? 0
-            await subscriber.waitUntilConnected()
+            await coordinator.subscriber.waitUntilConnected()
             nodes.append(Node(id: id, port: port, coordinator: coordinator, group: group, task: task))
         }
         self.nodes = nodes

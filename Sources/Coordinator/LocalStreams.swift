@@ -1,0 +1,52 @@
+import NIOCore
+import RedisClient
+import Synchronization
+
+/// The streams this node holds, by peer, and the routing of subscriber messages to them.
+/// Normally one stream per peer; two while a newer stream waits for Redis to confirm that it
+/// replaces the older.
+final class LocalStreams: Sendable {
+    private let channelPrefixLength: Int
+    private let streams = Mutex<[PeerID: [PeerStream]]>([:])
+
+    init(channelPrefix: String) {
+        channelPrefixLength = channelPrefix.utf8.count
+    }
+
+    func add(_ stream: PeerStream) {
+        streams.withLock { $0[stream.user.id, default: []].append(stream) }
+    }
+
+    func remove(_ stream: PeerStream) {
+        streams.withLock { streams in
+            streams[stream.user.id]?.removeAll { $0 === stream }
+            if streams[stream.user.id]?.isEmpty == true { streams[stream.user.id] = nil }
+        }
+    }
+
+    var count: Int { streams.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+
+    /// Every stream, for events the node itself sends to all (pings).
+    var all: [PeerStream] { streams.withLock { $0.values.flatMap { $0 } } }
+
+    /// Called on the subscriber's event loop for each message. Payloads are `<event>\n<JSON>`,
+    /// or `!session\n<id>` marking where a peer's new stream begins.
+    func route(_ message: PubSubMessage) {
+        guard let peer = PeerID(Substring(message.channel.utf8.dropFirst(channelPrefixLength))) else { return }
+        let payload = message.payload
+        guard let newline = payload.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return }
+        let nameLength = newline - payload.readerIndex
+        let name = payload.getString(at: payload.readerIndex, length: nameLength) ?? ""
+        guard let body = payload.getSlice(at: newline + 1, length: payload.readableBytes - nameLength - 1) else { return }
+        let local = streams.withLock { $0[peer] ?? [] }
+        if name == "!session" {
+            let session = String(buffer: body)
+            for stream in local {
+                if stream.session == session { stream.confirm() } else { stream.end(.replaced) }
+            }
+        } else {
+            let event = StreamEvent(name: name, data: body)
+            for stream in local { stream.deliver(event) }
+        }
+    }
+}
