@@ -17,7 +17,7 @@ BIN=$(swift build -c release --show-bin-path)
 
 WORK=$(mktemp -d)
 # Nodes first (their streams clean up in Redis), then Redis.
-cleanup() { kill "${A:-}" "${B:-}" 2>/dev/null || true; wait "${A:-}" "${B:-}" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { kill ${A:-} ${B:-} ${C:-} ${D:-} 2>/dev/null || true; wait ${A:-} ${B:-} ${C:-} ${D:-} 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 
@@ -53,4 +53,11 @@ echo "== load tool"
 "$LOAD" join "${NODES[@]}" --sizes 2,10,100 --repetitions 50 2>/dev/null
 "$LOAD" relay "${NODES[@]}" --pairs 16 --duration "$DURATION" 2>/dev/null
 "$LOAD" relay "${NODES[@]}" --pairs 16 --rate 2000 --duration "$DURATION" 2>/dev/null
-"$LOAD" idle --node http://127.0.0.1:18001 --streams "${STREAMS:-10000}" --hold 5 --pid $A --redis redis://127.0.0.1:$REDIS_PORT 2>/dev/null
+# Memory on fresh nodes (a node that ran the tests above reuses memory they freed).
+"$BIN/switchboard" serve --port 18003 --redis redis://127.0.0.1:$REDIS_PORT --node-id c &
+C=$!
+"$BIN/switchboard" serve --port 18004 --redis redis://127.0.0.1:$REDIS_PORT --node-id d &
+D=$!
+sleep 1
+"$LOAD" idle --node http://127.0.0.1:18003 --streams "${STREAMS:-10000}" --hold 5 --pid $C --redis redis://127.0.0.1:$REDIS_PORT 2>/dev/null
+"$LOAD" idle --node http://127.0.0.1:18004 --streams "${STREAMS:-10000}" --hold 5 --pid $D --plain-http 2>/dev/null

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RedisClient
+import SignalingClient
 
 struct IdleCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,6 +13,8 @@ struct IdleCommand: AsyncParsableCommand {
     @Option(help: "Seconds to hold them before measuring.") var hold = 5.0
     @Option(name: .customLong("pid"), help: "A node's process id, to read its memory (repeat per node).") var pids: [Int32] = []
     @Option(help: "Redis URL, to read connected_clients.") var redis: String?
+    @Flag(help: "Instead of streams, hold plain keep-alive HTTP connections that each made one GET /healthz: the HTTP stack's own cost per connection, the ceiling for a stream.")
+    var plainHTTP = false
 
     func run() async throws {
         let nodes = try options.fleet()
@@ -23,27 +26,46 @@ struct IdleCommand: AsyncParsableCommand {
         progress.start("idle")
         progress.update("opening \(streams) streams")
         let start = monotonicNanoseconds()
-        let peers = try await Peer.connectMany(streams, nodes: nodes, prefix: "idle")
+        let held: [@Sendable () async -> Void]
+        if plainHTTP {
+            let connections = try await Self.openPlainConnections(streams, nodes: nodes)
+            held = connections.map { connection in { await connection.close() } }
+        } else {
+            let peers = try await Peer.connectMany(streams, nodes: nodes, prefix: "idle")
+            held = peers.map { peer in { peer.stream.close() } }
+        }
         let openSeconds = Double(monotonicNanoseconds() - start) / 1e9
-        progress.update("holding \(streams) streams")
+        progress.update("holding \(streams) \(plainHTTP ? "connections" : "streams")")
         try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
         let rssAfter = pids.compactMap(residentKiB).reduce(0, +)
         let clientsAfter = try await connectedClients(redisClient)
         progress.stop()
-        peers.forEach { $0.stream.close() }
+        for close in held { await close() }
+        let what = plainHTTP ? "plain HTTP connections" : "streams"
         var report = Report(
-            title: "idle: \(streams) streams over \(nodes.count) node(s), held \(Int(hold)) s",
-            columns: ["streams", "open_s", "node_rss_before_mib", "node_rss_after_mib", "kib_per_stream", "redis_clients_before", "redis_clients_after"])
+            title: "idle: \(streams) \(what) over \(nodes.count) node(s), held \(Int(hold)) s",
+            columns: ["held", "open_s", "node_rss_before_mib", "node_rss_after_mib", "kib_each", "redis_clients_before", "redis_clients_after"])
         report.rows.append([
-            "streams": streams, "open_s": openSeconds,
+            "held": "\(streams) \(what)", "open_s": openSeconds,
             "node_rss_before_mib": pids.isEmpty ? "-" : String(format: "%.1f", Double(rssBefore) / 1024),
             "node_rss_after_mib": pids.isEmpty ? "-" : String(format: "%.1f", Double(rssAfter) / 1024),
-            "kib_per_stream": pids.isEmpty ? "-" : String(format: "%.2f", Double(rssAfter - rssBefore) / Double(streams)),
+            "kib_each": pids.isEmpty ? "-" : String(format: "%.2f", Double(rssAfter - rssBefore) / Double(streams)),
             "redis_clients_before": clientsBefore.map(String.init) ?? "-",
             "redis_clients_after": clientsAfter.map(String.init) ?? "-",
         ])
         report.print(json: options.json)
         await redisClient?.close()
+    }
+
+    private static func openPlainConnections(_ count: Int, nodes: [NodeAddress]) async throws -> [PersistentConnection] {
+        var connections: [PersistentConnection] = []
+        for index in 0..<count {
+            let node = nodes[index % nodes.count]
+            let connection = try await PersistentConnection.connect(host: node.host, port: node.port)
+            _ = try await connection.request(.GET, "/healthz")
+            connections.append(connection)
+        }
+        return connections
     }
 
     private func connectedClients(_ client: RedisClient?) async throws -> Int? {
