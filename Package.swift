@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The Redis protocol (reply reader, command formatter) comes from Debian's libhiredis-dev.
@@ -43,16 +45,23 @@ let package = Package(
         .target(
             name: "LuaScripts",
             path: "Lua",
-            plugins: ["EmbedLua"]
+            plugins: ["EmbedFiles"]
         ),
-        .executableTarget(name: "LuaEmbedder"),
-        .plugin(name: "EmbedLua", capability: .buildTool(), dependencies: ["LuaEmbedder"]),
+        // The demo web client (HTML, CSS, JS), embedded the same way.
+        .target(
+            name: "WebAssets",
+            plugins: ["EmbedFiles"]
+        ),
+        .executableTarget(name: "FileEmbedder"),
+        .plugin(name: "EmbedFiles", capability: .buildTool(), dependencies: ["FileEmbedder"]),
         .target(
             name: "Coordinator",
             dependencies: [
                 "RedisClient",
                 "LuaScripts",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -60,7 +69,9 @@ let package = Package(
             name: "HTTPServer",
             dependencies: [
                 "Coordinator",
+                "WebAssets",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "JWTKit", package: "jwt-kit"),
             ]
         ),
@@ -84,6 +95,7 @@ let package = Package(
                 "HTTPServer",
                 "RedisServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -110,6 +122,7 @@ let package = Package(
             dependencies: [
                 "HTTPServer", "RedisServer", "SignalingClient",
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
     ]

@@ -1,4 +1,4 @@
-// The Swift face of this folder: the build plugin (Plugins/EmbedLua) adds one constant per
+// The Swift face of this folder: the build plugin (Plugins/EmbedFiles) adds one constant per
 // `.lua` file (`LuaScript.join`, `LuaScript.rememberRoom`, …) and `LuaScript.all`.
 
 /// A Lua script from `Lua/`, its text embedded at build time.
@@ -7,8 +7,8 @@ public struct LuaScript: Sendable, Hashable {
     public let name: String
     public let source: String
 
-    public init(name: String, source: String) {
-        self.name = name
+    public init(file: String, source: String) {
+        self.name = file.hasSuffix(".lua") ? String(file.dropLast(4)) : file
         self.source = source
     }
 }

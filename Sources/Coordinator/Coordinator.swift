@@ -18,6 +18,11 @@ public final class Coordinator: Service, Sendable {
     private let streamLimits: PeerStream.Limits
     private let logger: Logger
     private let localStreams: LocalStreams
+    public let metrics: NodeMetrics
+    /// When this node started, for `/status`.
+    public let startedAt = Date()
+    /// How often the node writes its heartbeat record, and how long the record lives.
+    public static let heartbeatInterval = Duration.seconds(5)
 
     /// - Parameters:
     ///   - redis: the node's command connection; the coordinator opens its own subscriber
@@ -27,12 +32,14 @@ public final class Coordinator: Service, Sendable {
         keys: KeySpace,
         nodeID: String,
         streamLimits: PeerStream.Limits = .init(),
+        metrics: NodeMetrics = .none,
         logger: Logger = Logger(label: "switchboard.coordinator")
     ) {
+        self.metrics = metrics
         self.redis = redis
         self.keys = keys
         self.nodeID = nodeID
-        self.scripts = ScriptRegistry(redis: redis)
+        self.scripts = ScriptRegistry(redis: redis, metrics: metrics)
         self.streamLimits = streamLimits
         self.logger = logger
         let localStreams = LocalStreams(channelPrefix: keys.channelPrefix)
@@ -51,8 +58,69 @@ public final class Coordinator: Service, Sendable {
                     self.logger.warning("scripts not loaded yet; they load on first use", metadata: ["error": "\(error)"])
                 }
             }
+            group.addTask { await cancelWhenGracefulShutdown { await self.heartbeat() } }
             await cancelWhenGracefulShutdown { await self.subscriber.run() }
+            group.cancelAll()
         }
+        _ = try? await redis.send(["DEL", keys.node(nodeID)])
+    }
+
+    /// Keeps this node's record in Redis (`/status` lists the fleet from these records).
+    private func heartbeat() async {
+        let ttl = Self.heartbeatInterval * 3
+        repeat {
+            let record: [String: Any] = [
+                "id": nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": localStreams.count,
+            ]
+            let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+            _ = try? await redis.send(["SET", keys.node(nodeID), json, "PX", String(ttl.components.seconds * 1000)])
+        } while (try? await Task.sleep(for: Self.heartbeatInterval)) != nil
+    }
+
+    // MARK: Operations
+
+    /// What `/readyz` checks: Redis answers, every script is loaded, the subscription is live.
+    public func readiness() async -> [String: Bool] {
+        let redisUp = (try? await redis.send(["PING"])) == .simpleString("PONG")
+        if redisUp, !scripts.allLoaded { try? await scripts.loadAll() }
+        return ["redis": redisUp, "scripts": scripts.allLoaded, "subscription": subscriber.isConnected]
+    }
+
+    /// The nodes with a live heartbeat record in Redis, as they described themselves.
+    public func fleet() async throws -> [[String: Any]] {
+        var cursor = "0"
+        var records: [[String: Any]] = []
+        repeat {
+            let reply = try await redis.send(["SCAN", cursor, "MATCH", keys.node("*"), "COUNT", "1000"]).array ?? []
+            cursor = reply.first?.string ?? "0"
+            let names = (reply.count > 1 ? reply[1].array ?? [] : []).compactMap(\.string)
+            guard !names.isEmpty else { continue }
+            for value in try await redis.pipeline(names.map { ["GET", $0] }) {
+                guard let text = value.string,
+                    let record = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+                else { continue }
+                records.append(record)
+            }
+        } while cursor != "0"
+        return records.sorted { ($0["id"] as? String ?? "") < ($1["id"] as? String ?? "") }
+    }
+
+    /// Rooms the peers of this node are in, and their memberships, read from Redis (for the
+    /// metrics scrape: one pipelined SMEMBERS per local peer).
+    public func localMembership() async throws -> (rooms: Int, memberships: Int) {
+        let peers = Set(localStreams.all.map(\.user.id))
+        guard !peers.isEmpty else { return (0, 0) }
+        let replies = try await redis.pipeline(peers.map { ["SMEMBERS", keys.peerRooms($0)] })
+        var rooms = Set<String>()
+        var memberships = 0
+        for reply in replies {
+            let ids = (reply.array ?? []).compactMap(\.string)
+            memberships += ids.count
+            rooms.formUnion(ids)
+        }
+        metrics.localRooms.record(rooms.count)
+        metrics.localMemberships.record(memberships)
+        return (rooms.count, memberships)
     }
 
     // MARK: Streams
@@ -77,6 +145,7 @@ public final class Coordinator: Service, Sendable {
             subscriber.unsubscribe(keys.channel(user.id))
             throw error
         }
+        metrics.streamsOpen.increment()
         return stream
     }
 
@@ -85,7 +154,9 @@ public final class Coordinator: Service, Sendable {
     public func closeStream(_ stream: PeerStream) async {
         if stream.endReason == .tooSlow {
             logger.warning("stream dropped: its reader fell behind", metadata: ["peer": "\(stream.user.id)"])
+            metrics.slowClientsDropped.increment()
         }
+        metrics.streamsOpen.decrement()
         stream.end(.closed)
         localStreams.remove(stream)
         subscriber.unsubscribe(keys.channel(stream.user.id))
@@ -125,7 +196,10 @@ public final class Coordinator: Service, Sendable {
     /// member gets `add-peer` (offer: false) for it.
     public func join(_ user: PeerUser, room: RoomID) async throws -> JoinOutcome {
         let peer = user.id
-        guard try await redis.send(["EXISTS", keys.peer(peer)]).int == 1 else { throw NoOpenStream() }
+        guard try await redis.send(["EXISTS", keys.peer(peer)]).int == 1 else {
+            metrics.joined("no_stream")
+            throw NoOpenStream()
+        }
         // join.lua on the room's keys, then remember-room.lua on the peer's, in one round trip.
         // The join is recorded on the peer only while it still has a stream; if the stream
         // ended meanwhile, the join is undone below so no ghost stays behind.
@@ -137,8 +211,10 @@ public final class Coordinator: Service, Sendable {
         let recorded = replies[1].int == 1
         guard recorded else {
             try await leaveRoom(room, peer: peer, tellLeaver: false)
+            metrics.joined("no_stream")
             throw NoOpenStream()
         }
+        metrics.joined(members < 0 ? "already_member" : "joined")
         return members < 0 ? .alreadyMember : .joined(members: members)
     }
 
@@ -146,7 +222,9 @@ public final class Coordinator: Service, Sendable {
     /// it gets `remove-peer` for each of them. Returns false if it was not a member.
     @discardableResult
     public func leave(_ user: PeerUser, room: RoomID) async throws -> Bool {
-        try await leaveRoom(room, peer: user.id, tellLeaver: true)
+        let left = try await leaveRoom(room, peer: user.id, tellLeaver: true)
+        metrics.left(left ? "left" : "not_member")
+        return left
     }
 
     @discardableResult
@@ -176,10 +254,12 @@ public final class Coordinator: Service, Sendable {
         let receivers = try await scripts.run(
             .relay, keys: [keys.peer(target)], arguments: [keys.channel(target), payload]
         ).int ?? -1
-        switch receivers {
-        case ..<0: return .noSuchPeer
-        case 0: return .peerUnreachable
-        default: return .delivered
+        let outcome: RelayOutcome = switch receivers {
+        case ..<0: .noSuchPeer
+        case 0: .peerUnreachable
+        default: .delivered
         }
+        metrics.relayed("\(outcome)")
+        return outcome
     }
 }

@@ -26,6 +26,9 @@ public struct KeySpace: Sendable {
     /// Hash: member peer id → member's user JSON.
     public func roomMembers(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:members" }
 
+    /// String: a node's heartbeat record (JSON), expiring unless renewed. Pass `*` for a pattern.
+    public func node(_ id: String) -> String { "\(prefix)node:\(id)" }
+
     /// Pub/sub: a peer's channel is this followed by its id; only the node holding its stream listens.
     public var channelPrefix: String { "\(prefix)to:" }
     public func channel(_ id: PeerID) -> String { channelPrefix + id.rawValue }

@@ -7,9 +7,16 @@ import Synchronization
 /// and retries once.
 public final class ScriptRegistry: Sendable {
     private let redis: RedisClient
+    private let metrics: NodeMetrics
     private let hashes = Mutex<[String: String]>([:])
 
-    public init(redis: RedisClient) { self.redis = redis }
+    public init(redis: RedisClient, metrics: NodeMetrics = .none) {
+        self.redis = redis
+        self.metrics = metrics
+    }
+
+    /// Whether every script has been loaded (since start or the last NOSCRIPT).
+    public var allLoaded: Bool { hashes.withLock { $0.count == LuaScript.all.count } }
 
     /// Loads every script now, so the first requests don't pay for it.
     public func loadAll() async throws {
@@ -19,13 +26,21 @@ public final class ScriptRegistry: Sendable {
     /// Runs `script` with `keys` and `arguments` and returns its reply.
     @discardableResult
     public func run(_ script: LuaScript, keys: [String], arguments: [String]) async throws -> RESPValue {
+        let start = ContinuousClock.now
+        defer { metrics.scriptDuration(script.name, since: start) }
         let cached = hashes.withLock { $0[script.name] }
         let sha = if let cached { cached } else { try await load(script) }
         do {
             return try await redis.send(["EVALSHA", sha, String(keys.count)] + keys + arguments)
         } catch let error as RedisServerError where error.code == "NOSCRIPT" {
+            // Redis lost them all (restart, SCRIPT FLUSH): load them all again.
+            hashes.withLock { $0 = [:] }
+            try await loadAll()
             let sha = try await load(script)
             return try await redis.send(["EVALSHA", sha, String(keys.count)] + keys + arguments)
+        } catch let error as RedisServerError {
+            metrics.redisServerErrors.increment()
+            throw error
         }
     }
 
@@ -52,14 +67,19 @@ public final class ScriptRegistry: Sendable {
             let sha = if let cached { cached } else { try await load(call.script) }
             commands.append(["EVALSHA", sha, String(call.keys.count)] + call.keys + call.arguments)
         }
+        let start = ContinuousClock.now
         var replies = try await redis.pipeline(commands)
+        for call in calls { metrics.scriptDuration(call.script.name, since: start) }
         if let first = replies.firstIndex(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
             for index in first..<calls.count {
                 replies[index] = try await run(calls[index].script, keys: calls[index].keys, arguments: calls[index].arguments)
             }
         }
         for reply in replies {
-            if case .error(let message) = reply { throw RedisServerError(message) }
+            if case .error(let message) = reply {
+                metrics.redisServerErrors.increment()
+                throw RedisServerError(message)
+            }
         }
         return replies
     }

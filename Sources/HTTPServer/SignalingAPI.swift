@@ -4,13 +4,16 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import Prometheus
 import ServiceLifecycle
+import WebAssets
 
 /// The HTTP API of DESIGN.md on top of a `Coordinator`.
 struct SignalingAPI: Sendable {
     let coordinator: Coordinator
     let tokens: TokenAuthority
     let configuration: NodeConfiguration
+    let metricsRegistry: PrometheusCollectorRegistry?
 
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.post("access", use: access)
@@ -19,6 +22,13 @@ struct SignalingAPI: Sendable {
         router.post(":roomId/leave", use: leave)
         router.post("relay/:peerId/:event", use: relay)
         router.get("healthz", use: health)
+        router.get("readyz", use: ready)
+        router.get("status", use: status)
+        router.get("metrics", use: metrics)
+        // The demo web client: `/` picks a new room, `/<room>` is the room's page.
+        router.get("/", use: newRoom)
+        router.get("static/:file", use: asset)
+        router.get(":roomId", use: roomPage)
     }
 
     // MARK: Routes
@@ -44,6 +54,7 @@ struct SignalingAPI: Sendable {
             throw APIError.notEventStream
         }
         let stream = try await withRedis { try await coordinator.openStream(for: user) }
+        context.logger.info("stream opened", metadata: ["peer": "\(user.id)"])
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
@@ -59,11 +70,13 @@ struct SignalingAPI: Sendable {
                         try await withGracefulShutdownHandler {
                             encoder.encode(event: "connected", data: userJSON, into: &frame)
                             try await writer.write(frame)
+                            coordinator.metrics.sentEvents(1)
                             // Whatever queued while the last write was going out leaves in one write.
                             while let batch = await stream.nextBatch() {
                                 frame.clear()
                                 for event in batch { encoder.encode(event: event.name, data: event.data, into: &frame) }
                                 try await writer.write(frame)
+                                coordinator.metrics.sentEvents(batch.count)
                             }
                         } onGracefulShutdown: {
                             stream.end(.closed)
@@ -81,6 +94,7 @@ struct SignalingAPI: Sendable {
     @Sendable func join(request: Request, context: BasicRequestContext) async throws -> Response {
         let user = try await authenticate(request)
         let room = try roomID(context)
+        context.logger.info("join", metadata: ["peer": "\(user.id)", "room": "\(room)"])
         let outcome: Coordinator.JoinOutcome
         do {
             outcome = try await withRedis { try await coordinator.join(user, room: room) }
@@ -97,6 +111,7 @@ struct SignalingAPI: Sendable {
     @Sendable func leave(request: Request, context: BasicRequestContext) async throws -> Response {
         let user = try await authenticate(request)
         let room = try roomID(context)
+        context.logger.info("leave", metadata: ["peer": "\(user.id)", "room": "\(room)"])
         guard try await withRedis({ try await coordinator.leave(user, room: room) }) else {
             throw HTTPError(.notFound, message: "not a member of room '\(room)'")
         }
@@ -115,6 +130,7 @@ struct SignalingAPI: Sendable {
         let outcome = try await withRedis {
             try await coordinator.relay(from: user, to: target, event: event, body: data)
         }
+        context.logger.debug("relay", metadata: ["peer": "\(user.id)", "to": "\(target)", "event": "\(event)", "outcome": "\(outcome)"])
         switch outcome {
         case .delivered: return try json(["delivered": true])
         case .noSuchPeer: throw HTTPError(.notFound, message: "peer '\(target)' has no open stream")
@@ -125,6 +141,68 @@ struct SignalingAPI: Sendable {
     /// `GET /healthz`: the process is up.
     @Sendable func health(request: Request, context: BasicRequestContext) async throws -> Response {
         try json(["status": "ok", "node": coordinator.nodeID, "streams": coordinator.openStreamCount])
+    }
+
+    /// `GET /readyz`: 200 once Redis answers, the scripts are loaded and the subscription is
+    /// live; 503 until then.
+    @Sendable func ready(request: Request, context: BasicRequestContext) async throws -> Response {
+        let checks = await coordinator.readiness()
+        var response = try json(checks.mapValues { $0 as any Sendable })
+        if checks.values.contains(false) { response.status = .serviceUnavailable }
+        return response
+    }
+
+    /// `GET /status`: this node and the fleet as Redis sees it; a page for browsers.
+    @Sendable func status(request: Request, context: BasicRequestContext) async throws -> Response {
+        if request.headers[values: .accept].contains(where: { $0.contains("text/html") }) {
+            return page(WebAsset.status)
+        }
+        let fleet = (try? await coordinator.fleet()) ?? []
+        let ready = await !coordinator.readiness().values.contains(false)
+        let status: [String: any Sendable] = [
+            "node": coordinator.nodeID, "ready": ready, "streams": coordinator.openStreamCount,
+            "uptimeSeconds": Date().timeIntervalSince(coordinator.startedAt),
+            "fleet": fleet.map { record in record.mapValues { "\($0)" } },
+        ]
+        return try json(status)
+    }
+
+    /// `GET /metrics`: Prometheus text format.
+    @Sendable func metrics(request: Request, context: BasicRequestContext) async throws -> Response {
+        guard let metricsRegistry else { throw HTTPError(.notFound, message: "metrics are off") }
+        _ = try? await coordinator.localMembership()
+        var bytes: [UInt8] = []
+        metricsRegistry.emit(into: &bytes)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// `GET /`: a new room with a random name.
+    @Sendable func newRoom(request: Request, context: BasicRequestContext) async throws -> Response {
+        let alphabet = Array("abcdefghijkmnpqrstuvwxyz23456789")
+        let name = String((0..<10).map { _ in alphabet.randomElement()! })
+        return Response(status: .found, headers: [.location: "/\(name)"])
+    }
+
+    /// `GET /:roomId`: the demo client's page for that room.
+    @Sendable func roomPage(request: Request, context: BasicRequestContext) async throws -> Response {
+        _ = try roomID(context)
+        return page(WebAsset.index)
+    }
+
+    /// `GET /static/:file`: the demo client's scripts and styles.
+    @Sendable func asset(request: Request, context: BasicRequestContext) async throws -> Response {
+        guard let asset = context.parameters.get("file").flatMap(WebAsset.named) else {
+            throw HTTPError(.notFound, message: "no such file")
+        }
+        return page(asset)
+    }
+
+    private func page(_ asset: WebAsset) -> Response {
+        Response(
+            status: .ok, headers: [.contentType: asset.contentType, .cacheControl: "no-cache"],
+            body: .init(byteBuffer: ByteBuffer(string: asset.source)))
     }
 
     // MARK: Helpers

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import Prometheus
 import ServiceLifecycle
 
 /// Builds the HTTP application of one node.
@@ -11,6 +12,7 @@ public enum SignalingServer {
         coordinator: Coordinator,
         tokens: TokenAuthority,
         configuration: NodeConfiguration,
+        metricsRegistry: PrometheusCollectorRegistry? = nil,
         logger: Logger = Logger(label: "switchboard.http"),
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
@@ -25,7 +27,7 @@ public enum SignalingServer {
                 allowHeaders: [.accept, .authorization, .contentType, HTTPField.Name("Last-Event-ID")!],
                 allowMethods: [.get, .post, .options],
                 maxAge: .seconds(600)))
-        SignalingAPI(coordinator: coordinator, tokens: tokens, configuration: configuration)
+        SignalingAPI(coordinator: coordinator, tokens: tokens, configuration: configuration, metricsRegistry: metricsRegistry)
             .addRoutes(to: router)
         return Application(
             router: router,

@@ -13,6 +13,17 @@ public final class RedisClient: Sendable {
     private let commandTimeout: TimeAmount
     private let logger: Logger
     private let state: Mutex<State>
+    private let onConnectionEvent: (@Sendable (ConnectionEvent) -> Void)?
+
+    /// What happened to the connection, for metrics.
+    public enum ConnectionEvent: Sendable {
+        /// A connection opened after a failure or a loss.
+        case restored
+        /// An open connection closed unexpectedly.
+        case lost
+        /// An attempt to connect failed.
+        case connectFailed
+    }
 
     private struct State {
         var connection: RedisConnection?
@@ -27,8 +38,10 @@ public final class RedisClient: Sendable {
         endpoint: RedisEndpoint,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         commandTimeout: TimeAmount = .seconds(5),
-        logger: Logger = Logger(label: "redis")
+        logger: Logger = Logger(label: "redis"),
+        onConnectionEvent: (@Sendable (ConnectionEvent) -> Void)? = nil
     ) {
+        self.onConnectionEvent = onConnectionEvent
         self.endpoint = endpoint
         self.group = group
         self.commandTimeout = commandTimeout
@@ -77,7 +90,10 @@ public final class RedisClient: Sendable {
                 state.connecting = nil
                 return wasDown
             }
-            if wasDown { logger.info("redis connection restored", metadata: ["redis": "\(endpoint)"]) }
+            if wasDown {
+                logger.info("redis connection restored", metadata: ["redis": "\(endpoint)"])
+                onConnectionEvent?(.restored)
+            }
             connection.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
             return connection
         } catch {
@@ -88,6 +104,7 @@ public final class RedisClient: Sendable {
                 state.nextAttempt = .now() + delay
                 return delay
             }
+            onConnectionEvent?(.connectFailed)
             logger.warning(
                 "redis connection failed",
                 metadata: ["redis": "\(endpoint)", "error": "\(error)", "retry_in_ms": "\(delay.nanoseconds / 1_000_000)"])
@@ -103,6 +120,8 @@ public final class RedisClient: Sendable {
         }
         if wasCurrent, !state.withLock({ $0.closed }) {
             logger.warning("redis connection lost", metadata: ["redis": "\(endpoint)"])
+            state.withLock { $0.failedAttempts = max($0.failedAttempts, 1) }  // the next connection is a recovery
+            onConnectionEvent?(.lost)
         }
     }
 

@@ -3,6 +3,7 @@ import Coordinator
 import Foundation
 import HTTPServer
 import Logging
+import Prometheus
 import RedisClient
 import RedisServer
 import ServiceLifecycle
@@ -85,6 +86,7 @@ struct Serve: AsyncParsableCommand {
         }
         let nodeID = setting(nodeId, "SWITCHBOARD_NODE_ID")
             ?? "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        guard PeerID(nodeID) != nil else { throw ValidationError("node id '\(nodeID)': use \(identifierRule)") }
 
         let secret: String
         if let given = setting(tokenSecret, "SWITCHBOARD_TOKEN_SECRET") {
@@ -107,9 +109,13 @@ struct Serve: AsyncParsableCommand {
             services.append(EmbeddedRedisService(server: embedded))
         }
 
-        let redisClient = RedisClient(endpoint: endpoint, logger: Logger(label: "switchboard.redis"))
-        let coordinator = Coordinator(redis: redisClient, keys: keys, nodeID: nodeID)
-        let app = SignalingServer.makeApplication(coordinator: coordinator, tokens: tokens, configuration: node)
+        let registry = PrometheusCollectorRegistry()
+        let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
+        let redisClient = RedisClient(
+            endpoint: endpoint, logger: Logger(label: "switchboard.redis"), onConnectionEvent: metrics.redisConnectionEvent)
+        let coordinator = Coordinator(redis: redisClient, keys: keys, nodeID: nodeID, metrics: metrics)
+        let app = SignalingServer.makeApplication(
+            coordinator: coordinator, tokens: tokens, configuration: node, metricsRegistry: registry)
         logger.info("switchboard node starting", metadata: [
             "node": "\(nodeID)", "listen": "\(node.host):\(node.port)", "redis": "\(endpoint)",
         ])

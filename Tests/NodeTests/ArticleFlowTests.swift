@@ -69,7 +69,7 @@ struct ArticleFlowTests {
             let late = try await fleet.client(0).request(.POST, "/relay/\(bob.id)/ice-candidate", token: ann.token, body: "{}")
             #expect(late.status == 404)
             ann.stream.close()
-            #expect(try await fleet.eventually { try await fleet.keys() == [] })
+            #expect(try await fleet.eventually { try await fleet.signalingKeys() == [] })
         }
     }
 

@@ -3,6 +3,7 @@ import Foundation
 import HTTPServer
 import Logging
 import NIOCore
+import Prometheus
 import RedisClient
 import RedisServer
 import ServiceLifecycle
@@ -48,13 +49,16 @@ final class Fleet: Sendable {
         var nodes: [Node] = []
         for index in 0..<count {
             let id = "node-\(index)"
+            let registry = PrometheusCollectorRegistry()
+            let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
             let coordinator = Coordinator(
-                redis: RedisClient(endpoint: endpoint, logger: logger), keys: try KeySpace(prefix: "sb:"), nodeID: id,
-                logger: logger)
+                redis: RedisClient(endpoint: endpoint, logger: logger, onConnectionEvent: metrics.redisConnectionEvent),
+                keys: try KeySpace(prefix: "sb:"), nodeID: id, metrics: metrics, logger: logger)
             let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
             let app = SignalingServer.makeApplication(
                 coordinator: coordinator, tokens: tokens,
                 configuration: NodeConfiguration(host: "127.0.0.1", port: 0, pingInterval: pingInterval),
+                metricsRegistry: registry,
                 logger: logger,
                 onServerRunning: { channel in portSink.yield(channel.localAddress?.port ?? 0) })
             let group = ServiceGroup(services: [coordinator, app], logger: logger)
@@ -80,6 +84,11 @@ final class Fleet: Sendable {
     /// Every key in Redis.
     func keys(matching pattern: String = "*") async throws -> [String] {
         (try await redis.send(["KEYS", pattern]).array ?? []).compactMap(\.string).sorted()
+    }
+
+    /// Every peer and room key: all keys but the nodes' own heartbeat records.
+    func signalingKeys() async throws -> [String] {
+        try await keys().filter { !$0.hasPrefix("sb:node:") }
     }
 
     func roomMembers(_ room: String) async throws -> Set<String> {

@@ -70,7 +70,7 @@ struct JoinStormTests {
             #expect(tally.bothOffer == 0)
             #expect(tally.neitherOffer == 0)
             participants.forEach { $0.stream.close() }
-            #expect(try await fleet.eventually { try await fleet.keys() == [] })
+            #expect(try await fleet.eventually { try await fleet.signalingKeys() == [] })
         }
     }
 
@@ -126,7 +126,7 @@ struct JoinStormTests {
             let joinedFirst = leaverStatuses.filter { $0 == 200 }.count
             print("churn round \(round): \(stayers.count) stay, \(leavers.count) drop mid-join (\(joinedFirst) joins answered 200, \(leavers.count - joinedFirst) 409): ghosts in Redis after clean-up: \(clean ? 0 : -1), in survivors' views: \(ghosts)")
             stayers.forEach { $0.stream.close() }
-            #expect(try await fleet.eventually { try await fleet.keys() == [] })
+            #expect(try await fleet.eventually { try await fleet.signalingKeys() == [] })
         }
     }
 }
