@@ -1,7 +1,8 @@
 # The two commands of the README: `make run` and `make test`. Both install what is missing first.
-.PHONY: deps build run test
+.PHONY: deps browser-deps build run test test-swift test-browser
 
 APT_PACKAGES := redis-server libhiredis-dev pkg-config
+BROWSER_PACKAGES := chromium chromium-driver iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian/Ubuntu packages: redis-server (embedded default and tests), hiredis (the Redis protocol).
@@ -11,6 +12,14 @@ deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
+# The real-browser test: Debian's Chromium and its driver, selenium from PyPI.
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v ip >/dev/null; then :; else \
+		echo "installing $(BROWSER_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BROWSER_PACKAGES); \
+	fi
+	@python3 -c "import selenium" 2>/dev/null || python3 -m pip install -q selenium
+
 build: deps
 	swift build
 
@@ -18,7 +27,14 @@ build: deps
 run: deps
 	swift run switchboard serve $(ARGS)
 
-# Every test: Lua scripts, Redis client, multi-node HTTP, join storms, the binary itself.
-# Each test starts its own redis-server in a temporary directory.
-test: deps
+# Every test: Lua scripts, Redis client, multi-node HTTP, join storms, the binary itself
+# (each starts its own redis-server in a temporary directory), then two real browsers.
+test: test-swift test-browser
+
+test-swift: deps
 	swift test
+
+# Two headless Chromiums on two nodes, in a private network namespace (needs root or
+# unprivileged user namespaces). Screenshots in Tests/Browser/artifacts/.
+test-browser: deps browser-deps
+	Tests/Browser/run.sh

@@ -13,6 +13,7 @@ let me = null;
 
 const $ = (id) => document.getElementById(id);
 $("room").textContent = roomId;
+$("via").textContent = "via " + location.host;
 
 function setState(state) {
   $("state").textContent = state;
@@ -50,7 +51,7 @@ function show(who, text, system) {
     const name = document.createElement("span");
     name.className = "who";
     name.textContent = who;
-    li.append(name, document.createTextNode(text));
+    li.append(name, document.createTextNode(": " + text));
   }
   $("messages").append(li);
   li.scrollIntoView({ block: "end" });
