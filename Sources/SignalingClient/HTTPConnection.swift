@@ -36,6 +36,22 @@ final class ResponsePartForwarder: ChannelInboundHandler {
     }
 }
 
+/// A TCP connection with the HTTP/1.1 client handlers, then the handler `last` makes.
+func connectHTTP<Handler: ChannelInboundHandler>(
+    host: String, port: Int, group: EventLoopGroup, last: @escaping @Sendable () -> Handler
+) async throws -> Channel where Handler.InboundIn == HTTPClientResponsePart {
+    try await ClientBootstrap(group: group)
+        .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        .connectTimeout(.seconds(5))
+        .channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                try channel.pipeline.syncOperations.addHandler(last())
+            }
+        }
+        .connect(host: host, port: port).get()
+}
+
 /// One HTTP/1.1 request on its own connection, with the response streamed back.
 struct HTTPExchange {
     let channel: Channel
@@ -46,16 +62,7 @@ struct HTTPExchange {
         group: EventLoopGroup
     ) async throws -> HTTPExchange {
         let (parts, sink) = AsyncStream.makeStream(of: HTTPClientResponsePart.self)
-        let channel = try await ClientBootstrap(group: group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(5))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ResponsePartForwarder(sink: sink))
-                }
-            }
-            .connect(host: host, port: port).get()
+        let channel = try await connectHTTP(host: host, port: port, group: group) { ResponsePartForwarder(sink: sink) }
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "Host", value: "\(host):\(port)")
         for (name, value) in headers { head.headers.add(name: name, value: value) }

@@ -48,16 +48,7 @@ public final class PersistentConnection: Sendable {
     public static func connect(
         host: String = "127.0.0.1", port: Int, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> PersistentConnection {
-        let channel = try await ClientBootstrap(group: group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(5))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ResponseCollector())
-                }
-            }
-            .connect(host: host, port: port).get()
+        let channel = try await connectHTTP(host: host, port: port, group: group) { ResponseCollector() }
         let collector = try await channel.eventLoop.submit {
             NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ResponseCollector.self), eventLoop: channel.eventLoop)
         }.get()
@@ -79,8 +70,7 @@ public final class PersistentConnection: Sendable {
         head.headers.add(name: "Content-Length", value: String(bytes?.readableBytes ?? 0))
         if bytes != nil { head.headers.add(name: "Content-Type", value: "application/json") }
         let promise = channel.eventLoop.makePromise(of: HTTPResult.self)
-        let collector = collector
-        let channel = channel
+        let (collector, channel, head) = (collector, channel, head)
         channel.eventLoop.execute {
             guard channel.isActive else { return promise.fail(SignalingClientError.connectionClosed) }
             collector.value.enqueue(promise)
