@@ -70,11 +70,11 @@ public final class PersistentConnection: Sendable {
         head.headers.add(name: "Content-Length", value: String(bytes?.readableBytes ?? 0))
         if bytes != nil { head.headers.add(name: "Content-Type", value: "application/json") }
         let promise = channel.eventLoop.makePromise(of: HTTPResult.self)
-        let (collector, channel, head) = (collector, channel, head)
+        let (collector, channel, requestHead) = (collector, channel, head)
         channel.eventLoop.execute {
             guard channel.isActive else { return promise.fail(SignalingClientError.connectionClosed) }
             collector.value.enqueue(promise)
-            channel.write(HTTPClientRequestPart.head(head), promise: nil)
+            channel.write(HTTPClientRequestPart.head(requestHead), promise: nil)
             if let bytes { channel.write(HTTPClientRequestPart.body(.byteBuffer(bytes)), promise: nil) }
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         }
