@@ -21,8 +21,10 @@ public final class Coordinator: Service, Sendable {
     public let metrics: NodeMetrics
     /// When this node started, for `/status`.
     public let startedAt = Date()
-    /// How often the node writes its heartbeat record, and how long the record lives.
-    public static let heartbeatInterval = Duration.seconds(5)
+    /// How often the node renews its heartbeat record and looks for dead nodes. A node whose
+    /// record is older than three intervals is dead: the first node to notice takes its peers
+    /// out of their rooms.
+    public let heartbeatInterval: Duration
 
     /// - Parameters:
     ///   - redis: the node's command connection; the coordinator opens its own subscriber
@@ -32,10 +34,12 @@ public final class Coordinator: Service, Sendable {
         keys: KeySpace,
         nodeID: String,
         streamLimits: PeerStream.Limits = .init(),
+        heartbeatInterval: Duration = .seconds(3),
         metrics: NodeMetrics = .none,
         logger: Logger = Logger(label: "switchboard.coordinator")
     ) {
         self.metrics = metrics
+        self.heartbeatInterval = heartbeatInterval
         self.redis = redis
         self.keys = keys
         self.nodeID = nodeID
@@ -65,16 +69,68 @@ public final class Coordinator: Service, Sendable {
         _ = try? await redis.send(["DEL", keys.node(nodeID)])
     }
 
-    /// Keeps this node's record in Redis (`/status` lists the fleet from these records).
+    /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
+    /// each time, cleans up after nodes whose record expired.
     private func heartbeat() async {
-        let ttl = Self.heartbeatInterval * 3
+        let interval = heartbeatInterval.components
+        let ttlMilliseconds = String(3 * (interval.seconds * 1000 + interval.attoseconds / 1_000_000_000_000_000))
+        var first = true
         repeat {
             let record: [String: Any] = [
                 "id": nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": localStreams.count,
             ]
             let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
-            _ = try? await redis.send(["SET", keys.node(nodeID), json, "PX", String(ttl.components.seconds * 1000)])
-        } while (try? await Task.sleep(for: Self.heartbeatInterval)) != nil
+            _ = try? await redis.send(["SET", keys.node(nodeID), json, "PX", ttlMilliseconds])
+            if first {
+                // Streams recorded under this node id by an earlier life of it are gone.
+                await reap(nodeID, keeping: Set(localStreams.all.map(\.session)))
+                first = false
+            }
+            await reapDeadNodes()
+        } while (try? await Task.sleep(for: heartbeatInterval)) != nil
+    }
+
+    /// Finds nodes that hold streams in Redis but have no heartbeat, and cleans up after each,
+    /// if no other node is doing it already.
+    private func reapDeadNodes() async {
+        var cursor = "0"
+        repeat {
+            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", keys.nodeStreams("*"), "COUNT", "1000"]).array,
+                reply.count == 2
+            else { return }
+            cursor = reply[0].string ?? "0"
+            for key in (reply[1].array ?? []).compactMap(\.string) {
+                guard let open = key.firstIndex(of: "{"), let close = key.lastIndex(of: "}") else { continue }
+                let node = String(key[key.index(after: open)..<close])
+                guard node != nodeID, (try? await redis.send(["EXISTS", keys.node(node)]).int) == 0 else { continue }
+                let claim = try? await redis.send(["SET", keys.nodeReaper(node), nodeID, "NX", "PX", "60000"])
+                guard claim == .simpleString("OK") else { continue }
+                await reap(node)
+                _ = try? await redis.send(["DEL", keys.nodeReaper(node)])
+            }
+        } while cursor != "0"
+    }
+
+    /// Ends every stream Redis records for `node` (but those in `keeping`), exactly as if each
+    /// had closed: the peer leaves its rooms and the remaining members get `remove-peer`.
+    private func reap(_ node: String, keeping: Set<String> = []) async {
+        guard let entries = try? await redis.send(["SMEMBERS", keys.nodeStreams(node)]).array else { return }
+        var reaped = 0
+        for entry in entries.compactMap(\.string) {
+            let parts = entry.split(separator: " ", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let peer = PeerID(parts[0]), !keeping.contains(parts[1]) else { continue }
+            do {
+                try await endSession(parts[1], of: peer)
+                _ = try await redis.send(["SREM", keys.nodeStreams(node), entry])
+                reaped += 1
+            } catch {
+                logger.warning("clean-up after a dead node failed", metadata: ["node": "\(node)", "peer": "\(peer)", "error": "\(error)"])
+            }
+        }
+        if reaped > 0 {
+            metrics.peersReaped.increment(by: reaped)
+            logger.info("cleaned up after a node that stopped", metadata: ["node": "\(node)", "peers": "\(reaped)"])
+        }
     }
 
     // MARK: Operations
@@ -137,12 +193,15 @@ public final class Coordinator: Service, Sendable {
             throw error
         }
         do {
+            // Recorded under this node first, so that if the node dies the stream is found.
+            try await redis.send(["SADD", keys.nodeStreams(nodeID), "\(user.id) \(stream.session)"])
             try await scripts.run(
                 .connect, keys: [keys.peer(user.id)],
                 arguments: [stream.session, nodeID, user.json, keys.channel(user.id)])
         } catch {
             localStreams.remove(stream)
             subscriber.unsubscribe(keys.channel(user.id))
+            _ = try? await redis.send(["SREM", keys.nodeStreams(nodeID), "\(user.id) \(stream.session)"])
             throw error
         }
         metrics.streamsOpen.increment()
@@ -162,14 +221,20 @@ public final class Coordinator: Service, Sendable {
         subscriber.unsubscribe(keys.channel(stream.user.id))
         let peer = stream.user.id
         do {
-            let rooms = try await scripts.run(
-                .disconnect, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [stream.session])
-            for room in rooms.array ?? [] {
-                guard let room = room.string.flatMap(RoomID.init) else { continue }
-                try await leaveRoom(room, peer: peer, tellLeaver: false)
-            }
+            try await endSession(stream.session, of: peer)
+            try await redis.send(["SREM", keys.nodeStreams(nodeID), "\(peer) \(stream.session)"])
         } catch {
             logger.error("disconnect clean-up failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// Runs the disconnect clean-up for one stream: unless a newer stream replaced it, the peer
+    /// leaves every room, with `remove-peer` to the remaining members. Safe to repeat.
+    private func endSession(_ session: String, of peer: PeerID) async throws {
+        let rooms = try await scripts.run(.disconnect, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [session])
+        for room in rooms.array ?? [] {
+            guard let room = room.string.flatMap(RoomID.init) else { continue }
+            try await leaveRoom(room, peer: peer, tellLeaver: false)
         }
     }
 

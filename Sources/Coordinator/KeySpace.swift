@@ -27,7 +27,11 @@ public struct KeySpace: Sendable {
     public func roomMembers(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:members" }
 
     /// String: a node's heartbeat record (JSON), expiring unless renewed. Pass `*` for a pattern.
-    public func node(_ id: String) -> String { "\(prefix)node:\(id)" }
+    public func node(_ id: String) -> String { "\(prefix)node:{\(id)}" }
+    /// Set: the streams a node holds, as `"<peer id> <session>"`, for cleaning up after it dies.
+    public func nodeStreams(_ id: String) -> String { "\(prefix)node:{\(id)}:streams" }
+    /// String: which node is cleaning up after a dead node (so only one does).
+    public func nodeReaper(_ id: String) -> String { "\(prefix)node:{\(id)}:reaper" }
 
     /// Pub/sub: a peer's channel is this followed by its id; only the node holding its stream listens.
     public var channelPrefix: String { "\(prefix)to:" }

@@ -14,6 +14,7 @@ public final class NodeMetrics: Sendable {
     let redisReconnects: Counter
     let redisConnectionErrors: Counter
     let redisServerErrors: Counter
+    let peersReaped: Counter
 
     public init(factory: MetricsFactory) {
         self.factory = factory
@@ -25,6 +26,7 @@ public final class NodeMetrics: Sendable {
         redisReconnects = Counter(label: "switchboard_redis_reconnects_total", factory: factory)
         redisConnectionErrors = Counter(label: "switchboard_redis_connection_errors_total", factory: factory)
         redisServerErrors = Counter(label: "switchboard_redis_server_errors_total", factory: factory)
+        peersReaped = Counter(label: "switchboard_dead_node_peers_removed_total", factory: factory)
     }
 
     /// Metrics that go nowhere.

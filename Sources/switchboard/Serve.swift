@@ -44,6 +44,11 @@ struct Serve: AsyncParsableCommand {
     var pingInterval: Double?
 
     @Option(help: ArgumentHelp(
+        "Seconds between heartbeats; a node silent for 3 heartbeats is dead and the others remove its peers. (env: SWITCHBOARD_HEARTBEAT_INTERVAL, default: 3)",
+        valueName: "seconds"))
+    var heartbeatInterval: Double?
+
+    @Option(help: ArgumentHelp(
         "Comma-separated origins allowed to call the API from a browser, or *. (env: SWITCHBOARD_ALLOWED_ORIGINS, default: *)",
         valueName: "origins"))
     var allowedOrigins: String?
@@ -113,7 +118,11 @@ struct Serve: AsyncParsableCommand {
         let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
         let redisClient = RedisClient(
             endpoint: endpoint, logger: Logger(label: "switchboard.redis"), onConnectionEvent: metrics.redisConnectionEvent)
-        let coordinator = Coordinator(redis: redisClient, keys: keys, nodeID: nodeID, metrics: metrics)
+        let heartbeat = try number(heartbeatInterval, "SWITCHBOARD_HEARTBEAT_INTERVAL", 3.0)
+        guard heartbeat >= 0.1 else { throw ValidationError("heartbeat interval must be at least 0.1 s") }
+        let coordinator = Coordinator(
+            redis: redisClient, keys: keys, nodeID: nodeID, heartbeatInterval: .milliseconds(Int64(heartbeat * 1000)),
+            metrics: metrics)
         let app = SignalingServer.makeApplication(
             coordinator: coordinator, tokens: tokens, configuration: node, metricsRegistry: registry)
         logger.info("switchboard node starting", metadata: [

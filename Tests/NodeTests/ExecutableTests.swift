@@ -1,4 +1,5 @@
 import Foundation
+import RedisClient
 import RedisServer
 import SignalingClient
 import Testing
@@ -134,6 +135,56 @@ struct ExecutableTests {
         process.waitUntilExit()
         let report = try JSONSerialization.jsonObject(with: data) as? [String: Any]
         return (report?["results"] as? [[String: Any]])?.first
+    }
+
+    /// A node killed with SIGKILL: the survivors take its peers out of their rooms, and each
+    /// remaining member hears `remove-peer` exactly once though two survivors notice.
+    @Test func peersOfAKilledNodeAreRemovedOnce() async throws {
+        let redisPort = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: redisPort) { server in
+            let flags = ["--redis", "redis://127.0.0.1:\(redisPort)", "--heartbeat-interval", "0.5"]
+            let a = try Node(arguments: flags + ["--node-id", "a"])
+            let b = try Node(arguments: flags + ["--node-id", "b"])
+            let c = try Node(arguments: flags + ["--node-id", "c"])
+            for node in [a, b, c] { try await node.waitUntilHealthy() }
+            var ids: [String] = []
+            var streams: [EventStream] = []
+            var tokens: [String] = []
+            for (index, node) in [a, b, c].enumerated() {
+                let token = try await node.client.access(username: "user\(index)")
+                let stream = try await node.client.connect(token: token)
+                ids.append((json(await stream.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? "")
+                streams.append(stream)
+                tokens.append(token)
+                #expect(try await a.client.request(.POST, "/crash/join", token: token).status == 200)
+            }
+            // Drain the add-peers: user0 gets 2, user1 gets 2, user2 gets 2.
+            for stream in streams { for _ in 0..<2 { #expect(await nextSignal(stream)?.event == "add-peer") } }
+
+            let killedAt = ContinuousClock.now
+            kill(b.process.processIdentifier, SIGKILL)
+            for stream in [streams[0], streams[2]] {
+                let event = await nextSignal(stream, seconds: 15)
+                #expect(event?.event == "remove-peer")
+                #expect((json(event?.data ?? "")["peer"] as? [String: Any])?["id"] as? String == ids[1])
+            }
+            let elapsed = ContinuousClock.now - killedAt
+            print("crash clean-up: remove-peer \(elapsed) after kill -9 (heartbeat 0.5 s, dead after 1.5 s)")
+            #expect(elapsed < .seconds(10))
+            // Exactly once: the next event each survivor sees is its own marker, not a second remove-peer.
+            for (index, stream) in [(0, streams[0]), (2, streams[2])] {
+                _ = try await a.client.request(.POST, "/relay/\(ids[index])/marker", token: tokens[index], body: "{}")
+                #expect(await nextSignal(stream)?.event == "marker")
+            }
+            let redis = RedisClient(endpoint: try RedisEndpoint(url: server.url))
+            let leftovers = (try await redis.send(["KEYS", "*\(ids[1])*"]).array ?? []) + (try await redis.send(["KEYS", "sb:node:{b}*"]).array ?? [])
+            #expect(leftovers.isEmpty, "\(leftovers)")
+            #expect(Set((try await redis.send(["HKEYS", "sb:room:{crash}:members"]).array ?? []).compactMap(\.string)) == [ids[0], ids[2]])
+            await redis.close()
+            streams.forEach { $0.close() }
+            #expect(await a.terminate() == 0)
+            #expect(await c.terminate() == 0)
+        }
     }
 
     @Test func refusesAShortSecretClearly() async throws {
