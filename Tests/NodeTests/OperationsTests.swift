@@ -67,11 +67,15 @@ struct OperationsTests {
 
     @Test func statusListsTheFleet() async throws {
         try await Fleet.with(nodes: 2) { fleet in
-            let status = json(try await fleet.client(0).request(.GET, "/status").body)
+            // Each node writes its heartbeat record as it starts.
+            var status: [String: Any] = [:]
+            let listed = try await fleet.eventually {
+                status = json(try await fleet.client(0).request(.GET, "/status").body)
+                return (status["fleet"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ["node-0", "node-1"]
+            }
+            #expect(listed, "\(status)")
             #expect(status["node"] as? String == "node-0")
             #expect(status["ready"] as? Bool == true)
-            let fleetIDs = (status["fleet"] as? [[String: Any]])?.compactMap { $0["id"] as? String }
-            #expect(fleetIDs == ["node-0", "node-1"])
             let page = try await fleet.client(0).request(.GET, "/status", headers: [("Accept", "text/html")])
             #expect(page.headers["Content-Type"].first?.hasPrefix("text/html") == true)
         }
