@@ -97,11 +97,12 @@ let benchmarks: @Sendable () -> Void = {
 
     // MARK: Live Redis: relay
 
-    Benchmark("relay: relay.lua, one EVALSHA") { benchmark in
+    Benchmark("relay: relay.lua, one EVALSHA (stream and shared-room check, PUBLISH)") { benchmark in
         let message = "ice-candidate\n{\"peer\":\(Live.joiner.json),\"data\":{\"candidate\":\"candidate:1 1 udp 1 127.0.0.1 5000 typ host\"}}"
         for _ in benchmark.scaledIterations {
             try await Live.scripts.run(
-                .relay, keys: [Live.keys.peer(Live.joiner.id)], arguments: [Live.keys.channel(Live.joiner.id), message])
+                .relay, keys: [Live.keys.peer(Live.joiner.id), Live.keys.peerRooms(Live.joiner.id)],
+                arguments: [Live.keys.channel(Live.joiner.id), message, "relay-bench"])
         }
     }
 
@@ -158,8 +159,10 @@ enum Live {
         scripts = ScriptRegistry(redis: redis)
         try await scripts.loadAll()
         coordinator = Coordinator(redis: redis, keys: keys, nodeID: "bench")
-        // The joiner has an open stream as far as Redis knows (the coordinator checks).
+        // The joiner has an open stream as far as Redis knows (the coordinator checks), in a
+        // room the relay benchmark names as shared.
         try await scripts.run(.connect, keys: [keys.peer(joiner.id)], arguments: ["s", "bench", joiner.json, keys.channel(joiner.id)])
+        try await redis.send(["SADD", keys.peerRooms(joiner.id), "relay-bench"])
     }
 
     static func stop() async {

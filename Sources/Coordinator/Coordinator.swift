@@ -308,18 +308,23 @@ public final class Coordinator: Service, Sendable {
         case delivered
         /// The peer has no open stream (never connected, or gone).
         case noSuchPeer
+        /// The peer shares no room with the sender.
+        case notInSharedRoom
         /// Redis knows the peer, but no node took the message: its node is gone.
         case peerUnreachable
     }
 
-    /// Sends `event` with `{"peer": sender, "data": body}` to the peer's stream. `body` must be
-    /// compact JSON text (no newline).
+    /// Sends `event` with `{"peer": sender, "data": body}` to the peer's stream, if the two
+    /// share a room. `body` must be compact JSON text (no newline).
     public func relay(from sender: PeerUser, to target: PeerID, event: EventName, body: String) async throws -> RelayOutcome {
         let payload = "\(event.rawValue)\n{\"peer\":\(sender.json),\"data\":\(body)}"
+        let senderRooms = (try await redis.send(["SMEMBERS", keys.peerRooms(sender.id)]).array ?? []).compactMap(\.string)
         let receivers = try await scripts.run(
-            .relay, keys: [keys.peer(target)], arguments: [keys.channel(target), payload]
+            .relay, keys: [keys.peer(target), keys.peerRooms(target)],
+            arguments: [keys.channel(target), payload] + senderRooms
         ).int ?? -1
         let outcome: RelayOutcome = switch receivers {
+        case -2: .notInSharedRoom
         case ..<0: .noSuchPeer
         case 0: .peerUnreachable
         default: .delivered

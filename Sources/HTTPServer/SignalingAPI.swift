@@ -134,6 +134,7 @@ struct SignalingAPI: Sendable {
         switch outcome {
         case .delivered: return try json(["delivered": true])
         case .noSuchPeer: throw HTTPError(.notFound, message: "peer '\(target)' has no open stream")
+        case .notInSharedRoom: throw HTTPError(.forbidden, message: "peer '\(target)' shares no room with you")
         case .peerUnreachable: throw HTTPError(.notFound, message: "peer '\(target)' is not reachable")
         }
     }

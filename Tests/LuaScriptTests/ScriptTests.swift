@@ -156,16 +156,29 @@ struct ScriptTests {
 
     // MARK: relay.lua
 
-    @Test func relayRoutesToTheTargetsChannelOnlyIfItHasAStream() async throws {
+    @Test func relayRoutesOnlyToAStreamThatSharesARoom() async throws {
         try await ScriptHarness.with { h in
             let message = "ice-candidate\n{\"peer\":\(user("a")),\"data\":{\"candidate\":\"x\"}}"
-            #expect(try await h.run(.relay, keys: ["sb:peer:{b}"], "sb:to:b", message).int == -1)
+            let target = ["sb:peer:{b}", "sb:peer:{b}:rooms"]
+            #expect(try await h.run(.relay, keys: target, "sb:to:b", message, "r1").int == -1)
             _ = try await h.run(.connect, keys: ["sb:peer:{b}"], "s1", "n", user("b"), "sb:to:b")
-            // Known, but no node listens on its channel: its node is gone.
-            #expect(try await h.run(.relay, keys: ["sb:peer:{b}"], "sb:to:b", message).int == 0)
+            _ = try await h.run(.rememberRoom, keys: target, "r1")
             try await h.watch("b")
-            #expect(try await h.run(.relay, keys: ["sb:peer:{b}"], "sb:to:b", message).int == 1)
+            // A stranger (no room, or other rooms) is refused and nothing is published.
+            #expect(try await h.run(.relay, keys: target, "sb:to:b", message).int == -2)
+            #expect(try await h.run(.relay, keys: target, "sb:to:b", message, "r2", "r3").int == -2)
+            #expect(try await h.published() == [])
+            #expect(try await h.run(.relay, keys: target, "sb:to:b", message, "r2", "r1").int == 1)
             #expect(try await h.published() == [Published(channel: "sb:to:b", payload: message)])
+        }
+    }
+
+    @Test func relayToAStreamWhoseNodeIsGoneReachesNobody() async throws {
+        try await ScriptHarness.with { h in
+            let target = ["sb:peer:{b}", "sb:peer:{b}:rooms"]
+            _ = try await h.run(.connect, keys: ["sb:peer:{b}"], "s1", "n", user("b"), "sb:to:b")
+            _ = try await h.run(.rememberRoom, keys: target, "r1")
+            #expect(try await h.run(.relay, keys: target, "sb:to:b", "x\n{}", "r1").int == 0)
         }
     }
 

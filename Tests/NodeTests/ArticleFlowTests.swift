@@ -132,6 +132,13 @@ struct ArticleFlowTests {
             #expect(try await client.request(.POST, "/r/join", token: other).status == 409)
             #expect(try await fleet.keys(matching: "sb:room:*") == [])
 
+            // A stranger cannot message a peer by id: no shared room, 403, nothing delivered.
+            let carol = try await Participant.connect("carol", fleet: fleet, node: 0)
+            let refused = try await client.request(.POST, "/relay/\(carol.id)/ice-candidate", token: token, body: "{}")
+            #expect(refused.status == 403)
+            #expect(json(refused.body)["error"] != nil)
+            #expect(await nextSignal(carol.stream, seconds: 0.5) == nil)
+
             // Preflight for a cross-origin POST carrying Authorization.
             let preflight = try await client.request(.OPTIONS, "/r/join", headers: [
                 ("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST"),
