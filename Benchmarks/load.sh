@@ -26,6 +26,8 @@ redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --dir
 sleep 0.5
 export SWITCHBOARD_TOKEN_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export SWITCHBOARD_LOG_LEVEL=error
+# The load itself would trip the per-peer rate limits.
+export SWITCHBOARD_RELAY_RATE=0 SWITCHBOARD_JOIN_RATE=0
 "$BIN/switchboard" serve --port 18001 --redis redis://127.0.0.1:$REDIS_PORT --node-id a &
 A=$!
 "$BIN/switchboard" serve --port 18002 --redis redis://127.0.0.1:$REDIS_PORT --node-id b &

@@ -12,8 +12,10 @@
     ARGV[2] joiner's peer id
     ARGV[3] joiner's user JSON   {"id":P,"username":...}
     ARGV[4] channel prefix       sb:to:   (a peer's channel is prefix .. peer id)
+    ARGV[5] maximum room size    (optional; missing or 0: no limit)
 
-  Returns the number of members the joiner was introduced to, or -1 if it was already a member.
+  Returns the number of members the joiner was introduced to, -1 if it was already a member,
+  or -2 if the room is full (then nothing changes and nothing is published).
   Publishes "add-peer\n<JSON>" to each member's channel and to the joiner's.
 ]]
 local members = KEYS[1]
@@ -21,6 +23,10 @@ local room, joiner, joinerUser, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 if redis.call("HEXISTS", members, joiner) == 1 then
   return -1
+end
+local maxMembers = tonumber(ARGV[5]) or 0
+if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
+  return -2
 end
 
 local roomJSON = cjson.encode(room)

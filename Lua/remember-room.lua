@@ -10,11 +10,17 @@
     KEYS[2] peer rooms set       sb:peer:{P}:rooms
 
     ARGV[1] room id
+    ARGV[2] maximum rooms per peer (optional; missing or 0: no limit)
 
-  Returns 1 if recorded, 0 if the peer has no stream (the caller must undo the join).
+  Returns 1 if recorded, 0 if the peer has no stream, -1 if the peer is already in the
+  maximum number of rooms (for 0 and -1 the caller must undo the join).
 ]]
 if redis.call("EXISTS", KEYS[1]) == 0 then
   return 0
+end
+local maxRooms = tonumber(ARGV[2]) or 0
+if maxRooms > 0 and redis.call("SISMEMBER", KEYS[2], ARGV[1]) == 0 and redis.call("SCARD", KEYS[2]) >= maxRooms then
+  return -1
 end
 redis.call("SADD", KEYS[2], ARGV[1])
 return 1

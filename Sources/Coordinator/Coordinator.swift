@@ -25,6 +25,18 @@ public final class Coordinator: Service, Sendable {
     /// record is older than three intervals is dead: the first node to notice takes its peers
     /// out of their rooms.
     public let heartbeatInterval: Duration
+    public let limits: RoomLimits
+
+    /// Limits on rooms, enforced in the scripts.
+    public struct RoomLimits: Sendable {
+        public var maxRoomSize: Int
+        public var maxRoomsPerPeer: Int
+
+        public init(maxRoomSize: Int = 100, maxRoomsPerPeer: Int = 16) {
+            self.maxRoomSize = maxRoomSize
+            self.maxRoomsPerPeer = maxRoomsPerPeer
+        }
+    }
 
     /// - Parameters:
     ///   - redis: the node's command connection; the coordinator opens its own subscriber
@@ -35,11 +47,13 @@ public final class Coordinator: Service, Sendable {
         nodeID: String,
         streamLimits: PeerStream.Limits = .init(),
         heartbeatInterval: Duration = .seconds(3),
+        limits: RoomLimits = .init(),
         metrics: NodeMetrics = .none,
         logger: Logger = Logger(label: "switchboard.coordinator")
     ) {
         self.metrics = metrics
         self.heartbeatInterval = heartbeatInterval
+        self.limits = limits
         self.redis = redis
         self.keys = keys
         self.nodeID = nodeID
@@ -256,26 +270,49 @@ public final class Coordinator: Service, Sendable {
 
     /// The peer has no open stream, so it cannot be told who else is in the room.
     public struct NoOpenStream: Error, Sendable {}
+    /// The room has `maxRoomSize` members.
+    public struct RoomFull: Error, Sendable {}
+    /// The peer is in `maxRoomsPerPeer` rooms.
+    public struct TooManyRooms: Error, Sendable {}
 
     /// Adds the peer to the room: it gets `add-peer` (offer: true) for every member and every
     /// member gets `add-peer` (offer: false) for it.
     public func join(_ user: PeerUser, room: RoomID) async throws -> JoinOutcome {
         let peer = user.id
-        guard try await redis.send(["EXISTS", keys.peer(peer)]).int == 1 else {
+        let (maxSize, maxRooms) = (String(limits.maxRoomSize), String(limits.maxRoomsPerPeer))
+        // Refuse early what would be refused anyway, so members see no add-peer/remove-peer flicker.
+        let checks = try await redis.pipeline([
+            ["EXISTS", keys.peer(peer)], ["SCARD", keys.peerRooms(peer)], ["SISMEMBER", keys.peerRooms(peer), room.rawValue],
+        ])
+        guard checks[0].int == 1 else {
             metrics.joined("no_stream")
             throw NoOpenStream()
         }
+        if limits.maxRoomsPerPeer > 0, checks[2].int == 0, (checks[1].int ?? 0) >= limits.maxRoomsPerPeer {
+            metrics.refused("too_many_rooms")
+            throw TooManyRooms()
+        }
         // join.lua on the room's keys, then remember-room.lua on the peer's, in one round trip.
-        // The join is recorded on the peer only while it still has a stream; if the stream
-        // ended meanwhile, the join is undone below so no ghost stays behind.
+        // The join is recorded on the peer only while it still has a stream (and room to
+        // spare); otherwise it is undone below, so no ghost stays behind.
         let replies = try await scripts.run([
-            .init(.join, keys: [keys.roomMembers(room)], arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix]),
-            .init(.rememberRoom, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [room.rawValue]),
+            .init(.join, keys: [keys.roomMembers(room)], arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix, maxSize]),
+            .init(.rememberRoom, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [room.rawValue, maxRooms]),
         ])
         let members = replies[0].int ?? -1
-        let recorded = replies[1].int == 1
-        guard recorded else {
-            try await leaveRoom(room, peer: peer, tellLeaver: false)
+        let recorded = replies[1].int ?? 0
+        if members == -2 {
+            // The room was full: join.lua changed nothing; take back what remember-room recorded.
+            if recorded == 1, checks[2].int == 0 { try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue]) }
+            metrics.refused("room_full")
+            throw RoomFull()
+        }
+        guard recorded == 1 else {
+            if members >= 0 { try await leaveRoom(room, peer: peer, tellLeaver: false) }
+            if recorded == -1 {
+                metrics.refused("too_many_rooms")
+                throw TooManyRooms()
+            }
             metrics.joined("no_stream")
             throw NoOpenStream()
         }

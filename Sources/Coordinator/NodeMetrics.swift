@@ -34,6 +34,8 @@ public final class NodeMetrics: Sendable {
 
     func joined(_ result: String) { Counter(label: "switchboard_joins_total", dimensions: [("result", result)], factory: factory).increment() }
     func left(_ result: String) { Counter(label: "switchboard_leaves_total", dimensions: [("result", result)], factory: factory).increment() }
+    /// A request refused by a limit: `join_rate`, `relay_rate`, `room_full`, `too_many_rooms`.
+    public func refused(_ limit: String) { Counter(label: "switchboard_refused_total", dimensions: [("limit", limit)], factory: factory).increment() }
     func relayed(_ result: String) { Counter(label: "switchboard_relays_total", dimensions: [("result", result)], factory: factory).increment() }
 
     func scriptDuration(_ script: String, since start: ContinuousClock.Instant) {

@@ -17,6 +17,13 @@ enum APIError {
         badRequest("invalid \(what): use \(identifierRule)")
     }
     static let originNotAllowed = HTTPError(.forbidden, message: "origin not allowed")
+    static let roomFull = HTTPError(.conflict, message: "the room is full")
+    static let tooManyRooms = HTTPError(.conflict, message: "in too many rooms: leave one first")
+
+    static func tooManyRequests(retryAfter: Duration) -> HTTPError {
+        let seconds = max(1, Int((Double(retryAfter.components.seconds) + Double(retryAfter.components.attoseconds) / 1e18).rounded(.up)))
+        return HTTPError(.tooManyRequests, headers: [.retryAfter: String(seconds)], message: "too many requests: retry after \(seconds) s")
+    }
 
     /// Redis unreachable: tell the client to come back shortly.
     static func unavailable(_ error: RedisConnectionError) -> HTTPError {

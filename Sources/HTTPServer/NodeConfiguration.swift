@@ -8,14 +8,28 @@ public struct NodeConfiguration: Sendable {
     public var allowedOrigins: [String]
     /// Largest request body accepted (relay payloads, `/access`).
     public var maxBodyBytes: Int
+    /// Relays a peer may send per second on this node (0: no limit), and the burst allowed.
+    public var relayRate: Double
+    public var relayBurst: Double
+    /// Joins a peer may make per second on this node (0: no limit), and the burst allowed.
+    public var joinRate: Double
+    public var joinBurst: Double
 
     public init(
         host: String = "127.0.0.1",
         port: Int = 8080,
         pingInterval: Duration = .seconds(10),
         allowedOrigins: [String] = ["*"],
-        maxBodyBytes: Int = 64 * 1024
+        maxBodyBytes: Int = 64 * 1024,
+        relayRate: Double = 100,
+        relayBurst: Double = 200,
+        joinRate: Double = 10,
+        joinBurst: Double = 20
     ) {
+        self.relayRate = relayRate
+        self.relayBurst = relayBurst
+        self.joinRate = joinRate
+        self.joinBurst = joinBurst
         self.host = host
         self.port = port
         self.pingInterval = pingInterval

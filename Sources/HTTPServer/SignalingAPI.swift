@@ -14,6 +14,17 @@ struct SignalingAPI: Sendable {
     let tokens: TokenAuthority
     let configuration: NodeConfiguration
     let metricsRegistry: PrometheusCollectorRegistry?
+    let relayLimiter: RateLimiter
+    let joinLimiter: RateLimiter
+
+    init(coordinator: Coordinator, tokens: TokenAuthority, configuration: NodeConfiguration, metricsRegistry: PrometheusCollectorRegistry?) {
+        self.coordinator = coordinator
+        self.tokens = tokens
+        self.configuration = configuration
+        self.metricsRegistry = metricsRegistry
+        relayLimiter = RateLimiter(rate: configuration.relayRate, burst: configuration.relayBurst)
+        joinLimiter = RateLimiter(rate: configuration.joinRate, burst: configuration.joinBurst)
+    }
 
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.post("access", use: access)
@@ -95,11 +106,19 @@ struct SignalingAPI: Sendable {
         let user = try await authenticate(request)
         let room = try roomID(context)
         context.logger.info("join", metadata: ["peer": "\(user.id)", "room": "\(room)"])
+        if let wait = joinLimiter.take(for: user.id) {
+            coordinator.metrics.refused("join_rate")
+            throw APIError.tooManyRequests(retryAfter: wait)
+        }
         let outcome: Coordinator.JoinOutcome
         do {
             outcome = try await withRedis { try await coordinator.join(user, room: room) }
         } catch is Coordinator.NoOpenStream {
             throw APIError.noOpenStream
+        } catch is Coordinator.RoomFull {
+            throw APIError.roomFull
+        } catch is Coordinator.TooManyRooms {
+            throw APIError.tooManyRooms
         }
         switch outcome {
         case .joined(let members): return try json(["roomId": room.rawValue, "joined": true, "peers": members])
@@ -124,6 +143,10 @@ struct SignalingAPI: Sendable {
         guard let target = context.parameters.get("peerId").flatMap(PeerID.init) else { throw APIError.invalidID("peer id") }
         guard let event = context.parameters.get("event").flatMap(EventName.init) else {
             throw APIError.invalidID("event name")
+        }
+        if let wait = relayLimiter.take(for: user.id) {
+            coordinator.metrics.refused("relay_rate")
+            throw APIError.tooManyRequests(retryAfter: wait)
         }
         let body = try await request.body.collect(upTo: configuration.maxBodyBytes)
         guard let data = RelayBody.compactJSON(body) else { throw APIError.badRequest("body must be JSON") }

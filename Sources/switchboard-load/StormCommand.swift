@@ -42,6 +42,12 @@ struct StormCommand: AsyncParsableCommand {
                 roundTimes.record(nanoseconds: completed - start)
             }
             tally.add(views: views, ids: ids)
+            // Leave, so a server's rooms-per-peer limit does not end the run (a server without
+            // POST /:room/leave, like the original, just answers 404).
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for peer in peers { group.addTask { _ = try await peer.post("/\(room)/leave", via: peer.node) } }
+                try await group.waitForAll()
+            }
             progress.update("round \(round + 1)/\(rounds): \(tally)")
         }
         progress.stop()

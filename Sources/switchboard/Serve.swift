@@ -48,6 +48,18 @@ struct Serve: AsyncParsableCommand {
         valueName: "seconds"))
     var heartbeatInterval: Double?
 
+    @Option(help: "Most members in one room. (env: SWITCHBOARD_MAX_ROOM_SIZE, default: 100)")
+    var maxRoomSize: Int?
+
+    @Option(help: "Most rooms one peer may be in. (env: SWITCHBOARD_MAX_ROOMS_PER_PEER, default: 16)")
+    var maxRoomsPerPeer: Int?
+
+    @Option(help: ArgumentHelp("Relays per second one peer may send to a node, bursts of twice that; 0 for no limit. (env: SWITCHBOARD_RELAY_RATE, default: 100)", valueName: "per-second"))
+    var relayRate: Double?
+
+    @Option(help: ArgumentHelp("Joins per second one peer may make on a node, bursts of twice that; 0 for no limit. (env: SWITCHBOARD_JOIN_RATE, default: 10)", valueName: "per-second"))
+    var joinRate: Double?
+
     @Option(help: ArgumentHelp(
         "Comma-separated origins allowed to call the API from a browser, or *. (env: SWITCHBOARD_ALLOWED_ORIGINS, default: *)",
         valueName: "origins"))
@@ -78,13 +90,23 @@ struct Serve: AsyncParsableCommand {
 
         let ping = try number(pingInterval, "SWITCHBOARD_PING_INTERVAL", 10.0)
         guard ping > 0 else { throw ValidationError("ping interval must be positive") }
+        let relays = try number(relayRate, "SWITCHBOARD_RELAY_RATE", 100.0)
+        let joins = try number(joinRate, "SWITCHBOARD_JOIN_RATE", 10.0)
+        guard relays >= 0, joins >= 0 else { throw ValidationError("rates cannot be negative") }
         let node = NodeConfiguration(
             host: setting(host, "SWITCHBOARD_HOST") ?? "127.0.0.1",
             port: try number(port, "SWITCHBOARD_PORT", 8080),
             pingInterval: .milliseconds(Int64(ping * 1000)),
             allowedOrigins: (setting(allowedOrigins, "SWITCHBOARD_ALLOWED_ORIGINS") ?? "*")
-                .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) },
+            relayRate: relays, relayBurst: relays * 2, joinRate: joins, joinBurst: joins * 2
         )
+        let limits = Coordinator.RoomLimits(
+            maxRoomSize: try number(maxRoomSize, "SWITCHBOARD_MAX_ROOM_SIZE", 100),
+            maxRoomsPerPeer: try number(maxRoomsPerPeer, "SWITCHBOARD_MAX_ROOMS_PER_PEER", 16))
+        guard limits.maxRoomSize >= 2, limits.maxRoomsPerPeer >= 1 else {
+            throw ValidationError("a room holds at least 2 peers and a peer may be in at least 1 room")
+        }
         let keys: KeySpace
         do { keys = try KeySpace(prefix: setting(keyPrefix, "SWITCHBOARD_KEY_PREFIX") ?? "sb:") } catch {
             throw ValidationError("\(error)")
@@ -122,7 +144,7 @@ struct Serve: AsyncParsableCommand {
         guard heartbeat >= 0.1 else { throw ValidationError("heartbeat interval must be at least 0.1 s") }
         let coordinator = Coordinator(
             redis: redisClient, keys: keys, nodeID: nodeID, heartbeatInterval: .milliseconds(Int64(heartbeat * 1000)),
-            metrics: metrics)
+            limits: limits, metrics: metrics)
         let app = SignalingServer.makeApplication(
             coordinator: coordinator, tokens: tokens, configuration: node, metricsRegistry: registry)
         logger.info("switchboard node starting", metadata: [

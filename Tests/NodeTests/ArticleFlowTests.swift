@@ -1,4 +1,5 @@
 import Foundation
+import HTTPServer
 import NIOHTTP1
 import SignalingClient
 import Testing
@@ -74,7 +75,7 @@ struct ArticleFlowTests {
     }
 
     @Test func everyEventHasAnIncreasingIdAndPingsFlow() async throws {
-        try await Fleet.with(nodes: 1, pingInterval: .milliseconds(100)) { fleet in
+        try await Fleet.with(nodes: 1, configuration: NodeConfiguration(host: "127.0.0.1", port: 0, pingInterval: .milliseconds(100))) { fleet in
             let client = fleet.client(0)
             let token = try await client.access(username: "ann")
             let stream = try await client.connect(token: token, useQueryToken: false)

@@ -103,8 +103,9 @@ struct ExecutableTests {
     @Test func loadToolDrivesTwoNodes() async throws {
         let redisPort = try RedisServerProcess.freePort()
         try await RedisServerProcess.with(tcpPort: redisPort) { _ in
-            let a = try Node(arguments: ["--redis", "redis://127.0.0.1:\(redisPort)"])
-            let b = try Node(arguments: ["--redis", "redis://127.0.0.1:\(redisPort)"])
+            let flags = ["--redis", "redis://127.0.0.1:\(redisPort)", "--relay-rate", "0"]
+            let a = try Node(arguments: flags)
+            let b = try Node(arguments: flags)
             try await a.waitUntilHealthy()
             try await b.waitUntilHealthy()
             let nodes = ["--node", "http://127.0.0.1:\(a.port)", "--node", "http://127.0.0.1:\(b.port)", "--json"]

@@ -26,9 +26,14 @@ final class Fleet: Sendable {
     let redis: RedisClient
     let nodes: [Node]
 
-    static func with(nodes count: Int, pingInterval: Duration = .seconds(10), _ body: (Fleet) async throws -> Void) async throws {
+    static func with(
+        nodes count: Int,
+        configuration: NodeConfiguration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0),
+        limits: Coordinator.RoomLimits = .init(),
+        _ body: (Fleet) async throws -> Void
+    ) async throws {
         try await RedisServerProcess.with { server in
-            let fleet = try await Fleet(redisServer: server, nodes: count, pingInterval: pingInterval)
+            let fleet = try await Fleet(redisServer: server, nodes: count, configuration: configuration, limits: limits)
             do {
                 try await body(fleet)
                 await fleet.stop()
@@ -39,7 +44,9 @@ final class Fleet: Sendable {
         }
     }
 
-    private init(redisServer: RedisServerProcess, nodes count: Int, pingInterval: Duration) async throws {
+    private init(
+        redisServer: RedisServerProcess, nodes count: Int, configuration: NodeConfiguration, limits: Coordinator.RoomLimits
+    ) async throws {
         self.redisServer = redisServer
         let endpoint = try RedisEndpoint(url: redisServer.url)
         redis = RedisClient(endpoint: endpoint)
@@ -53,11 +60,11 @@ final class Fleet: Sendable {
             let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
             let coordinator = Coordinator(
                 redis: RedisClient(endpoint: endpoint, logger: logger, onConnectionEvent: metrics.redisConnectionEvent),
-                keys: try KeySpace(prefix: "sb:"), nodeID: id, metrics: metrics, logger: logger)
+                keys: try KeySpace(prefix: "sb:"), nodeID: id, limits: limits, metrics: metrics, logger: logger)
             let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
             let app = SignalingServer.makeApplication(
                 coordinator: coordinator, tokens: tokens,
-                configuration: NodeConfiguration(host: "127.0.0.1", port: 0, pingInterval: pingInterval),
+                configuration: configuration,
                 metricsRegistry: registry,
                 logger: logger,
                 onServerRunning: { channel in portSink.yield(channel.localAddress?.port ?? 0) })

@@ -29,7 +29,8 @@ struct JoinStormTests {
     }
 
     @Test func fiftyClientsJoinOneRoomAtOnceTwentyTimes() async throws {
-        try await Fleet.with(nodes: 2) { fleet in
+        // Every client stays in every round's room.
+        try await Fleet.with(nodes: 2, limits: .init(maxRoomSize: 100, maxRoomsPerPeer: Self.rounds)) { fleet in
             var participants: [Participant] = []
             for i in 0..<Self.clients {
                 participants.append(try await Participant.connect("p\(i)", fleet: fleet, node: i % 2))
