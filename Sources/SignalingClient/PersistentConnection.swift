@@ -78,6 +78,9 @@ public final class PersistentConnection: Sendable {
             if let bytes { channel.write(HTTPClientRequestPart.body(.byteBuffer(bytes)), promise: nil) }
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         }
+        // A server that never answers fails the request (the connection closes), never hangs it.
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
+        defer { deadline.cancel() }
         return try await promise.futureResult.get()
     }
 

@@ -24,7 +24,13 @@ public struct SignalingClient: Sendable {
         if body != nil { allHeaders.append(("Content-Type", "application/json")) }
         let exchange = try await HTTPExchange.start(
             host: host, port: port, method: method, path: path, headers: allHeaders, body: body, group: group)
-        defer { exchange.channel.close(promise: nil) }
+        // A server that never answers ends the exchange (as a closed connection), never hangs it.
+        let channel = exchange.channel
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
+        defer {
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
         var result: HTTPResult?
         var bytes: [UInt8] = []
         for await part in exchange.parts {
@@ -58,6 +64,9 @@ public struct SignalingClient: Sendable {
         let exchange = try await HTTPExchange.start(
             host: host, port: port, method: .GET, path: path, headers: headers, body: nil, group: group)
         var parts = exchange.parts.makeAsyncIterator()
+        let channel = exchange.channel
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
+        defer { deadline.cancel() }
         guard case .head(let head) = await parts.next() else {
             exchange.channel.close(promise: nil)
             throw SignalingClientError.connectionClosed

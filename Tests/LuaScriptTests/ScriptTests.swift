@@ -238,8 +238,14 @@ struct ScriptTests {
             let output = Pipe()
             process.standardOutput = output
             try process.run()
-            process.waitUntilExit()
+            let pid = process.processIdentifier
+            let watchdog = Task {
+                try await Task.sleep(for: .seconds(30))
+                kill(pid, SIGKILL)
+            }
+            defer { watchdog.cancel() }
             let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
             #expect(text.trimmingCharacters(in: .whitespacesAndNewlines) == "0")  // redis-cli prints bare values when not on a terminal
             #expect(try await h.hash("sb:room:{demo}:members") == ["ann": user("ann")])
         }

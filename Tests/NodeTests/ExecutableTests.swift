@@ -132,6 +132,13 @@ struct ExecutableTests {
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()
+        // A hung load tool must fail this test, not hang the whole run.
+        let pid = process.processIdentifier
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(60))
+            kill(pid, SIGKILL)
+        }
+        defer { watchdog.cancel() }
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         let report = try JSONSerialization.jsonObject(with: data) as? [String: Any]
