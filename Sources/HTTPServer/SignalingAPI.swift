@@ -47,7 +47,7 @@ struct SignalingAPI: Sendable {
     /// `POST /access {"username": "ann"}` → `{"token": JWT}`.
     @Sendable func access(request: Request, context: BasicRequestContext) async throws -> Response {
         struct AccessRequest: Decodable { let username: String }
-        let body = try await request.body.collect(upTo: configuration.maxBodyBytes)
+        let body = try await readBody(request)
         guard let parsed = try? JSONDecoder().decode(AccessRequest.self, from: body) else {
             throw APIError.badRequest("expected a JSON body {\"username\": \"...\"}")
         }
@@ -88,6 +88,14 @@ struct SignalingAPI: Sendable {
                                 for event in batch { encoder.encode(event: event.name, data: event.data, into: &frame) }
                                 try await writer.write(frame)
                                 coordinator.metrics.sentEvents(batch.count)
+                            }
+                            if stream.endReason == .replaced {
+                                // A newer stream of this peer took over: say so, so the client
+                                // stops rather than reconnects and takes it back.
+                                frame.clear()
+                                encoder.encode(event: "replaced", data: "{\"reason\":\"another stream of this peer opened\"}", into: &frame)
+                                try await writer.write(frame)
+                                coordinator.metrics.sentEvents(1)
                             }
                         } onGracefulShutdown: {
                             stream.end(.closed)
@@ -148,7 +156,7 @@ struct SignalingAPI: Sendable {
             coordinator.metrics.refused("relay_rate")
             throw APIError.tooManyRequests(retryAfter: wait)
         }
-        let body = try await request.body.collect(upTo: configuration.maxBodyBytes)
+        let body = try await readBody(request)
         guard let data = RelayBody.compactJSON(body) else { throw APIError.badRequest("body must be JSON") }
         let outcome = try await withRedis {
             try await coordinator.relay(from: user, to: target, event: event, body: data)
@@ -230,6 +238,15 @@ struct SignalingAPI: Sendable {
     }
 
     // MARK: Helpers
+
+    /// The request body, up to the configured limit (413 with a JSON error beyond it).
+    private func readBody(_ request: Request) async throws -> ByteBuffer {
+        do {
+            return try await request.body.collect(upTo: configuration.maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            throw HTTPError(.contentTooLarge, message: "body over \(configuration.maxBodyBytes) bytes")
+        }
+    }
 
     /// The peer the request's token speaks for: 401 without a token, 403 with a bad one.
     private func authenticate(_ request: Request) async throws -> PeerUser {

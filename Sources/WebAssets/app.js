@@ -153,6 +153,11 @@ async function start() {
     renderPeers();
     await post(`/${encodeURIComponent(roomId)}/join`);
   });
+  on(source, "replaced", () => {
+    source.close(); // another tab took over this peer: do not reconnect and take it back
+    setState("closed");
+    show(null, "this page was replaced by another one of yours", true);
+  });
   on(source, "add-peer", addPeer);
   on(source, "remove-peer", ({ peer }) => closePeer(peer.id));
   on(source, "session-description", sessionDescription);

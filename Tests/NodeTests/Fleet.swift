@@ -98,6 +98,22 @@ final class Fleet: Sendable {
         try await keys().filter { !$0.hasPrefix("sb:node:") }
     }
 
+    /// Every peer and room key with its contents, to show that something changed nothing.
+    func snapshot() async throws -> [String: String] {
+        var result: [String: String] = [:]
+        for key in try await signalingKeys() {
+            let type = try await redis.send(["TYPE", key]).string ?? ""
+            let value: RESPValue = switch type {
+            case "hash": try await redis.send(["HGETALL", key])
+            case "set": try await redis.send(["SMEMBERS", key])
+            default: try await redis.send(["GET", key])
+            }
+            let parts = (value.array ?? [value]).compactMap(\.string)
+            result[key] = type == "set" ? parts.sorted().joined(separator: ",") : parts.joined(separator: ",")
+        }
+        return result
+    }
+
     func roomMembers(_ room: String) async throws -> Set<String> {
         Set((try await redis.send(["HKEYS", "sb:room:{\(room)}:members"]).array ?? []).compactMap(\.string))
     }
