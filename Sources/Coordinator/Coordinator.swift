@@ -197,8 +197,9 @@ public final class Coordinator: Service, Sendable {
 
     /// Opens a stream for `user` on this node. When this returns, Redis routes the peer's
     /// events here and any older stream of the same peer (on any node) is being closed.
-    public func openStream(for user: PeerUser) async throws -> PeerStream {
-        let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits)
+    /// - Parameter onEnd: called once when the node ends the stream (replaced, too slow, closed).
+    public func openStream(for user: PeerUser, onEnd: (@Sendable (PeerStream.EndReason) -> Void)? = nil) async throws -> PeerStream {
+        let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits, onEnd: onEnd)
         localStreams.add(stream)
         do {
             try await subscriber.subscribe(keys.channel(user.id))

@@ -24,6 +24,7 @@ public final class PeerStream: Sendable {
     /// Unique per stream; Redis records which one is the peer's current stream.
     public let session: String
     private let limits: Limits
+    private let onEnd: (@Sendable (EndReason) -> Void)?
     private let state = Mutex(State())
 
     public struct Limits: Sendable {
@@ -56,10 +57,11 @@ public final class PeerStream: Sendable {
         }
     }
 
-    init(user: PeerUser, session: String, limits: Limits) {
+    init(user: PeerUser, session: String, limits: Limits, onEnd: (@Sendable (EndReason) -> Void)? = nil) {
         self.user = user
         self.session = session
         self.limits = limits
+        self.onEnd = onEnd
     }
 
     /// Why the stream ended, or nil while it is open.
@@ -119,14 +121,15 @@ public final class PeerStream: Sendable {
 
     /// Ends the stream; the reader gets nil. The first reason given sticks.
     public func end(_ reason: EndReason) {
-        let reader = state.withLock { state -> CheckedContinuation<[StreamEvent]?, Never>? in
-            guard state.ended == nil else { return nil }
+        let (first, reader) = state.withLock { state -> (Bool, CheckedContinuation<[StreamEvent]?, Never>?) in
+            guard state.ended == nil else { return (false, nil) }
             state.ended = reason
             state.queue.removeAll()
             state.queuedBytes = 0
             defer { state.reader = nil }
-            return state.reader
+            return (true, state.reader)
         }
         reader?.resume(returning: nil)
+        if first { onEnd?(reason) }
     }
 }

@@ -26,7 +26,7 @@ struct SignalingAPI: Sendable {
         joinLimiter = RateLimiter(rate: configuration.joinRate, burst: configuration.joinBurst)
     }
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<SignalingRequestContext>) {
         router.post("access", use: access)
         router.get("connect", use: connect)
         router.post(":roomId/join", use: join)
@@ -45,7 +45,7 @@ struct SignalingAPI: Sendable {
     // MARK: Routes
 
     /// `POST /access {"username": "ann"}` → `{"token": JWT}`.
-    @Sendable func access(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func access(request: Request, context: SignalingRequestContext) async throws -> Response {
         struct AccessRequest: Decodable { let username: String }
         let body = try await readBody(request)
         guard let parsed = try? JSONDecoder().decode(AccessRequest.self, from: body) else {
@@ -59,12 +59,20 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /connect`: the peer's event stream.
-    @Sendable func connect(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func connect(request: Request, context: SignalingRequestContext) async throws -> Response {
         let user = try await authenticate(request)
         guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
             throw APIError.notEventStream
         }
-        let stream = try await withRedis { try await coordinator.openStream(for: user) }
+        // A stream cut off by the node (its reader fell behind, or a newer stream replaced it)
+        // may have a write stuck on a client that stopped reading: closing the connection
+        // frees it, and the clean-up below runs.
+        let connection = context.channel
+        let stream = try await withRedis {
+            try await coordinator.openStream(for: user) { reason in
+                if reason == .tooSlow { connection.close(promise: nil) }
+            }
+        }
         context.logger.info("stream opened", metadata: ["peer": "\(user.id)"])
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
@@ -110,7 +118,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `POST /:roomId/join`.
-    @Sendable func join(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func join(request: Request, context: SignalingRequestContext) async throws -> Response {
         let user = try await authenticate(request)
         let room = try roomID(context)
         context.logger.info("join", metadata: ["peer": "\(user.id)", "room": "\(room)"])
@@ -135,7 +143,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `POST /:roomId/leave`.
-    @Sendable func leave(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func leave(request: Request, context: SignalingRequestContext) async throws -> Response {
         let user = try await authenticate(request)
         let room = try roomID(context)
         context.logger.info("leave", metadata: ["peer": "\(user.id)", "room": "\(room)"])
@@ -146,7 +154,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `POST /relay/:peerId/:event` with a JSON body: delivers `{"peer": sender, "data": body}`.
-    @Sendable func relay(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func relay(request: Request, context: SignalingRequestContext) async throws -> Response {
         let user = try await authenticate(request)
         guard let target = context.parameters.get("peerId").flatMap(PeerID.init) else { throw APIError.invalidID("peer id") }
         guard let event = context.parameters.get("event").flatMap(EventName.init) else {
@@ -171,13 +179,13 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /healthz`: the process is up.
-    @Sendable func health(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func health(request: Request, context: SignalingRequestContext) async throws -> Response {
         try json(["status": "ok", "node": coordinator.nodeID, "streams": coordinator.openStreamCount])
     }
 
     /// `GET /readyz`: 200 once Redis answers, the scripts are loaded and the subscription is
     /// live; 503 until then.
-    @Sendable func ready(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func ready(request: Request, context: SignalingRequestContext) async throws -> Response {
         let checks = await coordinator.readiness()
         var response = try json(checks.mapValues { $0 as any Sendable })
         if checks.values.contains(false) { response.status = .serviceUnavailable }
@@ -185,7 +193,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /status`: this node and the fleet as Redis sees it; a page for browsers.
-    @Sendable func status(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func status(request: Request, context: SignalingRequestContext) async throws -> Response {
         if request.headers[values: .accept].contains(where: { $0.contains("text/html") }) {
             return page(WebAsset.status)
         }
@@ -200,7 +208,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /metrics`: Prometheus text format.
-    @Sendable func metrics(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func metrics(request: Request, context: SignalingRequestContext) async throws -> Response {
         guard let metricsRegistry else { throw HTTPError(.notFound, message: "metrics are off") }
         _ = try? await coordinator.localMembership()
         var bytes: [UInt8] = []
@@ -211,20 +219,20 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /`: a new room with a random name.
-    @Sendable func newRoom(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func newRoom(request: Request, context: SignalingRequestContext) async throws -> Response {
         let alphabet = Array("abcdefghijkmnpqrstuvwxyz23456789")
         let name = String((0..<10).map { _ in alphabet.randomElement()! })
         return Response(status: .found, headers: [.location: "/\(name)"])
     }
 
     /// `GET /:roomId`: the demo client's page for that room.
-    @Sendable func roomPage(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func roomPage(request: Request, context: SignalingRequestContext) async throws -> Response {
         _ = try roomID(context)
         return page(WebAsset.index)
     }
 
     /// `GET /static/:file`: the demo client's scripts and styles.
-    @Sendable func asset(request: Request, context: BasicRequestContext) async throws -> Response {
+    @Sendable func asset(request: Request, context: SignalingRequestContext) async throws -> Response {
         guard let asset = context.parameters.get("file").flatMap(WebAsset.named) else {
             throw HTTPError(.notFound, message: "no such file")
         }
@@ -262,7 +270,7 @@ struct SignalingAPI: Sendable {
         return user
     }
 
-    private func roomID(_ context: BasicRequestContext) throws -> RoomID {
+    private func roomID(_ context: SignalingRequestContext) throws -> RoomID {
         guard let room = context.parameters.get("roomId").flatMap(RoomID.init) else { throw APIError.invalidID("room id") }
         return room
     }

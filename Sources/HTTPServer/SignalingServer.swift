@@ -16,7 +16,7 @@ public enum SignalingServer {
         logger: Logger = Logger(label: "switchboard.http"),
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
-        let router = Router()
+        let router = Router(context: SignalingRequestContext.self)
         let allowsAnyOrigin = configuration.allowedOrigins.contains("*")
         if !allowsAnyOrigin {
             router.add(middleware: OriginFilter(allowed: Set(configuration.allowedOrigins)))

@@ -1,0 +1,72 @@
+import Foundation
+import SignalingClient
+import Testing
+
+@Suite("A client that stops reading")
+struct SlowClientTests {
+    /// Opens an event stream on a raw socket that the test then stops reading, so the node's
+    /// writes back up. Returns the socket; close it when done.
+    static func openUnreadStream(port: Int, token: String) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var receiveBuffer: Int32 = 4096  // small, so the backlog lands on the node quickly
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receiveBuffer, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw SignalingClientError.connectionClosed }
+        let request = "GET /connect?token=\(token) HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        _ = request.withCString { send(fd, $0, strlen($0), 0) }
+        return fd
+    }
+
+    @Test func isCutOffAndCounted() async throws {
+        try await Fleet.with(nodes: 1) { fleet in
+            let client = fleet.client(0)
+            let sender = try await Participant.connect("sender", fleet: fleet, node: 0)
+            let token = try await client.access(username: "sleepy")
+            let fd = try Self.openUnreadStream(port: fleet.nodes[0].port, token: token)
+            defer { close(fd) }
+            let scrape = { try await client.request(.GET, "/metrics").body }
+            #expect(try await fleet.eventually { OperationsTests.sample(try await scrape(), "switchboard_streams_open") == 2 })
+            _ = try await client.request(.POST, "/slow/join", token: sender.token)
+            _ = try await client.request(.POST, "/slow/join", token: token)
+
+            // 40 KB relays: the socket buffers fill, the write to the socket blocks, the stream's
+            // 1 MiB queue fills, and the node cuts the stream off and closes its connection
+            // (before that fix, a write stuck on the silent client kept the stream forever).
+            let payload = #"{"sdp":""# + String(repeating: "x", count: 40_000) + #""}"#
+            let sleepy = try await Self.peerID(token: token, fleet: fleet)
+            // The stream is live: a first relay reaches the socket.
+            #expect(try await client.request(.POST, "/relay/\(sleepy)/probe", token: sender.token, body: "{}").status == 200)
+            var received = 0
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            for _ in 0..<50 where !String(decoding: buffer.prefix(received), as: UTF8.self).contains("event: probe") {
+                try await Task.sleep(for: .milliseconds(20))
+                received += max(0, recv(fd, &buffer[received], buffer.count - received, Int32(MSG_DONTWAIT)))
+            }
+            #expect(String(decoding: buffer.prefix(received), as: UTF8.self).contains("event: probe"))
+            var sent = 0
+            var statuses: [Int: Int] = [:]
+            while sent < 1000, OperationsTests.sample(try await scrape(), "switchboard_slow_clients_dropped_total") != 1 {
+                let status = try await client.request(.POST, "/relay/\(sleepy)/offer", token: sender.token, body: payload).status
+                statuses[status, default: 0] += 1
+                sent += 1
+            }
+            let metrics = try await scrape()
+            #expect(OperationsTests.sample(metrics, "switchboard_slow_clients_dropped_total") == 1, "after \(sent) relays: \(statuses)")
+            #expect(try await fleet.eventually { OperationsTests.sample(try await scrape(), "switchboard_streams_open") == 1 })
+            // It left the room like any stream that ends; the sender was told.
+            #expect(try await fleet.roomMembers("slow") == [sender.id])
+            sender.stream.close()
+        }
+    }
+
+    static func peerID(token: String, fleet: Fleet) async throws -> String {
+        let payload = try #require(Data(base64URL: String(token.split(separator: ".")[1])))
+        return (try JSONSerialization.jsonObject(with: payload) as? [String: Any])?["id"] as? String ?? ""
+    }
+}
