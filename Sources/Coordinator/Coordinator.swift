@@ -63,7 +63,9 @@ public final class Coordinator: Service, Sendable {
         let localStreams = LocalStreams(channelPrefix: keys.channelPrefix)
         self.localStreams = localStreams
         // Messages are routed on the subscriber's event loop, straight into the streams' queues.
-        self.subscriber = RedisSubscriber(endpoint: redis.endpoint, logger: logger, onMessage: localStreams.route)
+        self.subscriber = RedisSubscriber(
+            endpoint: redis.endpoint, logger: logger, onMessage: localStreams.route,
+            onConnectionEvent: metrics.redisConnectionEvent)
     }
 
     // MARK: Running

@@ -20,6 +20,7 @@ public final class RedisSubscriber: Sendable {
     public let messages: AsyncStream<PubSubMessage>
     private let messageSink: AsyncStream<PubSubMessage>.Continuation
     private let onMessage: (@Sendable (PubSubMessage) -> Void)?
+    private let onConnectionEvent: (@Sendable (RedisClient.ConnectionEvent) -> Void)?
     private let group: EventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
@@ -43,10 +44,12 @@ public final class RedisSubscriber: Sendable {
         endpoint: RedisEndpoint,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "redis.subscriber"),
-        onMessage: (@Sendable (PubSubMessage) -> Void)? = nil
+        onMessage: (@Sendable (PubSubMessage) -> Void)? = nil,
+        onConnectionEvent: (@Sendable (RedisClient.ConnectionEvent) -> Void)? = nil
     ) {
         self.endpoint = endpoint
         self.onMessage = onMessage
+        self.onConnectionEvent = onConnectionEvent
         self.group = group
         self.logger = logger
         (messages, messageSink) = AsyncStream.makeStream(of: PubSubMessage.self)
@@ -95,12 +98,15 @@ public final class RedisSubscriber: Sendable {
     /// Keeps the connection up until the task is cancelled.
     public func run() async {
         var backoff = Backoff()
+        var recovering = false
         while !Task.isCancelled {
             do {
                 let connection = try await RedisConnection.connect(
                     to: endpoint, on: group, connectTimeout: .seconds(2), commandTimeout: .seconds(5),
                     onPush: { [weak self] reply in self?.receive(reply) })
                 backoff.reset()
+                if recovering { onConnectionEvent?(.restored) }
+                recovering = true
                 resubscribe(on: connection)
                 logger.debug("subscriber connected", metadata: ["redis": "\(endpoint)"])
                 await withTaskCancellationHandler {
@@ -109,9 +115,14 @@ public final class RedisSubscriber: Sendable {
                     connection.channel.close(promise: nil)
                 }
                 connectionLost()
-                if !Task.isCancelled { logger.warning("subscriber connection lost", metadata: ["redis": "\(endpoint)"]) }
+                if !Task.isCancelled {
+                    logger.warning("subscriber connection lost", metadata: ["redis": "\(endpoint)"])
+                    onConnectionEvent?(.lost)
+                }
             } catch {
+                recovering = true
                 logger.warning("subscriber cannot connect", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
+                onConnectionEvent?(.connectFailed)
             }
             try? await Task.sleep(for: .nanoseconds(backoff.next().nanoseconds))
         }
