@@ -88,8 +88,7 @@ public final class Coordinator: Service, Sendable {
     /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
     /// each time, cleans up after nodes whose record expired.
     private func heartbeat() async {
-        let interval = heartbeatInterval.components
-        let ttlMilliseconds = String(3 * (interval.seconds * 1000 + interval.attoseconds / 1_000_000_000_000_000))
+        let ttlMilliseconds = String(3 * heartbeatInterval.inMilliseconds)
         var first = true
         repeat {
             let record: [String: Any] = [
@@ -177,11 +176,15 @@ public final class Coordinator: Service, Sendable {
         return records.sorted { ($0["id"] as? String ?? "") < ($1["id"] as? String ?? "") }
     }
 
-    /// Rooms the peers of this node are in, and their memberships, read from Redis (for the
-    /// metrics scrape: one pipelined SMEMBERS per local peer).
-    public func localMembership() async throws -> (rooms: Int, memberships: Int) {
+    /// Sets the gauges of rooms the peers of this node are in, and of their memberships, from
+    /// Redis (for the metrics scrape: one pipelined SMEMBERS per local peer).
+    public func refreshMembershipGauges() async throws {
         let peers = Set(localStreams.all.map(\.user.id))
-        guard !peers.isEmpty else { return (0, 0) }
+        guard !peers.isEmpty else {
+            metrics.localRooms.record(0)
+            metrics.localMemberships.record(0)
+            return
+        }
         let replies = try await redis.pipeline(peers.map { ["SMEMBERS", keys.peerRooms($0)] })
         var rooms = Set<String>()
         var memberships = 0
@@ -192,7 +195,6 @@ public final class Coordinator: Service, Sendable {
         }
         metrics.localRooms.record(rooms.count)
         metrics.localMemberships.record(memberships)
-        return (rooms.count, memberships)
     }
 
     // MARK: Streams
@@ -211,14 +213,14 @@ public final class Coordinator: Service, Sendable {
         }
         do {
             // Recorded under this node first, so that if the node dies the stream is found.
-            try await redis.send(["SADD", keys.nodeStreams(nodeID), "\(user.id) \(stream.session)"])
+            try await redis.send(["SADD", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
             try await scripts.run(
                 .connect, keys: [keys.peer(user.id)],
                 arguments: [stream.session, nodeID, user.json, keys.channel(user.id)])
         } catch {
             localStreams.remove(stream)
             subscriber.unsubscribe(keys.channel(user.id))
-            _ = try? await redis.send(["SREM", keys.nodeStreams(nodeID), "\(user.id) \(stream.session)"])
+            _ = try? await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
             throw error
         }
         metrics.streamsOpen.increment()
@@ -239,11 +241,14 @@ public final class Coordinator: Service, Sendable {
         let peer = stream.user.id
         do {
             try await endSession(stream.session, of: peer)
-            try await redis.send(["SREM", keys.nodeStreams(nodeID), "\(peer) \(stream.session)"])
+            try await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
         } catch {
             logger.error("disconnect clean-up failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
     }
+
+    /// A stream's member in its node's stream set (`reap` reads it back).
+    private static func streamEntry(_ stream: PeerStream) -> String { "\(stream.user.id) \(stream.session)" }
 
     /// Runs the disconnect clean-up for one stream: unless a newer stream replaced it, the peer
     /// leaves every room, with `remove-peer` to the remaining members. Safe to repeat.

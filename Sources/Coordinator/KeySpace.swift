@@ -7,14 +7,12 @@ public struct KeySpace: Sendable {
     public struct InvalidPrefix: Error, CustomStringConvertible {
         public let prefix: String
         public var description: String {
-            "invalid key prefix '\(prefix)': use up to 32 characters of A-Z a-z 0-9 - _ . : (no braces, no spaces)"
+            "invalid key prefix '\(prefix)': use up to 32 characters of A-Z a-z 0-9 - _ . ~ : (no braces, no spaces)"
         }
     }
 
     public init(prefix: String = "sb:") throws {
-        let allowed = prefix.utf8.allSatisfy { byte in
-            byte == UInt8(ascii: ":") || IdentifierRules.isValid(String(decoding: [byte], as: UTF8.self))
-        }
+        let allowed = prefix.utf8.allSatisfy { $0 == UInt8(ascii: ":") || IdentifierRules.isAllowed($0) }
         guard prefix.utf8.count <= 32, allowed else { throw InvalidPrefix(prefix: prefix) }
         self.prefix = prefix
     }

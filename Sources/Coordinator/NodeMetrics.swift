@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import RedisClient
+import Synchronization
 
 /// The node's metrics, through swift-metrics (Prometheus in `switchboard serve`). Each node
 /// gets its own factory, so several nodes in one process (tests) keep separate figures.
@@ -15,6 +16,12 @@ public final class NodeMetrics: Sendable {
     let redisConnectionErrors: Counter
     let redisServerErrors: Counter
     let peersReaped: Counter
+    private let labelled = Mutex(Labelled())
+
+    private struct Labelled {
+        var counters: [String: Counter] = [:]
+        var timers: [String: CoreMetrics.Timer] = [:]
+    }
 
     public init(factory: MetricsFactory) {
         self.factory = factory
@@ -32,15 +39,31 @@ public final class NodeMetrics: Sendable {
     /// Metrics that go nowhere.
     public static let none = NodeMetrics(factory: NOOPMetricsHandler.instance)
 
-    func joined(_ result: String) { Counter(label: "switchboard_joins_total", dimensions: [("result", result)], factory: factory).increment() }
-    func left(_ result: String) { Counter(label: "switchboard_leaves_total", dimensions: [("result", result)], factory: factory).increment() }
+    func joined(_ result: String) { counter("switchboard_joins_total", "result", result).increment() }
+    func left(_ result: String) { counter("switchboard_leaves_total", "result", result).increment() }
     /// A request refused by a limit: `join_rate`, `relay_rate`, `room_full`, `too_many_rooms`.
-    public func refused(_ limit: String) { Counter(label: "switchboard_refused_total", dimensions: [("limit", limit)], factory: factory).increment() }
-    func relayed(_ result: String) { Counter(label: "switchboard_relays_total", dimensions: [("result", result)], factory: factory).increment() }
+    public func refused(_ limit: String) { counter("switchboard_refused_total", "limit", limit).increment() }
+    func relayed(_ result: String) { counter("switchboard_relays_total", "result", result).increment() }
 
     func scriptDuration(_ script: String, since start: ContinuousClock.Instant) {
-        CoreMetrics.Timer(label: "switchboard_script_duration_seconds", dimensions: [("script", script)], factory: factory)
-            .recordInterval(since: start)
+        let timer = labelled.withLock { handles in
+            if let timer = handles.timers[script] { return timer }
+            let timer = CoreMetrics.Timer(label: "switchboard_script_duration_seconds", dimensions: [("script", script)], factory: factory)
+            handles.timers[script] = timer
+            return timer
+        }
+        timer.recordNanoseconds((ContinuousClock.now - start).inNanoseconds)
+    }
+
+    /// The counter for one label value, made on first use and kept: these run per request.
+    private func counter(_ name: String, _ label: String, _ value: String) -> Counter {
+        labelled.withLock { handles in
+            let key = name + "\u{0}" + value
+            if let counter = handles.counters[key] { return counter }
+            let counter = Counter(label: name, dimensions: [(label, value)], factory: factory)
+            handles.counters[key] = counter
+            return counter
+        }
     }
 
     /// Counts what happens to a Redis connection (pass to `RedisClient(onConnectionEvent:)`).
@@ -53,11 +76,4 @@ public final class NodeMetrics: Sendable {
 
     /// Events written to streams (the HTTP layer counts them as it writes).
     public func sentEvents(_ count: Int) { eventsSent.increment(by: count) }
-}
-
-extension CoreMetrics.Timer {
-    func recordInterval(since start: ContinuousClock.Instant) {
-        let elapsed = ContinuousClock.now - start
-        recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
-    }
 }

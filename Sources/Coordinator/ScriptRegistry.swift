@@ -28,16 +28,14 @@ public final class ScriptRegistry: Sendable {
     public func run(_ script: LuaScript, keys: [String], arguments: [String]) async throws -> RESPValue {
         let start = ContinuousClock.now
         defer { metrics.scriptDuration(script.name, since: start) }
-        let cached = hashes.withLock { $0[script.name] }
-        let sha = if let cached { cached } else { try await load(script) }
+        let call = Call(script, keys: keys, arguments: arguments)
         do {
-            return try await redis.send(["EVALSHA", sha, String(keys.count)] + keys + arguments)
+            return try await redis.send(try await command(for: call))
         } catch let error as RedisServerError where error.code == "NOSCRIPT" {
             // Redis lost them all (restart, SCRIPT FLUSH): load them all again.
             hashes.withLock { $0 = [:] }
             try await loadAll()
-            let sha = try await load(script)
-            return try await redis.send(["EVALSHA", sha, String(keys.count)] + keys + arguments)
+            return try await redis.send(try await command(for: call))
         } catch let error as RedisServerError {
             metrics.redisServerErrors.increment()
             throw error
@@ -62,11 +60,7 @@ public final class ScriptRegistry: Sendable {
     /// their order as Redis sees it always holds.
     public func run(_ calls: [Call]) async throws -> [RESPValue] {
         var commands: [[String]] = []
-        for call in calls {
-            let cached = hashes.withLock { $0[call.script.name] }
-            let sha = if let cached { cached } else { try await load(call.script) }
-            commands.append(["EVALSHA", sha, String(call.keys.count)] + call.keys + call.arguments)
-        }
+        for call in calls { commands.append(try await command(for: call)) }
         let start = ContinuousClock.now
         var replies = try await redis.pipeline(commands)
         for call in calls { metrics.scriptDuration(call.script.name, since: start) }
@@ -82,6 +76,13 @@ public final class ScriptRegistry: Sendable {
             }
         }
         return replies
+    }
+
+    /// `EVALSHA sha numkeys keys… arguments…`, loading the script first if it is not loaded.
+    private func command(for call: Call) async throws -> [String] {
+        let cached = hashes.withLock { $0[call.script.name] }
+        let sha = if let cached { cached } else { try await load(call.script) }
+        return ["EVALSHA", sha, String(call.keys.count)] + call.keys + call.arguments
     }
 
     private func load(_ script: LuaScript) async throws -> String {

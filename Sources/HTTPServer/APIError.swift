@@ -21,7 +21,7 @@ enum APIError {
     static let tooManyRooms = HTTPError(.conflict, message: "in too many rooms: leave one first")
 
     static func tooManyRequests(retryAfter: Duration) -> HTTPError {
-        let seconds = max(1, Int((Double(retryAfter.components.seconds) + Double(retryAfter.components.attoseconds) / 1e18).rounded(.up)))
+        let seconds = max(1, Int(retryAfter.inSeconds.rounded(.up)))
         return HTTPError(.tooManyRequests, headers: [.retryAfter: String(seconds)], message: "too many requests: retry after \(seconds) s")
     }
 

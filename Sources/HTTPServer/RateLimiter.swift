@@ -22,9 +22,7 @@ final class RateLimiter: Sendable {
         return buckets.withLock { buckets in
             if buckets.count > 100_000 { buckets.removeAll(keepingCapacity: true) }  // forget idle peers
             var bucket = buckets[peer] ?? (burst, now)
-            let elapsed = now - bucket.updated
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            bucket.tokens = min(burst, bucket.tokens + seconds * rate)
+            bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated).inSeconds * rate)
             bucket.updated = now
             defer { buckets[peer] = bucket }
             if bucket.tokens >= 1 {

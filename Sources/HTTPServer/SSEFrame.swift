@@ -19,8 +19,4 @@ public struct SSEEncoder: Sendable {
         buffer.writeImmutableBuffer(data)
         buffer.writeStaticString("\n\n")
     }
-
-    public mutating func encode(event name: String, data: String, into buffer: inout ByteBuffer) {
-        encode(event: name, data: ByteBuffer(string: data), into: &buffer)
-    }
 }

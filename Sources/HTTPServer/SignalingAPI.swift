@@ -64,9 +64,8 @@ struct SignalingAPI: Sendable {
         guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
             throw APIError.notEventStream
         }
-        // A stream cut off by the node (its reader fell behind, or a newer stream replaced it)
-        // may have a write stuck on a client that stopped reading: closing the connection
-        // frees it, and the clean-up below runs.
+        // A stream cut off because its reader fell behind may have a write stuck on a client
+        // that stopped reading: closing the connection frees it, and the clean-up below runs.
         let connection = context.channel
         let stream = try await withRedis {
             try await coordinator.openStream(for: user) { reason in
@@ -84,26 +83,23 @@ struct SignalingAPI: Sendable {
             body: ResponseBody { writer in
                 var encoder = SSEEncoder()
                 var frame = ByteBuffer()
+                /// Frames the events and writes them in one write (flushed).
+                func send(_ events: [StreamEvent]) async throws {
+                    frame.clear()
+                    for event in events { encoder.encode(event: event.name, data: event.data, into: &frame) }
+                    try await writer.write(frame)
+                    coordinator.metrics.sentEvents(events.count)
+                }
                 do {
                     try await request.body.consumeWithCancellationOnInboundClose { _ in
                         try await withGracefulShutdownHandler {
-                            encoder.encode(event: "connected", data: userJSON, into: &frame)
-                            try await writer.write(frame)
-                            coordinator.metrics.sentEvents(1)
+                            try await send([StreamEvent(name: "connected", data: ByteBuffer(string: userJSON))])
                             // Whatever queued while the last write was going out leaves in one write.
-                            while let batch = await stream.nextBatch() {
-                                frame.clear()
-                                for event in batch { encoder.encode(event: event.name, data: event.data, into: &frame) }
-                                try await writer.write(frame)
-                                coordinator.metrics.sentEvents(batch.count)
-                            }
+                            while let batch = await stream.nextBatch() { try await send(batch) }
                             if stream.endReason == .replaced {
                                 // A newer stream of this peer took over: say so, so the client
                                 // stops rather than reconnects and takes it back.
-                                frame.clear()
-                                encoder.encode(event: "replaced", data: "{\"reason\":\"another stream of this peer opened\"}", into: &frame)
-                                try await writer.write(frame)
-                                coordinator.metrics.sentEvents(1)
+                                try await send([Self.replacedEvent])
                             }
                         } onGracefulShutdown: {
                             stream.end(.closed)
@@ -116,6 +112,9 @@ struct SignalingAPI: Sendable {
                 try? await writer.finish(nil)
             })
     }
+
+    private static let replacedEvent = StreamEvent(
+        name: "replaced", data: ByteBuffer(string: #"{"reason":"another stream of this peer opened"}"#))
 
     /// `POST /:roomId/join`.
     @Sendable func join(request: Request, context: SignalingRequestContext) async throws -> Response {
@@ -210,7 +209,7 @@ struct SignalingAPI: Sendable {
     /// `GET /metrics`: Prometheus text format.
     @Sendable func metrics(request: Request, context: SignalingRequestContext) async throws -> Response {
         guard let metricsRegistry else { throw HTTPError(.notFound, message: "metrics are off") }
-        _ = try? await coordinator.localMembership()
+        try? await coordinator.refreshMembershipGauges()
         var bytes: [UInt8] = []
         metricsRegistry.emit(into: &bytes)
         return Response(

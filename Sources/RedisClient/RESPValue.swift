@@ -32,6 +32,4 @@ public enum RESPValue: Sendable, Equatable {
         if case .array(let a) = self { return a }
         return nil
     }
-
-    public var isNull: Bool { self == .null }
 }
