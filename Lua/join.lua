@@ -6,19 +6,30 @@
   joiner is told "add-peer" about M with offer=true (the joiner makes the WebRTC offers).
   Joining a room one is already in changes nothing and publishes nothing.
 
+  Every message is also written to the room's event log (a stream) in the same step, so a
+  peer whose event stream drops can be given what it missed (resume.lua). Each published
+  message carries the log entry's id, which becomes part of the SSE event id.
+
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
+    KEYS[2] room event log       sb:room:{R}:log        stream
 
     ARGV[1] room id
     ARGV[2] joiner's peer id
     ARGV[3] joiner's user JSON   {"id":P,"username":...}
     ARGV[4] channel prefix       sb:to:   (a peer's channel is prefix .. peer id)
-    ARGV[5] maximum room size    (optional; missing or 0: no limit)
+    ARGV[5] maximum room size    (0: no limit)
+    ARGV[6] log length kept      (entries, approximate)
+    ARGV[7] log retention        (milliseconds since the last write)
+
+  Log entry: "!" = "join <joiner>", then one field per message: recipient peer id ->
+  "<event>\n<JSON>" (several entries if the room is very large).
 
   Returns the number of members the joiner was introduced to, -1 if it was already a member,
-  or -2 if the room is full (then nothing changes and nothing is published).
-  Publishes "add-peer\n<JSON>" to each member's channel and to the joiner's.
+  or -2 if the room is full (then nothing changes, nothing is logged or published).
+  Publishes "add-peer\n<room>=<log entry id>\n<JSON>" to each member's channel and to the
+  joiner's.
 ]]
-local members = KEYS[1]
+local members, log = KEYS[1], KEYS[2]
 local room, joiner, joinerUser, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 if redis.call("HEXISTS", members, joiner) == 1 then
@@ -30,13 +41,29 @@ if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
 end
 
 local roomJSON = cjson.encode(room)
-local toMembers = "add-peer\n" .. '{"peer":' .. joinerUser .. ',"roomId":' .. roomJSON .. ',"offer":false}'
+local toMembers = '{"peer":' .. joinerUser .. ',"roomId":' .. roomJSON .. ',"offer":false}'
+local messages = {}
 local entries = redis.call("HGETALL", members)
 for i = 1, #entries, 2 do
   local member, memberUser = entries[i], entries[i + 1]
-  redis.call("PUBLISH", prefix .. member, toMembers)
-  redis.call("PUBLISH", prefix .. joiner,
-    "add-peer\n" .. '{"peer":' .. memberUser .. ',"roomId":' .. roomJSON .. ',"offer":true}')
+  messages[#messages + 1] = {member, "add-peer", toMembers}
+  messages[#messages + 1] = {joiner, "add-peer", '{"peer":' .. memberUser .. ',"roomId":' .. roomJSON .. ',"offer":true}'}
 end
+-- Logs then publishes the messages {recipient, event, json}, at most 500 per log entry. An
+-- empty room still gets an entry: resume.lua finds where the joiner's membership began.
+for first = 1, math.max(#messages, 1), 500 do
+  local fields = {"!", "join " .. joiner}
+  local last = math.min(first + 499, #messages)
+  for i = first, last do
+    fields[#fields + 1] = messages[i][1]
+    fields[#fields + 1] = messages[i][2] .. "\n" .. messages[i][3]
+  end
+  local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[6], "*", unpack(fields))
+  for i = first, last do
+    local m = messages[i]
+    redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "\n" .. m[3])
+  end
+end
+redis.call("PEXPIRE", log, ARGV[7])
 redis.call("HSET", members, joiner, joinerUser)
 return #entries / 2

@@ -26,6 +26,17 @@ public final class Coordinator: Service, Sendable {
     /// out of their rooms.
     public let heartbeatInterval: Duration
     public let limits: RoomLimits
+    /// How long a peer whose stream dropped keeps its rooms, waiting for its client to resume
+    /// with `Last-Event-ID`. Zero: it leaves them at once.
+    public let gracePeriod: Duration
+    private let gracePeriods: GracePeriods
+    /// The last two arguments of every script that writes an event log: entries kept, and
+    /// milliseconds kept after the last write (the grace period plus a minute for readers
+    /// that were behind when they dropped).
+    private let logArguments: [String]
+
+    /// Entries kept in each event log (approximately: Redis trims whole blocks).
+    public static let eventLogLength = 1000
 
     /// Limits on rooms, enforced in the scripts.
     public struct RoomLimits: Sendable {
@@ -47,12 +58,16 @@ public final class Coordinator: Service, Sendable {
         nodeID: String,
         streamLimits: PeerStream.Limits = .init(),
         heartbeatInterval: Duration = .seconds(3),
+        gracePeriod: Duration = .seconds(10),
         limits: RoomLimits = .init(),
         metrics: NodeMetrics = .none,
         logger: Logger = Logger(label: "switchboard.coordinator")
     ) {
         self.metrics = metrics
         self.heartbeatInterval = heartbeatInterval
+        self.gracePeriod = gracePeriod
+        self.gracePeriods = GracePeriods(duration: gracePeriod)
+        self.logArguments = [String(Self.eventLogLength), String((gracePeriod + .seconds(60)).inMilliseconds)]
         self.limits = limits
         self.redis = redis
         self.keys = keys
@@ -82,7 +97,13 @@ public final class Coordinator: Service, Sendable {
             await cancelWhenGracefulShutdown { await self.subscriber.run() }
             group.cancelAll()
         }
-        _ = try? await redis.send(["DEL", keys.node(nodeID)])
+        if gracePeriods.cancelAll() {
+            // Streams closed by this shutdown stay resumable on other nodes for the grace
+            // period; when this record expires, another node cleans up those not resumed.
+            _ = try? await redis.send(["PEXPIRE", keys.node(nodeID), String(gracePeriod.inMilliseconds)])
+        } else {
+            _ = try? await redis.send(["DEL", keys.node(nodeID)])
+        }
     }
 
     /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
@@ -98,7 +119,7 @@ public final class Coordinator: Service, Sendable {
             _ = try? await redis.send(["SET", keys.node(nodeID), json, "PX", ttlMilliseconds])
             if first {
                 // Streams recorded under this node id by an earlier life of it are gone.
-                await reap(nodeID, keeping: Set(localStreams.all.map(\.session)))
+                await reap(nodeID, keeping: Set(localStreams.all.map(\.session)).union(gracePeriods.sessions))
                 first = false
             }
             await reapDeadNodes()
@@ -200,10 +221,16 @@ public final class Coordinator: Service, Sendable {
     // MARK: Streams
 
     /// Opens a stream for `user` on this node. When this returns, Redis routes the peer's
-    /// events here and any older stream of the same peer (on any node) is being closed.
-    /// - Parameter onEnd: called once when the node ends the stream (replaced, too slow, closed).
-    public func openStream(for user: PeerUser, onEnd: (@Sendable (PeerStream.EndReason) -> Void)? = nil) async throws -> PeerStream {
-        let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits, onEnd: onEnd)
+    /// events here, any older stream of the same peer (on any node) is being closed, and the
+    /// stream holds `connected` followed by what the client missed, if it is resuming.
+    /// - Parameters:
+    ///   - lastEvent: the client's `Last-Event-ID`: resume the peer's session after it, if the
+    ///     session is still there. Without it, any earlier session of the peer ends first.
+    ///   - onEnd: called once when the node ends the stream (replaced, too slow, closed).
+    public func openStream(
+        for user: PeerUser, resumingAfter lastEvent: EventCursor? = nil, onEnd: (@Sendable (PeerStream.EndReason) -> Void)? = nil
+    ) async throws -> PeerStream {
+        let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits, cursor: lastEvent ?? EventCursor(), onEnd: onEnd)
         localStreams.add(stream)
         do {
             try await subscriber.subscribe(keys.channel(user.id))
@@ -214,9 +241,7 @@ public final class Coordinator: Service, Sendable {
         do {
             // Recorded under this node first, so that if the node dies the stream is found.
             try await redis.send(["SADD", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
-            try await scripts.run(
-                .connect, keys: [keys.peer(user.id)],
-                arguments: [stream.session, nodeID, user.json, keys.channel(user.id)])
+            try await startSession(of: stream, resumingAfter: lastEvent)
         } catch {
             localStreams.remove(stream)
             subscriber.unsubscribe(keys.channel(user.id))
@@ -227,8 +252,75 @@ public final class Coordinator: Service, Sendable {
         return stream
     }
 
-    /// Closes a stream and, unless a newer stream replaced it, takes the peer out of every room
-    /// with `remove-peer` to the remaining members.
+    /// Makes `stream` the peer's current stream: takes over its session and replays what the
+    /// client missed, when it can; otherwise starts a fresh session.
+    private func startSession(of stream: PeerStream, resumingAfter lastEvent: EventCursor?) async throws {
+        let peer = stream.user.id
+        if let lastEvent {
+            guard try await connect(stream, resume: true) else {
+                metrics.resumed("expired")
+                stream.start(connected: connectedEvent(stream, resumed: false), replay: [], cursor: EventCursor())
+                return
+            }
+            let rooms = try await redis.send(["SMEMBERS", keys.peerRooms(peer)]).array?.compactMap { $0.string.flatMap(RoomID.init) } ?? []
+            if let missed = try await missedEvents(of: peer, after: lastEvent, rooms: Set(rooms)) {
+                metrics.resumed("resumed")
+                metrics.eventsReplayed.increment(by: missed.count)
+                stream.start(connected: connectedEvent(stream, resumed: true), replay: missed, rooms: Set(rooms))
+                return
+            }
+            // The logs no longer hold all it missed: its session ends as if it had gone for good.
+            metrics.resumed("incomplete")
+            logger.info("stream could not resume: too much missed", metadata: ["peer": "\(peer)"])
+        }
+        try await endSession(nil, of: peer)
+        _ = try await connect(stream, resume: false)
+        stream.start(connected: connectedEvent(stream, resumed: false), replay: [], cursor: EventCursor())
+    }
+
+    /// Runs connect.lua for `stream`; true if it took over the peer's existing session.
+    private func connect(_ stream: PeerStream, resume: Bool) async throws -> Bool {
+        let peer = stream.user.id
+        let reply = try await scripts.run(
+            .connect, keys: [keys.peer(peer), keys.peerLog(peer)],
+            arguments: [stream.session, nodeID, stream.user.json, keys.channel(peer), resume ? "resume" : "fresh"])
+        return reply.array?.first?.int == 1
+    }
+
+    /// `connected {"user": …}`, the first event of every stream (with `"resumed": true` when
+    /// the events missed follow).
+    private func connectedEvent(_ stream: PeerStream, resumed: Bool) -> StreamEvent {
+        StreamEvent(name: "connected", data: ByteBuffer(string: "{\"user\":\(stream.user.json)\(resumed ? ",\"resumed\":true" : "")}"))
+    }
+
+    /// What the peer was sent after `cursor`, from its own log and the log of every room it is
+    /// in or was in, in time order; nil if some log no longer holds all of it.
+    private func missedEvents(of peer: PeerID, after cursor: EventCursor, rooms: Set<RoomID>) async throws -> [RoutedEvent]? {
+        let sources: [RoomID?] = [nil] + rooms.union(cursor.rooms.keys).map { $0 }
+        let replies = try await scripts.run(sources.map { source in
+            ScriptRegistry.Call(
+                .resume, keys: [source.map(keys.roomLog) ?? keys.peerLog(peer)],
+                arguments: [peer.rawValue, cursor.position(in: source)?.description ?? ""])
+        })
+        var missed: [(order: Int, event: RoutedEvent)] = []
+        for (order, (source, reply)) in zip(sources, replies).enumerated() {
+            guard let fields = reply.array else { return nil }
+            for index in stride(from: 0, to: fields.count - 1, by: 2) {
+                guard let position = fields[index].string.flatMap(LogPosition.init), case .bulkString(var message) = fields[index + 1],
+                    let newline = message.readableBytesView.firstIndex(of: UInt8(ascii: "\n")),
+                    let name = message.readString(length: newline - message.readerIndex)
+                else { continue }
+                message.moveReaderIndex(forwardBy: 1)
+                missed.append((order, RoutedEvent(name: name, source: source, position: position, data: message)))
+            }
+        }
+        // Each log is in order; interleave them by the time Redis wrote them.
+        return missed.sorted { ($0.event.position, $0.order) < ($1.event.position, $1.order) }.map(\.event)
+    }
+
+    /// Closes a stream. Unless a newer stream replaced it, the peer leaves every room (with
+    /// `remove-peer` to the remaining members) once the grace period is over, if its client
+    /// has not resumed the session by then.
     public func closeStream(_ stream: PeerStream) async {
         if stream.endReason == .tooSlow {
             logger.warning("stream dropped: its reader fell behind", metadata: ["peer": "\(stream.user.id)"])
@@ -238,22 +330,32 @@ public final class Coordinator: Service, Sendable {
         stream.end(.closed)
         localStreams.remove(stream)
         subscriber.unsubscribe(keys.channel(stream.user.id))
-        let peer = stream.user.id
+        if gracePeriod > .zero, stream.endReason != .replaced {
+            gracePeriods.wait(for: stream.session) { await self.endSession(of: stream) }
+        } else {
+            await endSession(of: stream)
+        }
+    }
+
+    /// Ends a closed stream's session for good, unless another stream took it over.
+    private func endSession(of stream: PeerStream) async {
         do {
-            try await endSession(stream.session, of: peer)
+            try await endSession(stream.session, of: stream.user.id)
             try await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
         } catch {
-            logger.error("disconnect clean-up failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            logger.error("disconnect clean-up failed", metadata: ["peer": "\(stream.user.id)", "error": "\(error)"])
         }
     }
 
     /// A stream's member in its node's stream set (`reap` reads it back).
     private static func streamEntry(_ stream: PeerStream) -> String { "\(stream.user.id) \(stream.session)" }
 
-    /// Runs the disconnect clean-up for one stream: unless a newer stream replaced it, the peer
-    /// leaves every room, with `remove-peer` to the remaining members. Safe to repeat.
-    private func endSession(_ session: String, of peer: PeerID) async throws {
-        let rooms = try await scripts.run(.disconnect, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [session])
+    /// Ends a peer's session (nil: whatever session it has): unless a newer stream took it
+    /// over, the peer leaves every room, with `remove-peer` to the remaining members. Safe to
+    /// repeat.
+    private func endSession(_ session: String?, of peer: PeerID) async throws {
+        let rooms = try await scripts.run(
+            .disconnect, keys: [keys.peer(peer), keys.peerRooms(peer), keys.peerLog(peer)], arguments: [session ?? ""])
         for room in rooms.array ?? [] {
             guard let room = room.string.flatMap(RoomID.init) else { continue }
             try await leaveRoom(room, peer: peer, tellLeaver: false)
@@ -304,7 +406,9 @@ public final class Coordinator: Service, Sendable {
         // The join is recorded on the peer only while it still has a stream (and room to
         // spare); otherwise it is undone below, so no ghost stays behind.
         let replies = try await scripts.run([
-            .init(.join, keys: [keys.roomMembers(room)], arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix, maxSize]),
+            .init(
+                .join, keys: [keys.roomMembers(room), keys.roomLog(room)],
+                arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix, maxSize] + logArguments),
             .init(.rememberRoom, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [room.rawValue, maxRooms]),
         ])
         let members = replies[0].int ?? -1
@@ -340,8 +444,8 @@ public final class Coordinator: Service, Sendable {
     @discardableResult
     private func leaveRoom(_ room: RoomID, peer: PeerID, tellLeaver: Bool) async throws -> Bool {
         let told = try await scripts.run(
-            .leave, keys: [keys.roomMembers(room)],
-            arguments: [room.rawValue, peer.rawValue, keys.channelPrefix, tellLeaver ? "1" : "0"]
+            .leave, keys: [keys.roomMembers(room), keys.roomLog(room)],
+            arguments: [room.rawValue, peer.rawValue, keys.channelPrefix, tellLeaver ? "1" : "0"] + logArguments
         ).int ?? -1
         try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue])
         return told >= 0
@@ -355,26 +459,61 @@ public final class Coordinator: Service, Sendable {
         case noSuchPeer
         /// The peer shares no room with the sender.
         case notInSharedRoom
-        /// Redis knows the peer, but no node took the message: its node is gone.
-        case peerUnreachable
+        /// The peer has a session but no stream right now (it dropped and may resume, or its
+        /// node died): the message waits in its event log.
+        case held
     }
 
     /// Sends `event` with `{"peer": sender, "data": body}` to the peer's stream, if the two
     /// share a room. `body` must be compact JSON text (no newline).
     public func relay(from sender: PeerUser, to target: PeerID, event: EventName, body: String) async throws -> RelayOutcome {
-        let payload = "\(event.rawValue)\n{\"peer\":\(sender.json),\"data\":\(body)}"
+        let data = "{\"peer\":\(sender.json),\"data\":\(body)}"
         let senderRooms = (try await redis.send(["SMEMBERS", keys.peerRooms(sender.id)]).array ?? []).compactMap(\.string)
         let receivers = try await scripts.run(
-            .relay, keys: [keys.peer(target), keys.peerRooms(target)],
-            arguments: [keys.channel(target), payload] + senderRooms
+            .relay, keys: [keys.peer(target), keys.peerRooms(target), keys.peerLog(target)],
+            arguments: [target.rawValue, keys.channel(target), event.rawValue, data] + logArguments + senderRooms
         ).int ?? -1
         let outcome: RelayOutcome = switch receivers {
         case -2: .notInSharedRoom
         case ..<0: .noSuchPeer
-        case 0: .peerUnreachable
+        case 0: .held
         default: .delivered
         }
         metrics.relayed("\(outcome)")
         return outcome
+    }
+}
+
+/// Sessions whose stream dropped, each waiting out the grace period before the peer leaves its
+/// rooms. The client may resume the session on any node meanwhile; the wait then ends in a
+/// no-op, since the session belongs to the new stream.
+final class GracePeriods: Sendable {
+    private let duration: Duration
+    private let pending = Mutex<[String: Task<Void, Never>]>([:])
+
+    init(duration: Duration) {
+        self.duration = duration
+    }
+
+    func wait(for session: String, then expire: @escaping @Sendable () async -> Void) {
+        pending.withLock { pending in
+            pending[session] = Task {
+                guard (try? await Task.sleep(for: duration)) != nil else { return }
+                self.pending.withLock { _ = $0.removeValue(forKey: session) }
+                await expire()
+            }
+        }
+    }
+
+    /// The sessions still waiting.
+    var sessions: Set<String> { pending.withLock { Set($0.keys) } }
+
+    /// Stops every wait (the node is stopping); true if there were any.
+    func cancelAll() -> Bool {
+        pending.withLock { pending in
+            defer { pending = [:] }
+            for task in pending.values { task.cancel() }
+            return !pending.isEmpty
+        }
     }
 }

@@ -21,8 +21,12 @@ public struct KeySpace: Sendable {
     public func peer(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}" }
     /// Set: the rooms the peer is in.
     public func peerRooms(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:rooms" }
+    /// Stream: the events sent to the peer that come from no room (relays), for resume.
+    public func peerLog(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:log" }
     /// Hash: member peer id → member's user JSON.
     public func roomMembers(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:members" }
+    /// Stream: the room's membership events, with who was told what, for resume.
+    public func roomLog(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:log" }
 
     /// String: a node's heartbeat record (JSON), expiring unless renewed. Pass `*` for a pattern.
     public func node(_ id: String) -> String { "\(prefix)node:{\(id)}" }

@@ -29,24 +29,35 @@ final class LocalStreams: Sendable {
     /// Every stream, for events the node itself sends to all (pings).
     var all: [PeerStream] { streams.withLock { $0.values.flatMap { $0 } } }
 
-    /// Called on the subscriber's event loop for each message. Payloads are `<event>\n<JSON>`,
+    /// Called on the subscriber's event loop for each message. Payloads are
+    /// `<event>\n<room>=<log position>\n<JSON>` (no room for a relay, from the peer's own log),
     /// or `!session\n<id>` marking where a peer's new stream begins.
     func route(_ message: PubSubMessage) {
         guard let peer = PeerID(Substring(message.channel.utf8.dropFirst(channelPrefixLength))) else { return }
-        let payload = message.payload
-        guard let newline = payload.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return }
-        let nameLength = newline - payload.readerIndex
-        let name = payload.getString(at: payload.readerIndex, length: nameLength) ?? ""
-        guard let body = payload.getSlice(at: newline + 1, length: payload.readableBytes - nameLength - 1) else { return }
+        var payload = message.payload
+        guard let name = payload.readLine() else { return }
         let local = streams.withLock { $0[peer] ?? [] }
         if name == "!session" {
-            let session = String(buffer: body)
+            let session = String(buffer: payload)
             for stream in local {
                 if stream.session == session { stream.confirm() } else { stream.end(.replaced) }
             }
-        } else {
-            let event = StreamEvent(name: name, data: body)
-            for stream in local { stream.deliver(event) }
+            return
         }
+        guard let origin = payload.readLine(), let equals = origin.firstIndex(of: "="),
+            let position = LogPosition(origin[origin.index(after: equals)...])
+        else { return }
+        let source = equals == origin.startIndex ? nil : RoomID(origin[..<equals])
+        let event = RoutedEvent(name: name, source: source, position: position, data: payload)
+        for stream in local { stream.deliver(event) }
+    }
+}
+
+extension ByteBuffer {
+    /// Reads up to the next LF and skips it; nil if there is none.
+    fileprivate mutating func readLine() -> String? {
+        guard let newline = readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        defer { moveReaderIndex(forwardBy: 1) }
+        return readString(length: newline - readerIndex)
     }
 }

@@ -16,6 +16,7 @@ public final class NodeMetrics: Sendable {
     let redisConnectionErrors: Counter
     let redisServerErrors: Counter
     let peersReaped: Counter
+    let eventsReplayed: Counter
     private let labelled = Mutex(Labelled())
 
     private struct Labelled {
@@ -33,6 +34,7 @@ public final class NodeMetrics: Sendable {
         redisReconnects = Counter(label: "switchboard_redis_reconnects_total", factory: factory)
         redisConnectionErrors = Counter(label: "switchboard_redis_connection_errors_total", factory: factory)
         redisServerErrors = Counter(label: "switchboard_redis_server_errors_total", factory: factory)
+        eventsReplayed = Counter(label: "switchboard_events_replayed_total", factory: factory)
         peersReaped = Counter(label: "switchboard_dead_node_peers_removed_total", factory: factory)
     }
 
@@ -43,6 +45,9 @@ public final class NodeMetrics: Sendable {
     func left(_ result: String) { counter("switchboard_leaves_total", "result", result).increment() }
     /// A request refused by a limit: `join_rate`, `relay_rate`, `room_full`, `too_many_rooms`.
     public func refused(_ limit: String) { counter("switchboard_refused_total", "limit", limit).increment() }
+    /// How a stream that came with `Last-Event-ID` started: `resumed`, `expired` (no session
+    /// left) or `incomplete` (the logs no longer held everything missed).
+    func resumed(_ result: String) { counter("switchboard_resumes_total", "result", result).increment() }
     func relayed(_ result: String) { counter("switchboard_relays_total", "result", result).increment() }
 
     func scriptDuration(_ script: String, since start: ContinuousClock.Instant) {

@@ -1,20 +1,38 @@
 import NIOCore
 import Synchronization
 
-/// One event for a peer's stream: an SSE event name and its JSON data, ready to frame.
+/// One event for a peer's stream, ready to frame: SSE id, event name and JSON data.
 public struct StreamEvent: Sendable {
     public let name: String
     public let data: ByteBuffer
+    /// The stream's `EventCursor` text once this event is delivered; empty until queued.
+    public var id: String
 
     public init(name: String, data: ByteBuffer) {
         self.name = name
         self.data = data
+        self.id = ""
     }
+}
+
+/// A message routed to a peer from one of its event logs: the room's log (`source`) or, with
+/// no source, its own (relays). `!left` is a control message: the room left the peer's cursor.
+struct RoutedEvent: Sendable {
+    let name: String
+    let source: RoomID?
+    let position: LogPosition
+    let data: ByteBuffer
+
+    static let left = "!left"
 }
 
 /// A peer's open event stream on this node. Receives what Redis routes to the peer once Redis
 /// has confirmed it as the peer's current stream, and ends when a newer stream replaces it,
 /// when its reader falls too far behind, or when the node closes it.
+///
+/// It starts held: routed events wait until the node has read back from the event logs what
+/// a resuming client missed, then `start` queues `connected`, the missed events and the held
+/// ones, each once (the cursor drops anything at or before a position already delivered).
 ///
 /// Its queue is bounded in events and bytes: a reader that stops reading is cut off
 /// (`tooSlow`) instead of growing the node's memory. The reader takes everything queued at
@@ -25,7 +43,7 @@ public final class PeerStream: Sendable {
     public let session: String
     private let limits: Limits
     private let onEnd: (@Sendable (EndReason) -> Void)?
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     public struct Limits: Sendable {
         public var maxQueuedEvents: Int
@@ -41,12 +59,17 @@ public final class PeerStream: Sendable {
         case replaced, tooSlow, closed
     }
 
+    private typealias Reader = CheckedContinuation<[StreamEvent]?, Never>
+
     private struct State {
         var confirmed = false
+        var holding = true
+        var held: [RoutedEvent] = []
+        var cursor: EventCursor
         var ended: EndReason?
         var queue = CircularBuffer<StreamEvent>(initialCapacity: 4)
         var queuedBytes = 0
-        var reader: CheckedContinuation<[StreamEvent]?, Never>?
+        var reader: Reader?
 
         mutating func takeAll() -> [StreamEvent] {
             defer {
@@ -55,23 +78,49 @@ public final class PeerStream: Sendable {
             }
             return Array(queue)
         }
+
+        /// Queues the event with the cursor as its id; false if the queue is full.
+        mutating func append(_ event: StreamEvent, limits: Limits) -> Bool {
+            if queue.count >= limits.maxQueuedEvents || queuedBytes + event.data.readableBytes > limits.maxQueuedBytes {
+                return false
+            }
+            var event = event
+            event.id = cursor.description
+            queue.append(event)
+            queuedBytes += event.data.readableBytes
+            return true
+        }
+
+        /// Moves the cursor and queues a routed event, unless it was delivered before.
+        mutating func append(_ routed: RoutedEvent, limits: Limits) -> Bool {
+            if routed.name == RoutedEvent.left {
+                if let room = routed.source { cursor.rooms[room] = nil }
+                return true
+            }
+            guard cursor.advance(routed.source, to: routed.position) else { return true }
+            return append(StreamEvent(name: routed.name, data: routed.data), limits: limits)
+        }
     }
 
-    init(user: PeerUser, session: String, limits: Limits, onEnd: (@Sendable (EndReason) -> Void)? = nil) {
+    init(user: PeerUser, session: String, limits: Limits, cursor: EventCursor, onEnd: (@Sendable (EndReason) -> Void)? = nil) {
         self.user = user
         self.session = session
         self.limits = limits
         self.onEnd = onEnd
+        self.state = Mutex(State(cursor: cursor))
     }
 
     /// Why the stream ended, or nil while it is open.
     public var endReason: EndReason? { state.withLock { $0.ended } }
 
+    /// The id of the last event queued: where a client that reconnects now resumes.
+    public var eventID: String { state.withLock { $0.cursor.description } }
+
     /// Everything queued, waiting until there is something; nil once the stream has ended.
     /// One reader at a time. Returns nil if the reading task is cancelled.
     public func nextBatch() async -> [StreamEvent]? {
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (reader: CheckedContinuation<[StreamEvent]?, Never>) in
+            await withCheckedContinuation { (reader: Reader) in
                 let ready: [StreamEvent]?? = state.withLock { state in
                     if state.ended != nil || Task.isCancelled { return .some(.none) }
                     if !state.queue.isEmpty { return .some(state.takeAll()) }
@@ -93,39 +142,68 @@ public final class PeerStream: Sendable {
         state.withLock { $0.confirmed = true }
     }
 
-    /// Delivers a routed event if Redis has confirmed this stream.
-    func deliver(_ event: StreamEvent) {
-        enqueue(event, onlyIfConfirmed: true)
-    }
-
-    /// Adds an event made by this node (e.g. `ping`), not routed through Redis.
-    public func send(_ event: StreamEvent) {
-        enqueue(event, onlyIfConfirmed: false)
-    }
-
-    private func enqueue(_ event: StreamEvent, onlyIfConfirmed: Bool) {
-        let (reader, batch, overflow): (CheckedContinuation<[StreamEvent]?, Never>?, [StreamEvent]?, Bool) = state.withLock { state in
-            guard state.ended == nil, state.confirmed || !onlyIfConfirmed else { return (nil, nil, false) }
-            if state.queue.count >= limits.maxQueuedEvents || state.queuedBytes + event.data.readableBytes > limits.maxQueuedBytes {
-                return (nil, nil, true)
+    /// Lets events through: queues `connected` (with the cursor before the replay as its id),
+    /// then `replay`, then what was held meanwhile.
+    /// - Parameters:
+    ///   - cursor: replaces the cursor first (a fresh session: nothing held belongs to it).
+    ///   - rooms: if given, the rooms the peer is in: others leave the cursor.
+    func start(connected: StreamEvent, replay: [RoutedEvent], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil) {
+        update { state in
+            if let cursor {
+                state.cursor = cursor
+                state.held = []
             }
-            state.queue.append(event)
-            state.queuedBytes += event.data.readableBytes
-            guard let reader = state.reader else { return (nil, nil, false) }
-            state.reader = nil
-            return (reader, state.takeAll(), false)
+            if let rooms { state.cursor.rooms = state.cursor.rooms.filter { rooms.contains($0.key) } }
+            defer {
+                state.held = []
+                state.holding = false
+            }
+            guard state.append(connected, limits: limits) else { return false }
+            for event in replay + state.held {
+                guard state.append(event, limits: limits) else { return false }
+            }
+            return true
         }
-        if overflow { end(.tooSlow) }
-        reader?.resume(returning: batch)
+    }
+
+    /// Delivers a routed event if Redis has confirmed this stream.
+    func deliver(_ event: RoutedEvent) {
+        update { state in
+            guard state.confirmed else { return true }
+            guard state.holding else { return state.append(event, limits: limits) }
+            state.held.append(event)
+            return state.held.count <= limits.maxQueuedEvents
+        }
+    }
+
+    /// Adds an event made by this node (e.g. `ping`), not routed through Redis. Dropped while
+    /// the stream is held.
+    public func send(_ event: StreamEvent) {
+        update { state in state.holding || state.append(event, limits: limits) }
+    }
+
+    /// Applies `change` to an open stream; then wakes the reader with everything queued, or,
+    /// if `change` found the queue full, ends the stream as too slow.
+    private func update(_ change: (inout State) -> Bool) {
+        let (fits, wake) = state.withLock { state -> (Bool, (reader: Reader, batch: [StreamEvent])?) in
+            guard state.ended == nil else { return (true, nil) }
+            guard change(&state) else { return (false, nil) }
+            guard let reader = state.reader, !state.queue.isEmpty else { return (true, nil) }
+            state.reader = nil
+            return (true, (reader, state.takeAll()))
+        }
+        if !fits { end(.tooSlow) }
+        if let wake { wake.reader.resume(returning: wake.batch) }
     }
 
     /// Ends the stream; the reader gets nil. The first reason given sticks.
     public func end(_ reason: EndReason) {
-        let (first, reader) = state.withLock { state -> (Bool, CheckedContinuation<[StreamEvent]?, Never>?) in
+        let (first, reader) = state.withLock { state -> (Bool, Reader?) in
             guard state.ended == nil else { return (false, nil) }
             state.ended = reason
             state.queue.removeAll()
             state.queuedBytes = 0
+            state.held = []
             defer { state.reader = nil }
             return (true, state.reader)
         }

@@ -67,39 +67,48 @@ struct SignalingAPI: Sendable {
         // A stream cut off because its reader fell behind may have a write stuck on a client
         // that stopped reading: closing the connection frees it, and the clean-up below runs.
         let connection = context.channel
+        var lastEvent: EventCursor?
+        if let text = request.headers[HTTPField.Name("Last-Event-ID")!], !text.isEmpty {
+            guard let cursor = EventCursor(lastEventID: text) else {
+                throw APIError.badRequest("Last-Event-ID is not an event id this service sent")
+            }
+            lastEvent = cursor
+        }
         let stream = try await withRedis {
-            try await coordinator.openStream(for: user) { reason in
+            try await coordinator.openStream(for: user, resumingAfter: lastEvent) { reason in
                 if reason == .tooSlow { connection.close(promise: nil) }
             }
         }
-        context.logger.info("stream opened", metadata: ["peer": "\(user.id)"])
+        context.logger.info("stream opened", metadata: ["peer": "\(user.id)", "resuming": "\(lastEvent != nil)"])
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
         headers[HTTPField.Name("X-Accel-Buffering")!] = "no"  // proxies must not buffer the stream
-        let userJSON = "{\"user\":\(user.json)}"
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
-                var encoder = SSEEncoder()
-                var frame = ByteBuffer()
+                let encoder = SSEEncoder()
+                // Browsers wait `retry` milliseconds before reconnecting (3 s by default):
+                // come back within about a second, well inside the grace period.
+                var frame = ByteBuffer(string: "retry: 1000\n")
                 /// Frames the events and writes them in one write (flushed).
                 func send(_ events: [StreamEvent]) async throws {
-                    frame.clear()
-                    for event in events { encoder.encode(event: event.name, data: event.data, into: &frame) }
+                    for event in events { encoder.encode(event, into: &frame) }
                     try await writer.write(frame)
+                    frame.clear()
                     coordinator.metrics.sentEvents(events.count)
                 }
                 do {
                     try await request.body.consumeWithCancellationOnInboundClose { _ in
                         try await withGracefulShutdownHandler {
-                            try await send([StreamEvent(name: "connected", data: ByteBuffer(string: userJSON))])
                             // Whatever queued while the last write was going out leaves in one write.
                             while let batch = await stream.nextBatch() { try await send(batch) }
                             if stream.endReason == .replaced {
                                 // A newer stream of this peer took over: say so, so the client
                                 // stops rather than reconnects and takes it back.
-                                try await send([Self.replacedEvent])
+                                var replaced = Self.replacedEvent
+                                replaced.id = stream.eventID
+                                try await send([replaced])
                             }
                         } onGracefulShutdown: {
                             stream.end(.closed)
@@ -171,9 +180,12 @@ struct SignalingAPI: Sendable {
         context.logger.debug("relay", metadata: ["peer": "\(user.id)", "to": "\(target)", "event": "\(event)", "outcome": "\(outcome)"])
         switch outcome {
         case .delivered: return try json(["delivered": true])
+        case .held:
+            var response = try json(["delivered": false, "held": true])
+            response.status = .accepted
+            return response
         case .noSuchPeer: throw HTTPError(.notFound, message: "peer '\(target)' has no open stream")
         case .notInSharedRoom: throw HTTPError(.forbidden, message: "peer '\(target)' shares no room with you")
-        case .peerUnreachable: throw HTTPError(.notFound, message: "peer '\(target)' is not reachable")
         }
     }
 

@@ -48,6 +48,11 @@ struct Serve: AsyncParsableCommand {
         valueName: "seconds"))
     var heartbeatInterval: Double?
 
+    @Option(help: ArgumentHelp(
+        "Seconds a peer whose stream dropped keeps its rooms, for its client to resume with Last-Event-ID; 0 removes it at once. (env: SWITCHBOARD_GRACE_PERIOD, default: 10)",
+        valueName: "seconds"))
+    var gracePeriod: Double?
+
     @Option(help: "Most members in one room. (env: SWITCHBOARD_MAX_ROOM_SIZE, default: 100)")
     var maxRoomSize: Int?
 
@@ -142,9 +147,11 @@ struct Serve: AsyncParsableCommand {
             endpoint: endpoint, logger: Logger(label: "switchboard.redis"), onConnectionEvent: metrics.redisConnectionEvent)
         let heartbeat = try number(heartbeatInterval, "SWITCHBOARD_HEARTBEAT_INTERVAL", 3.0)
         guard heartbeat >= 0.1 else { throw ValidationError("heartbeat interval must be at least 0.1 s") }
+        let grace = try number(gracePeriod, "SWITCHBOARD_GRACE_PERIOD", 10.0)
+        guard grace >= 0 else { throw ValidationError("grace period must be 0 or more seconds") }
         let coordinator = Coordinator(
             redis: redisClient, keys: keys, nodeID: nodeID, heartbeatInterval: .milliseconds(Int64(heartbeat * 1000)),
-            limits: limits, metrics: metrics)
+            gracePeriod: .milliseconds(Int64(grace * 1000)), limits: limits, metrics: metrics)
         let app = SignalingServer.makeApplication(
             coordinator: coordinator, tokens: tokens, configuration: node, metricsRegistry: registry)
         logger.info("switchboard node starting", metadata: [

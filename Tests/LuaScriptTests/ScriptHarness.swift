@@ -24,6 +24,14 @@ final class ScriptHarness: Sendable {
         let payload: String
         var description: String { "\(channel) ← \(payload.replacingOccurrences(of: "\n", with: "⏎"))" }
         static func < (a: Self, b: Self) -> Bool { (a.channel, a.payload) < (b.channel, b.payload) }
+
+        /// The message with its log position (`<room>=<entry id>`, second line) as `<room>=*`.
+        var withoutPosition: Published {
+            var lines = payload.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
+            guard lines.count == 3, let equals = lines[1].firstIndex(of: "=") else { return self }
+            lines[1] = lines[1][...equals] + "*"
+            return Published(channel: channel, payload: lines.joined(separator: "\n"))
+        }
     }
 
     static func with(_ body: (ScriptHarness) async throws -> Void) async throws {
@@ -82,6 +90,56 @@ final class ScriptHarness: Sendable {
 
     func run(_ script: LuaScript, keys: [String], _ arguments: String...) async throws -> RESPValue {
         try await scripts.run(script, keys: keys, arguments: arguments)
+    }
+
+    // The scripts with the arguments a node passes (logs kept 1,000 entries, 70 s).
+
+    func connect(_ peer: String, session: String, node: String = "n", resume: Bool = false) async throws -> RESPValue {
+        try await scripts.run(
+            .connect, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:log"],
+            arguments: [session, node, Self.user(peer), "sb:to:\(peer)", resume ? "resume" : "fresh"])
+    }
+
+    func join(_ room: String, _ peer: String, maxSize: String = "0") async throws -> RESPValue {
+        try await scripts.run(
+            .join, keys: ["sb:room:{\(room)}:members", "sb:room:{\(room)}:log"],
+            arguments: [room, peer, Self.user(peer), "sb:to:", maxSize, "1000", "70000"])
+    }
+
+    func leave(_ room: String, _ peer: String, tellLeaver: Bool) async throws -> RESPValue {
+        try await scripts.run(
+            .leave, keys: ["sb:room:{\(room)}:members", "sb:room:{\(room)}:log"],
+            arguments: [room, peer, "sb:to:", tellLeaver ? "1" : "0", "1000", "70000"])
+    }
+
+    func rememberRoom(_ peer: String, _ room: String, maxRooms: String = "0") async throws -> RESPValue {
+        try await scripts.run(.rememberRoom, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:rooms"], arguments: [room, maxRooms])
+    }
+
+    func disconnect(_ peer: String, session: String) async throws -> RESPValue {
+        try await scripts.run(
+            .disconnect, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:rooms", "sb:peer:{\(peer)}:log"], arguments: [session])
+    }
+
+    static let relayData = #"{"peer":{"id":"a","username":"user-a"},"data":{"candidate":"x"}}"#
+
+    /// relay.lua: an `ice-candidate` from `a` to `target`.
+    func relay(to target: String, senderRooms: [String], logLength: String = "1000") async throws -> RESPValue {
+        try await scripts.run(
+            .relay, keys: ["sb:peer:{\(target)}", "sb:peer:{\(target)}:rooms", "sb:peer:{\(target)}:log"],
+            arguments: [target, "sb:to:\(target)", "ice-candidate", Self.relayData, logLength, "70000"] + senderRooms)
+    }
+
+    func resume(_ log: String, peer: String, after position: String) async throws -> RESPValue {
+        try await scripts.run(.resume, keys: [log], arguments: [peer, position])
+    }
+
+    /// A stream's entries: id and flat field list.
+    func log(_ key: String) async throws -> [(id: String, fields: [String])] {
+        (try await redis.send(["XRANGE", key, "-", "+"]).array ?? []).compactMap { entry in
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
+            return (id, (parts[1].array ?? []).compactMap(\.string))
+        }
     }
 
     func hash(_ key: String) async throws -> [String: String] {

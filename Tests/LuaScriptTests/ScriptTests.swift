@@ -1,18 +1,24 @@
 import Coordinator
 import Foundation
 import LuaScripts
+import NIOCore
 import RedisClient
 import Testing
 
 private typealias Published = ScriptHarness.Published
 private let user = ScriptHarness.user
 
+/// What join.lua publishes to `to`, with the log position left out (`Published.withoutPosition`).
 private func addPeer(_ to: String, about: String, room: String, offer: Bool) -> Published {
-    Published(channel: "sb:to:\(to)", payload: "add-peer\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\",\"offer\":\(offer)}")
+    Published(channel: "sb:to:\(to)", payload: "add-peer\n\(room)=*\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\",\"offer\":\(offer)}")
 }
 
 private func removePeer(_ to: String, about: String, room: String) -> Published {
-    Published(channel: "sb:to:\(to)", payload: "remove-peer\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\"}")
+    Published(channel: "sb:to:\(to)", payload: "remove-peer\n\(room)=*\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\"}")
+}
+
+private func left(_ peer: String, room: String) -> Published {
+    Published(channel: "sb:to:\(peer)", payload: "!left\n\(room)=*\n")
 }
 
 @Suite("Lua scripts against a live redis-server")
@@ -23,13 +29,29 @@ struct ScriptTests {
         try await ScriptHarness.with { h in
             try await h.watch("a")
             let peer = "sb:peer:{a}"
-            #expect(try await h.run(.connect, keys: [peer], "s1", "node-1", user("a"), "sb:to:a").string == "")
+            #expect(try await h.connect("a", session: "s1", node: "node-1") == .array([.integer(0), .bulkString(ByteBuffer(string: ""))]))
             #expect(try await h.hash(peer) == ["session": "s1", "node": "node-1", "user": user("a")])
             #expect(try await h.published() == [Published(channel: "sb:to:a", payload: "!session\ns1")])
 
-            #expect(try await h.run(.connect, keys: [peer], "s2", "node-2", user("a"), "sb:to:a").string == "s1")
+            #expect(try await h.connect("a", session: "s2", node: "node-2") == .array([.integer(0), .bulkString(ByteBuffer(string: "s1"))]))
             #expect(try await h.hash(peer)["session"] == "s2")
             #expect(try await h.published() == [Published(channel: "sb:to:a", payload: "!session\ns2")])
+        }
+    }
+
+    @Test func aResumingStreamTakesOverTheSessionAndItsLog() async throws {
+        try await ScriptHarness.with { h in
+            _ = try await h.connect("b", session: "s1")
+            _ = try await h.rememberRoom("b", "r1")
+            #expect(try await h.relay(to: "b", senderRooms: ["r1"]).int == 0)  // nobody listening: kept in the log
+            #expect(try await h.connect("b", session: "s2", resume: true) == .array([.integer(1), .bulkString(ByteBuffer(string: "s1"))]))
+            #expect(try await h.redis.send(["XLEN", "sb:peer:{b}:log"]).int == 1)
+            // A fresh stream starts an empty log.
+            #expect(try await h.connect("b", session: "s3") == .array([.integer(0), .bulkString(ByteBuffer(string: "s2"))]))
+            #expect(try await h.redis.send(["EXISTS", "sb:peer:{b}:log"]).int == 0)
+            // With no session left, a resuming stream starts a fresh one.
+            _ = try await h.disconnect("b", session: "s3")
+            #expect(try await h.connect("b", session: "s4", resume: true) == .array([.integer(0), .bulkString(ByteBuffer(string: ""))]))
         }
     }
 
@@ -39,19 +61,19 @@ struct ScriptTests {
         try await ScriptHarness.with { h in
             try await h.watch("a", "b", "c")
             let room = "sb:room:{r1}:members"
-            #expect(try await h.run(.join, keys: [room], "r1", "a", user("a"), "sb:to:").int == 0)
+            #expect(try await h.join("r1", "a").int == 0)
             #expect(try await h.hash(room) == ["a": user("a")])
             #expect(try await h.published() == [])
 
-            #expect(try await h.run(.join, keys: [room], "r1", "b", user("b"), "sb:to:").int == 1)
+            #expect(try await h.join("r1", "b").int == 1)
             #expect(try await h.hash(room) == ["a": user("a"), "b": user("b")])
-            #expect(try await h.published() == [
+            #expect(try await h.published().map(\.withoutPosition) == [
                 addPeer("a", about: "b", room: "r1", offer: false),
                 addPeer("b", about: "a", room: "r1", offer: true),
             ])
 
-            #expect(try await h.run(.join, keys: [room], "r1", "c", user("c"), "sb:to:").int == 2)
-            #expect(try await h.published().sorted() == [
+            #expect(try await h.join("r1", "c").int == 2)
+            #expect(try await h.published().map(\.withoutPosition).sorted() == [
                 addPeer("a", about: "c", room: "r1", offer: false),
                 addPeer("b", about: "c", room: "r1", offer: false),
                 addPeer("c", about: "a", room: "r1", offer: true),
@@ -60,16 +82,48 @@ struct ScriptTests {
         }
     }
 
+    @Test func joinLogsWhatItPublishesUnderTheIdItPublishes() async throws {
+        try await ScriptHarness.with { h in
+            try await h.watch("a", "b")
+            _ = try await h.join("r1", "a")
+            _ = try await h.join("r1", "b")
+            let entries = try await h.log("sb:room:{r1}:log")
+            #expect(entries.map(\.fields) == [
+                ["!", "join a"],
+                ["!", "join b", "a", "add-peer\n{\"peer\":\(user("b")),\"roomId\":\"r1\",\"offer\":false}",
+                 "b", "add-peer\n{\"peer\":\(user("a")),\"roomId\":\"r1\",\"offer\":true}"],
+            ])
+            let positions = try await h.published().map { $0.payload.split(separator: "\n")[1] }
+            #expect(positions == ["r1=\(entries[1].id)", "r1=\(entries[1].id)"])
+            let ttl = try await h.redis.send(["PTTL", "sb:room:{r1}:log"]).int ?? 0
+            #expect(ttl > 60_000 && ttl <= 70_000)
+        }
+    }
+
     @Test func joiningTwiceChangesNothingAndPublishesNothing() async throws {
         try await ScriptHarness.with { h in
             try await h.watch("a", "b")
             let room = "sb:room:{r1}:members"
-            _ = try await h.run(.join, keys: [room], "r1", "a", user("a"), "sb:to:")
-            _ = try await h.run(.join, keys: [room], "r1", "b", user("b"), "sb:to:")
+            _ = try await h.join("r1", "a")
+            _ = try await h.join("r1", "b")
             _ = try await h.published()
-            #expect(try await h.run(.join, keys: [room], "r1", "b", user("b"), "sb:to:").int == -1)
+            let logged = try await h.log("sb:room:{r1}:log").count
+            #expect(try await h.join("r1", "b").int == -1)
             #expect(try await h.published() == [])
             #expect(try await h.hash(room) == ["a": user("a"), "b": user("b")])
+            #expect(try await h.log("sb:room:{r1}:log").count == logged)
+        }
+    }
+
+    @Test func aFullRoomRefusesTheJoiner() async throws {
+        try await ScriptHarness.with { h in
+            try await h.watch("a", "b", "c")
+            _ = try await h.join("r1", "a", maxSize: "2")
+            _ = try await h.join("r1", "b", maxSize: "2")
+            _ = try await h.published()
+            #expect(try await h.join("r1", "c", maxSize: "2").int == -2)
+            #expect(try await h.published() == [])
+            #expect(try await h.hash("sb:room:{r1}:members").keys.sorted() == ["a", "b"])
         }
     }
 
@@ -79,21 +133,22 @@ struct ScriptTests {
         try await ScriptHarness.with { h in
             try await h.watch("a", "b", "c")
             let room = "sb:room:{r1}:members"
-            for peer in ["a", "b", "c"] { _ = try await h.run(.join, keys: [room], "r1", peer, user(peer), "sb:to:") }
+            for peer in ["a", "b", "c"] { _ = try await h.join("r1", peer) }
             _ = try await h.published()
 
-            #expect(try await h.run(.leave, keys: [room], "r1", "b", "sb:to:", "1").int == 2)
+            #expect(try await h.leave("r1", "b", tellLeaver: true).int == 2)
             #expect(try await h.hash(room) == ["a": user("a"), "c": user("c")])
-            #expect(try await h.published().sorted() == [
+            #expect(try await h.published().map(\.withoutPosition).sorted() == [
                 removePeer("a", about: "b", room: "r1"),
                 removePeer("c", about: "b", room: "r1"),
                 removePeer("b", about: "a", room: "r1"),
                 removePeer("b", about: "c", room: "r1"),
+                left("b", room: "r1"),
             ].sorted())
 
-            // A disconnected leaver ("0") has nobody to tell.
-            #expect(try await h.run(.leave, keys: [room], "r1", "c", "sb:to:", "0").int == 1)
-            #expect(try await h.published() == [removePeer("a", about: "c", room: "r1")])
+            // A disconnected leaver has nobody to tell.
+            #expect(try await h.leave("r1", "c", tellLeaver: false).int == 1)
+            #expect(try await h.published().map(\.withoutPosition) == [removePeer("a", about: "c", room: "r1"), left("c", room: "r1")])
         }
     }
 
@@ -101,23 +156,23 @@ struct ScriptTests {
         try await ScriptHarness.with { h in
             try await h.watch("a", "z")
             let room = "sb:room:{r1}:members"
-            _ = try await h.run(.join, keys: [room], "r1", "a", user("a"), "sb:to:")
-            #expect(try await h.run(.leave, keys: [room], "r1", "z", "sb:to:", "1").int == -1)
+            _ = try await h.join("r1", "a")
+            #expect(try await h.leave("r1", "z", tellLeaver: true).int == -1)
             #expect(try await h.published() == [])
             #expect(try await h.hash(room) == ["a": user("a")])
-            #expect(try await h.run(.leave, keys: ["sb:room:{empty}:members"], "empty", "z", "sb:to:", "1").int == -1)
-            #expect(try await h.allKeys() == [room])
+            #expect(try await h.leave("empty", "z", tellLeaver: true).int == -1)
+            #expect(try await h.allKeys() == ["sb:room:{r1}:log", room])
         }
     }
 
     @Test func theLastLeaveDeletesTheRoom() async throws {
         try await ScriptHarness.with { h in
             let room = "sb:room:{r1}:members"
-            _ = try await h.run(.join, keys: [room], "r1", "a", user("a"), "sb:to:")
-            _ = try await h.run(.join, keys: [room], "r1", "b", user("b"), "sb:to:")
-            _ = try await h.run(.leave, keys: [room], "r1", "a", "sb:to:", "1")
+            _ = try await h.join("r1", "a")
+            _ = try await h.join("r1", "b")
+            _ = try await h.leave("r1", "a", tellLeaver: true)
             #expect(try await h.redis.send(["EXISTS", room]).int == 1)
-            #expect(try await h.run(.leave, keys: [room], "r1", "b", "sb:to:", "1").int == 0)
+            #expect(try await h.leave("r1", "b", tellLeaver: true).int == 0)
             #expect(try await h.redis.send(["EXISTS", room]).int == 0)
         }
     }
@@ -126,31 +181,42 @@ struct ScriptTests {
 
     @Test func rememberRoomOnlyWhileThePeerHasAStream() async throws {
         try await ScriptHarness.with { h in
-            let (peer, rooms) = ("sb:peer:{a}", "sb:peer:{a}:rooms")
-            #expect(try await h.run(.rememberRoom, keys: [peer, rooms], "r1").int == 0)
+            #expect(try await h.rememberRoom("a", "r1").int == 0)
             #expect(try await h.allKeys() == [])
-            _ = try await h.run(.connect, keys: [peer], "s1", "n", user("a"), "sb:to:a")
-            #expect(try await h.run(.rememberRoom, keys: [peer, rooms], "r1").int == 1)
-            #expect(try await h.run(.rememberRoom, keys: [peer, rooms], "r2").int == 1)
-            #expect(try await h.set(rooms) == ["r1", "r2"])
+            _ = try await h.connect("a", session: "s1")
+            #expect(try await h.rememberRoom("a", "r1").int == 1)
+            #expect(try await h.rememberRoom("a", "r2").int == 1)
+            #expect(try await h.set("sb:peer:{a}:rooms") == ["r1", "r2"])
+            #expect(try await h.rememberRoom("a", "r3", maxRooms: "2").int == -1)
+            #expect(try await h.rememberRoom("a", "r2", maxRooms: "2").int == 1)  // already in it: not one more
         }
     }
 
     @Test func disconnectHandsBackTheRoomsUnlessReplaced() async throws {
         try await ScriptHarness.with { h in
             let (peer, rooms) = ("sb:peer:{a}", "sb:peer:{a}:rooms")
-            _ = try await h.run(.connect, keys: [peer], "s1", "n", user("a"), "sb:to:a")
-            _ = try await h.run(.rememberRoom, keys: [peer, rooms], "r1")
-            _ = try await h.run(.rememberRoom, keys: [peer, rooms], "r2")
+            _ = try await h.connect("a", session: "s1")
+            _ = try await h.rememberRoom("a", "r1")
+            _ = try await h.rememberRoom("a", "r2")
+            _ = try await h.relay(to: "a", senderRooms: ["r1"])
 
             // An older stream ending must not take the newer one's rooms.
-            #expect(try await h.run(.disconnect, keys: [peer, rooms], "s0") == .array([]))
-            #expect(try await h.allKeys() == [peer, rooms].sorted())
+            #expect(try await h.disconnect("a", session: "s0") == .array([]))
+            #expect(try await h.allKeys() == [peer, "sb:peer:{a}:log", rooms].sorted())
 
-            let handedBack = try await h.run(.disconnect, keys: [peer, rooms], "s1").array?.compactMap(\.string)
+            let handedBack = try await h.disconnect("a", session: "s1").array?.compactMap(\.string)
             #expect(Set(handedBack ?? []) == ["r1", "r2"])
             #expect(try await h.allKeys() == [])
-            #expect(try await h.run(.disconnect, keys: [peer, rooms], "s1") == .array([]))
+            #expect(try await h.disconnect("a", session: "s1") == .array([]))
+        }
+    }
+
+    @Test func disconnectWithNoSessionEndsWhicheverThePeerHas() async throws {
+        try await ScriptHarness.with { h in
+            _ = try await h.connect("a", session: "s1")
+            _ = try await h.rememberRoom("a", "r1")
+            #expect(try await h.disconnect("a", session: "") == .array([.bulkString(ByteBuffer(string: "r1"))]))
+            #expect(try await h.allKeys() == [])
         }
     }
 
@@ -158,58 +224,99 @@ struct ScriptTests {
 
     @Test func relayRoutesOnlyToAStreamThatSharesARoom() async throws {
         try await ScriptHarness.with { h in
-            let message = "ice-candidate\n{\"peer\":\(user("a")),\"data\":{\"candidate\":\"x\"}}"
-            let target = ["sb:peer:{b}", "sb:peer:{b}:rooms"]
-            #expect(try await h.run(.relay, keys: target, "sb:to:b", message, "r1").int == -1)
-            _ = try await h.run(.connect, keys: ["sb:peer:{b}"], "s1", "n", user("b"), "sb:to:b")
-            _ = try await h.run(.rememberRoom, keys: target, "r1")
+            #expect(try await h.relay(to: "b", senderRooms: ["r1"]).int == -1)
+            _ = try await h.connect("b", session: "s1")
+            _ = try await h.rememberRoom("b", "r1")
             try await h.watch("b")
-            // A stranger (no room, or other rooms) is refused and nothing is published.
-            #expect(try await h.run(.relay, keys: target, "sb:to:b", message).int == -2)
-            #expect(try await h.run(.relay, keys: target, "sb:to:b", message, "r2", "r3").int == -2)
+            // A stranger (no room, or other rooms) is refused and nothing is published or logged.
+            #expect(try await h.relay(to: "b", senderRooms: []).int == -2)
+            #expect(try await h.relay(to: "b", senderRooms: ["r2", "r3"]).int == -2)
             #expect(try await h.published() == [])
-            #expect(try await h.run(.relay, keys: target, "sb:to:b", message, "r2", "r1").int == 1)
-            #expect(try await h.published() == [Published(channel: "sb:to:b", payload: message)])
+            #expect(try await h.redis.send(["EXISTS", "sb:peer:{b}:log"]).int == 0)
+
+            #expect(try await h.relay(to: "b", senderRooms: ["r2", "r1"]).int == 1)
+            let entries = try await h.log("sb:peer:{b}:log")
+            #expect(entries.map(\.fields) == [["b", "ice-candidate\n" + ScriptHarness.relayData]])
+            #expect(try await h.published() == [
+                Published(channel: "sb:to:b", payload: "ice-candidate\n=\(entries[0].id)\n" + ScriptHarness.relayData)
+            ])
         }
     }
 
-    @Test func relayToAStreamWhoseNodeIsGoneReachesNobody() async throws {
+    @Test func aRelayToAPeerWithNoStreamWaitsInItsLog() async throws {
         try await ScriptHarness.with { h in
-            let target = ["sb:peer:{b}", "sb:peer:{b}:rooms"]
-            _ = try await h.run(.connect, keys: ["sb:peer:{b}"], "s1", "n", user("b"), "sb:to:b")
-            _ = try await h.run(.rememberRoom, keys: target, "r1")
-            #expect(try await h.run(.relay, keys: target, "sb:to:b", "x\n{}", "r1").int == 0)
+            _ = try await h.connect("b", session: "s1")
+            _ = try await h.rememberRoom("b", "r1")
+            #expect(try await h.relay(to: "b", senderRooms: ["r1"]).int == 0)
+            #expect(try await h.log("sb:peer:{b}:log").count == 1)
+        }
+    }
+
+    // MARK: resume.lua
+
+    @Test func resumeReadsBackWhatThePeerWasSentAfterAPosition() async throws {
+        try await ScriptHarness.with { h in
+            for peer in ["a", "b", "c"] { _ = try await h.join("r1", peer) }
+            _ = try await h.leave("r1", "c", tellLeaver: true)
+            let entries = try await h.log("sb:room:{r1}:log")  // join a, join b, join c, leave c
+            let addC = "add-peer\n{\"peer\":\(user("c")),\"roomId\":\"r1\",\"offer\":false}"
+            let removeC = "remove-peer\n{\"peer\":\(user("c")),\"roomId\":\"r1\"}"
+
+            // After the join of b: what a was told about c.
+            #expect(try await h.resume("sb:room:{r1}:log", peer: "a", after: entries[1].id) == .array([
+                .bulkString(ByteBuffer(string: entries[2].id)), .bulkString(ByteBuffer(string: addC)), .bulkString(ByteBuffer(string: entries[3].id)), .bulkString(ByteBuffer(string: removeC)),
+            ]))
+            #expect(try await h.resume("sb:room:{r1}:log", peer: "a", after: entries[3].id) == .array([]))
+            // "": since the peer's latest join, that entry included (b was introduced to a in it).
+            let fromJoin = try await h.resume("sb:room:{r1}:log", peer: "b", after: "").array ?? []
+            #expect(fromJoin.count == 6)
+            #expect(fromJoin.first == .bulkString(ByteBuffer(string: entries[1].id)))
+            #expect(try await h.resume("sb:room:{r1}:log", peer: "z", after: "") == .integer(-1))
+            #expect(try await h.resume("sb:room:{gone}:log", peer: "a", after: entries[0].id) == .array([]))
+        }
+    }
+
+    @Test func resumeRefusesWhenTheLogWasTrimmedPastThePosition() async throws {
+        try await ScriptHarness.with { h in
+            _ = try await h.connect("b", session: "s1")
+            _ = try await h.rememberRoom("b", "r1")
+            _ = try await h.relay(to: "b", senderRooms: ["r1"], logLength: "10")
+            let first = try await h.log("sb:peer:{b}:log")[0].id
+            for _ in 0..<300 { _ = try await h.relay(to: "b", senderRooms: ["r1"], logLength: "10") }
+            #expect(try await h.redis.send(["XLEN", "sb:peer:{b}:log"]).int ?? 0 < 301)
+            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: first) == .integer(-1))
+            let kept = try await h.log("sb:peer:{b}:log")
+            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: kept[0].id).array?.count == 2 * (kept.count - 1))
         }
     }
 
     // MARK: Together
 
-    @Test func noKeyIsLeftAfterEveryoneDisconnects() async throws {
+    @Test func onlyExpiringLogsAreLeftAfterEveryoneDisconnects() async throws {
         try await ScriptHarness.with { h in
             let peers = ["a", "b", "c"]
             for peer in peers {
-                _ = try await h.run(.connect, keys: ["sb:peer:{\(peer)}"], "s-\(peer)", "n", user(peer), "sb:to:\(peer)")
+                _ = try await h.connect(peer, session: "s-\(peer)")
                 for room in ["r1", "r2"] {
-                    _ = try await h.run(.join, keys: ["sb:room:{\(room)}:members"], room, peer, user(peer), "sb:to:")
-                    _ = try await h.run(.rememberRoom, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:rooms"], room)
+                    _ = try await h.join(room, peer)
+                    _ = try await h.rememberRoom(peer, room)
                 }
             }
-            #expect(try await h.allKeys().count == 2 + 2 * 3)
+            #expect(try await h.allKeys().count == 2 * 2 + 2 * 3)
             for peer in peers {
-                let rooms = try await h.run(.disconnect, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:rooms"], "s-\(peer)")
-                for room in rooms.array?.compactMap(\.string) ?? [] {
-                    _ = try await h.run(.leave, keys: ["sb:room:{\(room)}:members"], room, peer, "sb:to:", "0")
-                }
+                let rooms = try await h.disconnect(peer, session: "s-\(peer)")
+                for room in rooms.array?.compactMap(\.string) ?? [] { _ = try await h.leave(room, peer, tellLeaver: false) }
             }
-            #expect(try await h.allKeys() == [])
+            #expect(try await h.allKeys() == ["sb:room:{r1}:log", "sb:room:{r2}:log"])
+            for log in ["sb:room:{r1}:log", "sb:room:{r2}:log"] { #expect(try await h.redis.send(["PTTL", log]).int ?? -1 > 0) }
         }
     }
 
     @Test func scriptsComeBackAfterScriptFlush() async throws {
         try await ScriptHarness.with { h in
             try await h.redis.send(["SCRIPT", "FLUSH"])
-            #expect(try await h.run(.join, keys: ["sb:room:{r}:members"], "r", "a", user("a"), "sb:to:").int == 0)
-            #expect(try await h.run(.join, keys: ["sb:room:{r}:members"], "r", "b", user("b"), "sb:to:").int == 1)
+            #expect(try await h.join("r", "a").int == 0)
+            #expect(try await h.join("r", "b").int == 1)
             let stats = try await h.redis.send(["INFO", "commandstats"]).string ?? ""
             #expect(stats.contains("cmdstat_evalsha:calls=3"))  // the NOSCRIPT one, its retry, and the next
             #expect(!stats.contains("cmdstat_eval:"))
@@ -217,7 +324,7 @@ struct ScriptTests {
     }
 
     @Test func everyScriptHasItsHeader() {
-        #expect(LuaScript.all.map(\.name) == ["connect", "disconnect", "join", "leave", "relay", "remember-room"])
+        #expect(LuaScript.all.map(\.name) == ["connect", "disconnect", "join", "leave", "relay", "remember-room", "resume"])
         for script in LuaScript.all {
             for part in ["KEYS[1]", "ARGV[1]", "Returns"] {
                 #expect(script.source.contains(part), "\(script.name).lua's header names no \(part)")
@@ -233,7 +340,7 @@ struct ScriptTests {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = [
                 "redis-cli", "-s", h.server.socketPath, "--eval", lua.standardizedFileURL.path,
-                "sb:room:{demo}:members", ",", "demo", "ann", user("ann"), "sb:to:",
+                "sb:room:{demo}:members", "sb:room:{demo}:log", ",", "demo", "ann", user("ann"), "sb:to:", "100", "1000", "70000",
             ]
             let output = Pipe()
             process.standardOutput = output

@@ -40,6 +40,8 @@ struct BadInputTests {
         Row("join without a token", "POST", "/r/join", token: .none, status: 401),
         Row("connect without a token", "GET", "/connect", token: .none, headers: [("Accept", "text/event-stream")], status: 401),
         Row("connect without Accept", "GET", "/connect", status: 406),
+        Row("connect with a Last-Event-ID this service never sent", "GET", "/connect",
+            headers: [("Accept", "text/event-stream"), ("Last-Event-ID", "12;r={x}=1-0")], status: 400),
         Row("room id too long", "POST", "/\(String(repeating: "r", count: 65))/join", status: 400),
         Row("room id with braces", "POST", "/a%7Bb%7D/join", status: 400),
         Row("room id with a colon", "POST", "/a:b/join", status: 400),

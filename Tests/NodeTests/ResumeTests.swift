@@ -1,0 +1,168 @@
+import Foundation
+import NIOHTTP1
+import SignalingClient
+import Testing
+
+/// A stream that drops and comes back with `Last-Event-ID`, on any node, within the grace period.
+@Suite("Resume with Last-Event-ID")
+struct ResumeTests {
+    /// `data.n` of a relayed test message, `peer.username` of a membership event.
+    private func label(_ event: ServerSentEvent?) -> String {
+        guard let event else { return "nothing" }
+        let data = json(event.data)
+        if let n = (data["data"] as? [String: Any])?["n"] as? Int { return "\(event.event) \(n)" }
+        if let peer = (data["peer"] as? [String: Any])?["username"] as? String { return "\(event.event) \(peer)" }
+        return event.event
+    }
+
+    private func send(_ n: Int, from sender: Participant, to target: Participant, fleet: Fleet) async throws -> Int {
+        try await fleet.client(sender.node).request(.POST, "/relay/\(target.id)/note", token: sender.token, body: #"{"n":\#(n)}"#).status
+    }
+
+    /// ann (node 0) and bob (node 1) in room `r`, each past the other's add-peer.
+    private func pair(_ fleet: Fleet) async throws -> (ann: Participant, bob: Participant) {
+        let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
+        let bob = try await Participant.connect("bob", fleet: fleet, node: 1)
+        _ = try await fleet.client(0).request(.POST, "/r/join", token: ann.token)
+        _ = try await fleet.client(1).request(.POST, "/r/join", token: bob.token)
+        #expect(label(await nextSignal(ann.stream)) == "add-peer bob")
+        #expect(label(await nextSignal(bob.stream)) == "add-peer ann")
+        return (ann, bob)
+    }
+
+    @Test func aDroppedStreamResumesOnAnotherNodeWithWhatItMissed() async throws {
+        try await Fleet.with(nodes: 2, gracePeriod: .seconds(5)) { fleet in
+            let (ann, bob) = try await pair(fleet)
+            #expect(try await send(1, from: bob, to: ann, fleet: fleet) == 200)
+            let seen = await nextSignal(ann.stream)
+            #expect(label(seen) == "note 1")
+            let lastID = try #require(seen?.id)
+
+            ann.stream.close()
+            // While ann is away: relays wait for her (202), and carol joins.
+            #expect(try await fleet.eventually { try await send(2, from: bob, to: ann, fleet: fleet) == 202 })
+            #expect(try await send(3, from: bob, to: ann, fleet: fleet) == 202)
+            let carol = try await Participant.connect("carol", fleet: fleet, node: 1)
+            _ = try await fleet.client(1).request(.POST, "/r/join", token: carol.token)
+            #expect(try await send(4, from: carol, to: ann, fleet: fleet) == 202)
+
+            let resumed = try await fleet.client(1).connect(token: ann.token, lastEventID: lastID)
+            let connected = await resumed.next()
+            #expect(connected?.event == "connected")
+            #expect(json(connected?.data ?? "")["resumed"] as? Bool == true)
+            #expect(connected?.id == lastID)
+            var missed: [String] = []
+            for _ in 0..<4 { missed.append(label(await nextSignal(resumed))) }
+            // Each log in order (relays from bob, then carol; the room's events); the logs
+            // interleaved by the millisecond Redis wrote them.
+            #expect(missed.filter { $0.hasPrefix("note") } == ["note 2", "note 3", "note 4"])
+            #expect(missed.filter { $0.hasPrefix("add-peer") } == ["add-peer carol"])
+
+            // Live again, and nobody else saw ann go or come back.
+            #expect(try await send(5, from: bob, to: ann, fleet: fleet) == 200)
+            #expect(label(await nextSignal(resumed)) == "note 5")
+            #expect(label(await nextSignal(bob.stream)) == "add-peer carol")
+            #expect(label(await nextSignal(bob.stream, seconds: 0.5)) == "nothing")
+            #expect(try await fleet.roomMembers("r") == [ann.id, bob.id, carol.id])
+            resumed.close()
+            carol.stream.close()
+        }
+    }
+
+    @Test func takingOverALiveStreamDeliversEachEventOnce() async throws {
+        try await Fleet.with(nodes: 2, gracePeriod: .seconds(5)) { fleet in
+            let (ann, bob) = try await pair(fleet)
+            #expect(try await send(1, from: bob, to: ann, fleet: fleet) == 200)
+            let seen = await nextSignal(ann.stream)
+            let lastID = try #require(seen?.id)
+            // The old stream gets note 2 as well, but the client never read it: it comes again.
+            #expect(try await send(2, from: bob, to: ann, fleet: fleet) == 200)
+
+            let second = try await fleet.client(1).connect(token: ann.token, lastEventID: lastID)
+            #expect(json(await second.next()?.data ?? "")["resumed"] as? Bool == true)
+            #expect(label(await nextSignal(second)) == "note 2")
+            #expect(try await send(3, from: bob, to: ann, fleet: fleet) == 200)
+            #expect(label(await nextSignal(second)) == "note 3")
+            #expect(label(await nextSignal(second, seconds: 0.5)) == "nothing")
+            // The first stream ends with `replaced`.
+            var first: [String] = []
+            while let event = await ann.stream.nextSignal() { first.append(event.event) }
+            #expect(first.last == "replaced")
+
+            // Resuming again from the same point gives the same events, once each.
+            let third = try await fleet.client(0).connect(token: ann.token, lastEventID: lastID)
+            #expect(json(await third.next()?.data ?? "")["resumed"] as? Bool == true)
+            #expect(label(await nextSignal(third)) == "note 2")
+            #expect(label(await nextSignal(third)) == "note 3")
+            #expect(label(await nextSignal(third, seconds: 0.5)) == "nothing")
+            #expect(label(await nextSignal(bob.stream, seconds: 0.2)) == "nothing")
+            third.close()
+        }
+    }
+
+    @Test func aPeerThatDoesNotComeBackLeavesWhenTheGracePeriodEnds() async throws {
+        try await Fleet.with(nodes: 2, gracePeriod: .seconds(1)) { fleet in
+            let (ann, bob) = try await pair(fleet)
+            let dropped = ContinuousClock.now
+            ann.stream.close()
+            let removal = await nextSignal(bob.stream, seconds: 10)
+            let waited = ContinuousClock.now - dropped
+            #expect(label(removal) == "remove-peer ann")
+            #expect(waited >= .seconds(1))
+            #expect(try await fleet.roomMembers("r") == [bob.id])
+            // Too late: a fresh session, in no room.
+            let late = try await fleet.client(0).connect(token: ann.token, lastEventID: "0-0")
+            let connected = await late.next()
+            #expect(connected?.event == "connected")
+            #expect(json(connected?.data ?? "")["resumed"] == nil)
+            #expect(try await fleet.client(0).request(.POST, "/relay/\(ann.id)/note", token: bob.token, body: "{}").status == 403)
+            late.close()
+        }
+    }
+
+    @Test func withNoGracePeriodADroppedPeerLeavesAtOnce() async throws {
+        try await Fleet.with(nodes: 2, gracePeriod: .zero) { fleet in
+            let (ann, bob) = try await pair(fleet)
+            ann.stream.close()
+            #expect(label(await nextSignal(bob.stream, seconds: 2)) == "remove-peer ann")
+        }
+    }
+
+    @Test func aStreamThatMissedMoreThanTheLogKeepsStartsAfresh() async throws {
+        try await Fleet.with(nodes: 2, gracePeriod: .seconds(30)) { fleet in
+            let (ann, bob) = try await pair(fleet)
+            #expect(try await send(0, from: bob, to: ann, fleet: fleet) == 200)
+            let lastID = try #require(await nextSignal(ann.stream)?.id)
+            ann.stream.close()
+            #expect(try await fleet.eventually { try await send(1, from: bob, to: ann, fleet: fleet) == 202 })
+            // More than the log keeps (1,000 entries, trimmed in blocks of 100), over one connection.
+            let connection = try await PersistentConnection.connect(port: fleet.nodes[1].port)
+            for n in 2...1200 {
+                _ = try await connection.request(.POST, "/relay/\(ann.id)/note", token: bob.token, body: #"{"n":\#(n)}"#)
+            }
+            await connection.close()
+
+            let back = try await fleet.client(0).connect(token: ann.token, lastEventID: lastID)
+            #expect(json(await back.next()?.data ?? "")["resumed"] == nil)
+            // Its session ended as if it had gone: bob saw it leave, and it is in no room.
+            #expect(label(await nextSignal(bob.stream)) == "remove-peer ann")
+            #expect(try await fleet.roomMembers("r") == [bob.id])
+            #expect(label(await nextSignal(back, seconds: 0.5)) == "nothing")
+        }
+    }
+
+    @Test func eventIDsAreCursorsOverTheLogs() async throws {
+        try await Fleet.with(nodes: 1, gracePeriod: .seconds(5)) { fleet in
+            let (ann, bob) = try await pair(fleet)
+            _ = try await send(1, from: bob, to: ann, fleet: fleet)
+            let id = try #require(await nextSignal(ann.stream)?.id)
+            // `<relay log position>;r=<room log position>`
+            let parts = id.split(separator: ";")
+            #expect(parts.count == 2)
+            #expect(parts[0].split(separator: "-").count == 2)
+            #expect(parts[1].hasPrefix("r="))
+            ann.stream.close()
+            bob.stream.close()
+        }
+    }
+}
