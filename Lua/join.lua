@@ -8,7 +8,8 @@
 
   Every message is also written to the room's event log (a stream) in the same step, so a
   peer whose event stream drops can be given what it missed (resume.lua). Each published
-  message carries the log entry's id, which becomes part of the SSE event id.
+  message carries its position, "<log entry id>-<n>" for the n-th message of the entry,
+  which becomes part of the SSE event id.
 
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
     KEYS[2] room event log       sb:room:{R}:log        stream
@@ -26,8 +27,8 @@
 
   Returns the number of members the joiner was introduced to, -1 if it was already a member,
   or -2 if the room is full (then nothing changes, nothing is logged or published).
-  Publishes "add-peer\n<room>=<log entry id>\n<JSON>" to each member's channel and to the
-  joiner's.
+  Publishes "add-peer\n<room>=<position>\n<JSON>" to each member's channel and to the
+  joiner's; the position is "<entry id>-<n>", n counting the entry's messages from 1.
 ]]
 local members, log = KEYS[1], KEYS[2]
 local room, joiner, joinerUser, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -61,7 +62,7 @@ for first = 1, math.max(#messages, 1), 500 do
   local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[6], "*", unpack(fields))
   for i = first, last do
     local m = messages[i]
-    redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "\n" .. m[3])
+    redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
   end
 end
 redis.call("PEXPIRE", log, ARGV[7])

@@ -19,8 +19,8 @@
 
   Returns the number of remaining members told, or -1 if the peer was not a member
   (then nothing changes and nothing is published).
-  Publishes "remove-peer\n<room>=<log entry id>\n<JSON>" to each remaining member's channel
-  (and the leaver's), then "!left\n<room>=<id>\n" to the leaver's, so the node holding its
+  Publishes "remove-peer\n<room>=<position>\n<JSON>" to each remaining member's channel
+  (and the leaver's), then "!left\n<room>=<entry id>-0\n" to the leaver's, so the node holding its
   stream stops tracking the room in its event ids.
 ]]
 local members, log = KEYS[1], KEYS[2]
@@ -56,11 +56,11 @@ for first = 1, #messages, 500 do
   id = redis.call("XADD", log, "MAXLEN", "~", ARGV[5], "*", unpack(fields))
   for i = first, last do
     local m = messages[i]
-    redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "\n" .. m[3])
+    redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
   end
 end
 if #messages > 0 then
   redis.call("PEXPIRE", log, ARGV[6])
 end
-redis.call("PUBLISH", prefix .. leaver, "!left\n" .. room .. "=" .. id .. "\n")
+redis.call("PUBLISH", prefix .. leaver, "!left\n" .. room .. "=" .. id .. "-0\n")
 return #entries / 2

@@ -23,7 +23,8 @@
   Log entry: <target peer id> -> "<event>\n<JSON>".
   Returns -1 if the target has no session, -2 if it shares no room with the sender, else the
   number of nodes that received the message (0: no stream right now; kept in the log).
-  Publishes "<event>\n=<log entry id>\n<JSON>" to the target's channel.
+  Publishes "<event>\n=<log entry id>-1\n<JSON>" to the target's channel (the position of
+  the entry's one message, as join.lua numbers them).
 ]]
 if redis.call("EXISTS", KEYS[1]) == 0 then
   return -1
@@ -32,7 +33,7 @@ for i = 7, #ARGV do
   if redis.call("SISMEMBER", KEYS[2], ARGV[i]) == 1 then
     local id = redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*", ARGV[1], ARGV[3] .. "\n" .. ARGV[4])
     redis.call("PEXPIRE", KEYS[3], ARGV[6])
-    return redis.call("PUBLISH", ARGV[2], ARGV[3] .. "\n=" .. id .. "\n" .. ARGV[4])
+    return redis.call("PUBLISH", ARGV[2], ARGV[3] .. "\n=" .. id .. "-1\n" .. ARGV[4])
   end
 end
 return -2

@@ -43,12 +43,13 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     Benchmark("SSE: encode 1,000 add-peer frames") { benchmark in
-        var encoder = SSEEncoder()
+        let encoder = SSEEncoder()
         var buffer = ByteBuffer()
-        let data = ByteBuffer(string: Wire.addPeerJSON)
+        var event = StreamEvent(name: "add-peer", data: ByteBuffer(string: Wire.addPeerJSON))
+        event.id = "1795345739537-0-1;demo=1795345739540-0-2"  // a peer in one room
         for _ in benchmark.scaledIterations {
             buffer.clear()
-            for _ in 0..<1000 { encoder.encode(event: "add-peer", data: data, into: &buffer) }
+            for _ in 0..<1000 { encoder.encode(event, into: &buffer) }
             blackHole(buffer)
         }
     }
@@ -60,13 +61,11 @@ let benchmarks: @Sendable () -> Void = {
         Benchmark("join, room of \(size): join.lua, one EVALSHA") { benchmark in
             for _ in benchmark.scaledIterations {
                 benchmark.startMeasurement()
-                try await Live.scripts.run(
-                    .join, keys: [Live.keys.roomMembers(RoomID(room)!)],
-                    arguments: [room, "joiner", Live.joiner.json, Live.keys.channelPrefix])
+                try await Live.join(room, Live.joiner)
                 benchmark.stopMeasurement()
                 try await Live.scripts.run(
-                    .leave, keys: [Live.keys.roomMembers(RoomID(room)!)],
-                    arguments: [room, "joiner", Live.keys.channelPrefix, "0"])
+                    .leave, keys: [Live.keys.roomMembers(RoomID(room)!), Live.keys.roomLog(RoomID(room)!)],
+                    arguments: [room, "joiner", Live.keys.channelPrefix, "0"] + Live.logArguments)
             }
         } setup: {
             try await Live.fillSwitchboardRoom(room, members: size - 1)
@@ -97,12 +96,13 @@ let benchmarks: @Sendable () -> Void = {
 
     // MARK: Live Redis: relay
 
-    Benchmark("relay: relay.lua, one EVALSHA (stream and shared-room check, PUBLISH)") { benchmark in
-        let message = "ice-candidate\n{\"peer\":\(Live.joiner.json),\"data\":{\"candidate\":\"candidate:1 1 udp 1 127.0.0.1 5000 typ host\"}}"
+    Benchmark("relay: relay.lua, one EVALSHA (session and shared-room check, XADD to the log, PUBLISH)") { benchmark in
+        let data = "{\"peer\":\(Live.joiner.json),\"data\":{\"candidate\":\"candidate:1 1 udp 1 127.0.0.1 5000 typ host\"}}"
+        let peer = Live.joiner.id
         for _ in benchmark.scaledIterations {
             try await Live.scripts.run(
-                .relay, keys: [Live.keys.peer(Live.joiner.id), Live.keys.peerRooms(Live.joiner.id)],
-                arguments: [Live.keys.channel(Live.joiner.id), message, "relay-bench"])
+                .relay, keys: [Live.keys.peer(peer), Live.keys.peerRooms(peer), Live.keys.peerLog(peer)],
+                arguments: [peer.rawValue, Live.keys.channel(peer), "ice-candidate", data] + Live.logArguments + ["relay-bench"])
         }
     }
 
@@ -161,7 +161,9 @@ enum Live {
         coordinator = Coordinator(redis: redis, keys: keys, nodeID: "bench")
         // The joiner has an open stream as far as Redis knows (the coordinator checks), in a
         // room the relay benchmark names as shared.
-        try await scripts.run(.connect, keys: [keys.peer(joiner.id)], arguments: ["s", "bench", joiner.json, keys.channel(joiner.id)])
+        try await scripts.run(
+            .connect, keys: [keys.peer(joiner.id), keys.peerLog(joiner.id)],
+            arguments: ["s", "bench", joiner.json, keys.channel(joiner.id), "fresh"])
         try await redis.send(["SADD", keys.peerRooms(joiner.id), "relay-bench"])
     }
 
@@ -177,8 +179,19 @@ enum Live {
         try await redis.send(["DEL", key])
         for i in 0..<members {
             let user = PeerUser(id: PeerID("member-\(i)")!, username: "member-\(i)")
-            try await scripts.run(.join, keys: [key], arguments: [room, user.id.rawValue, user.json, keys.channelPrefix])
+            try await join(room, user)
         }
+    }
+
+    /// What a node passes for the event logs: 1,000 entries, kept 70 s (a 10 s grace period).
+    static let logArguments = [String(Coordinator.eventLogLength), "70000"]
+
+    /// join.lua as a node runs it (no room size limit).
+    static func join(_ room: String, _ user: PeerUser) async throws {
+        let id = RoomID(room)!
+        try await scripts.run(
+            .join, keys: [keys.roomMembers(id), keys.roomLog(id)],
+            arguments: [room, user.id.rawValue, user.json, keys.channelPrefix, "0"] + logArguments)
     }
 }
 

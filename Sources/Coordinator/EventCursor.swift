@@ -1,26 +1,33 @@
-/// The id of one entry of an event log (a Redis stream): `<milliseconds>-<sequence>`.
+/// A message's place in an event log (a Redis stream): the entry's id `<milliseconds>-<sequence>`
+/// and the message's number within the entry (one join writes one entry holding every
+/// message it published), as `<milliseconds>-<sequence>-<n>`.
 public struct LogPosition: Sendable, Hashable, Comparable, CustomStringConvertible {
     public let milliseconds: UInt64
     public let sequence: UInt64
+    public let message: UInt64
 
     /// Before every entry.
-    public static let start = LogPosition(milliseconds: 0, sequence: 0)
+    public static let start = LogPosition(milliseconds: 0, sequence: 0, message: 0)
 
-    public init(milliseconds: UInt64, sequence: UInt64) {
+    public init(milliseconds: UInt64, sequence: UInt64, message: UInt64) {
         self.milliseconds = milliseconds
         self.sequence = sequence
+        self.message = message
     }
 
     public init?(_ text: some StringProtocol) {
-        guard text.utf8.count <= 41, let dash = text.firstIndex(of: "-"),
-            let milliseconds = UInt64(text[..<dash]), let sequence = UInt64(text[text.index(after: dash)...])
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard text.utf8.count <= 62, parts.count == 3, let milliseconds = UInt64(parts[0]), let sequence = UInt64(parts[1]),
+            let message = UInt64(parts[2])
         else { return nil }
-        self.init(milliseconds: milliseconds, sequence: sequence)
+        self.init(milliseconds: milliseconds, sequence: sequence, message: message)
     }
 
-    public var description: String { "\(milliseconds)-\(sequence)" }
+    public var description: String { "\(milliseconds)-\(sequence)-\(message)" }
 
-    public static func < (a: Self, b: Self) -> Bool { (a.milliseconds, a.sequence) < (b.milliseconds, b.sequence) }
+    public static func < (a: Self, b: Self) -> Bool {
+        (a.milliseconds, a.sequence, a.message) < (b.milliseconds, b.sequence, b.message)
+    }
 }
 
 /// How far a peer's stream has got in each event log that feeds it: its own log (relays) and

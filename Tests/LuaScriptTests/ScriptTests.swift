@@ -94,7 +94,7 @@ struct ScriptTests {
                  "b", "add-peer\n{\"peer\":\(user("a")),\"roomId\":\"r1\",\"offer\":true}"],
             ])
             let positions = try await h.published().map { $0.payload.split(separator: "\n")[1] }
-            #expect(positions == ["r1=\(entries[1].id)", "r1=\(entries[1].id)"])
+            #expect(positions == ["r1=\(entries[1].id)-1", "r1=\(entries[1].id)-2"])  // the entry's first and second message
             let ttl = try await h.redis.send(["PTTL", "sb:room:{r1}:log"]).int ?? 0
             #expect(ttl > 60_000 && ttl <= 70_000)
         }
@@ -238,7 +238,7 @@ struct ScriptTests {
             let entries = try await h.log("sb:peer:{b}:log")
             #expect(entries.map(\.fields) == [["b", "ice-candidate\n" + ScriptHarness.relayData]])
             #expect(try await h.published() == [
-                Published(channel: "sb:to:b", payload: "ice-candidate\n=\(entries[0].id)\n" + ScriptHarness.relayData)
+                Published(channel: "sb:to:b", payload: "ice-candidate\n=\(entries[0].id)-1\n" + ScriptHarness.relayData)
             ])
         }
     }
@@ -262,17 +262,20 @@ struct ScriptTests {
             let addC = "add-peer\n{\"peer\":\(user("c")),\"roomId\":\"r1\",\"offer\":false}"
             let removeC = "remove-peer\n{\"peer\":\(user("c")),\"roomId\":\"r1\"}"
 
-            // After the join of b: what a was told about c.
-            #expect(try await h.resume("sb:room:{r1}:log", peer: "a", after: entries[1].id) == .array([
-                .bulkString(ByteBuffer(string: entries[2].id)), .bulkString(ByteBuffer(string: addC)), .bulkString(ByteBuffer(string: entries[3].id)), .bulkString(ByteBuffer(string: removeC)),
+            // After the join of b: what a was told about c (the first message of each entry).
+            #expect(try await h.resume("sb:room:{r1}:log", peer: "a", after: "\(entries[1].id)-2") == .array([
+                .bulkString(ByteBuffer(string: "\(entries[2].id)-1")), .bulkString(ByteBuffer(string: addC)),
+                .bulkString(ByteBuffer(string: "\(entries[3].id)-1")), .bulkString(ByteBuffer(string: removeC)),
             ]))
-            #expect(try await h.resume("sb:room:{r1}:log", peer: "a", after: entries[3].id) == .array([]))
+            #expect(try await h.resume("sb:room:{r1}:log", peer: "a", after: "\(entries[3].id)-1") == .array([]))
+            // Within an entry, only the messages after the position's.
+            #expect(try await h.resume("sb:room:{r1}:log", peer: "b", after: "\(entries[2].id)-3").array?.count == 2)
             // "": since the peer's latest join, that entry included (b was introduced to a in it).
             let fromJoin = try await h.resume("sb:room:{r1}:log", peer: "b", after: "").array ?? []
             #expect(fromJoin.count == 6)
-            #expect(fromJoin.first == .bulkString(ByteBuffer(string: entries[1].id)))
+            #expect(fromJoin.first == .bulkString(ByteBuffer(string: "\(entries[1].id)-2")))
             #expect(try await h.resume("sb:room:{r1}:log", peer: "z", after: "") == .integer(-1))
-            #expect(try await h.resume("sb:room:{gone}:log", peer: "a", after: entries[0].id) == .array([]))
+            #expect(try await h.resume("sb:room:{gone}:log", peer: "a", after: "\(entries[0].id)-0") == .array([]))
         }
     }
 
@@ -284,9 +287,9 @@ struct ScriptTests {
             let first = try await h.log("sb:peer:{b}:log")[0].id
             for _ in 0..<300 { _ = try await h.relay(to: "b", senderRooms: ["r1"], logLength: "10") }
             #expect(try await h.redis.send(["XLEN", "sb:peer:{b}:log"]).int ?? 0 < 301)
-            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: first) == .integer(-1))
+            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: "\(first)-1") == .integer(-1))
             let kept = try await h.log("sb:peer:{b}:log")
-            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: kept[0].id).array?.count == 2 * (kept.count - 1))
+            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: "\(kept[0].id)-1").array?.count == 2 * (kept.count - 1))
         }
     }
 

@@ -74,20 +74,24 @@ struct ArticleFlowTests {
         }
     }
 
-    @Test func everyEventHasAnIncreasingIdAndPingsFlow() async throws {
+    @Test func everyEventHasAnIdAndPingsFlow() async throws {
         try await Fleet.with(nodes: 1, configuration: NodeConfiguration(host: "127.0.0.1", port: 0, pingInterval: .milliseconds(100))) { fleet in
             let client = fleet.client(0)
             let token = try await client.access(username: "ann")
             let stream = try await client.connect(token: token, useQueryToken: false)
-            var ids: [Int] = []
+            var ids: [String?] = []
             var names: [String] = []
+            var retry: Int?
             for _ in 0..<3 {
                 guard let event = await stream.next() else { break }
-                ids.append(Int(event.id ?? "") ?? -1)
+                ids.append(event.id)
                 names.append(event.event)
+                retry = retry ?? event.retry
             }
             #expect(names == ["connected", "ping", "ping"])
-            #expect(ids == [1, 2, 3])
+            // Nothing routed yet: every id is the empty cursor (before the relay log's first entry).
+            #expect(ids == ["0-0-0", "0-0-0", "0-0-0"])
+            #expect(retry == 1000)  // browsers come back after a second, not the default three
             stream.close()
         }
     }

@@ -25,7 +25,8 @@ struct ExecutableTests {
             log = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-\(port).log")
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             process.executableURL = ExecutableTests.binary
-            process.arguments = ["serve", "--port", String(port)] + arguments
+            // A short grace period: a closed stream's peer leaves its rooms after 1 s, not 10.
+            process.arguments = ["serve", "--port", String(port), "--grace-period", "1"] + arguments
             process.environment = ProcessInfo.processInfo.environment.merging(
                 ["SWITCHBOARD_TOKEN_SECRET": ExecutableTests.secret, "SWITCHBOARD_LOG_LEVEL": "warning"]) { $1 }
             let handle = try FileHandle(forWritingTo: log)

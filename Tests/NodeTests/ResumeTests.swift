@@ -40,7 +40,8 @@ struct ResumeTests {
 
             ann.stream.close()
             // While ann is away: relays wait for her (202), and carol joins.
-            #expect(try await fleet.eventually { try await send(2, from: bob, to: ann, fleet: fleet) == 202 })
+            #expect(try await fleet.eventually { fleet.nodes[0].coordinator.openStreamCount == 0 })
+            #expect(try await send(2, from: bob, to: ann, fleet: fleet) == 202)
             #expect(try await send(3, from: bob, to: ann, fleet: fleet) == 202)
             let carol = try await Participant.connect("carol", fleet: fleet, node: 1)
             _ = try await fleet.client(1).request(.POST, "/r/join", token: carol.token)
@@ -111,7 +112,7 @@ struct ResumeTests {
             #expect(waited >= .seconds(1))
             #expect(try await fleet.roomMembers("r") == [bob.id])
             // Too late: a fresh session, in no room.
-            let late = try await fleet.client(0).connect(token: ann.token, lastEventID: "0-0")
+            let late = try await fleet.client(0).connect(token: ann.token, lastEventID: "0-0-0")
             let connected = await late.next()
             #expect(connected?.event == "connected")
             #expect(json(connected?.data ?? "")["resumed"] == nil)
@@ -134,7 +135,8 @@ struct ResumeTests {
             #expect(try await send(0, from: bob, to: ann, fleet: fleet) == 200)
             let lastID = try #require(await nextSignal(ann.stream)?.id)
             ann.stream.close()
-            #expect(try await fleet.eventually { try await send(1, from: bob, to: ann, fleet: fleet) == 202 })
+            #expect(try await fleet.eventually { fleet.nodes[0].coordinator.openStreamCount == 0 })
+            #expect(try await send(1, from: bob, to: ann, fleet: fleet) == 202)
             // More than the log keeps (1,000 entries, trimmed in blocks of 100), over one connection.
             let connection = try await PersistentConnection.connect(port: fleet.nodes[1].port)
             for n in 2...1200 {
@@ -156,10 +158,10 @@ struct ResumeTests {
             let (ann, bob) = try await pair(fleet)
             _ = try await send(1, from: bob, to: ann, fleet: fleet)
             let id = try #require(await nextSignal(ann.stream)?.id)
-            // `<relay log position>;r=<room log position>`
+            // `<relay log position>;r=<room log position>`, each `<entry id>-<message>`
             let parts = id.split(separator: ";")
             #expect(parts.count == 2)
-            #expect(parts[0].split(separator: "-").count == 2)
+            #expect(parts[0].split(separator: "-").count == 3)
             #expect(parts[1].hasPrefix("r="))
             ann.stream.close()
             bob.stream.close()
