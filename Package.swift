@@ -122,6 +122,7 @@ let package = Package(
             dependencies: [
                 "HTTPServer", "RedisServer", "SignalingClient",
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),

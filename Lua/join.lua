@@ -27,8 +27,10 @@
 
   Returns the number of members the joiner was introduced to, -1 if it was already a member,
   or -2 if the room is full (then nothing changes, nothing is logged or published).
-  Publishes "add-peer\n<room>=<position>\n<JSON>" to each member's channel and to the
-  joiner's; the position is "<entry id>-<n>", n counting the entry's messages from 1.
+  Publishes "!joined\n<room>=<entry id>-0\n" to the joiner's channel (the node holding its
+  stream keeps track of its rooms), then "add-peer\n<room>=<position>\n<JSON>" to each
+  member's channel and to the joiner's; the position is "<entry id>-<n>", n counting the
+  entry's messages from 1.
 ]]
 local members, log = KEYS[1], KEYS[2]
 local room, joiner, joinerUser, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -60,6 +62,9 @@ for first = 1, math.max(#messages, 1), 500 do
     fields[#fields + 1] = messages[i][2] .. "\n" .. messages[i][3]
   end
   local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[6], "*", unpack(fields))
+  if first == 1 then
+    redis.call("PUBLISH", prefix .. joiner, "!joined\n" .. room .. "=" .. id .. "-0\n")
+  end
   for i = first, last do
     local m = messages[i]
     redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])

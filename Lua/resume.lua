@@ -12,7 +12,8 @@
     ARGV[2] the last position the client saw in this log (exclusive), or "" for "since the
             peer's latest join" (a room it joined after the last event it saw)
 
-  Returns a flat array {position, "<event>\n<JSON>", ...} in log order, or -1 when the log
+  Returns a flat array {position, "<event>\n<JSON>", ...} in log order (for "", starting
+  with {"<join entry id>-0", "!joined\n"}: where the membership began), or -1 when the log
   no longer holds everything after that point (trimmed, or the join is gone): then the
   session cannot be resumed exactly.
 ]]
@@ -32,6 +33,7 @@ end
 
 -- From entry `start` (inclusive), skipping its first `skip` messages.
 local start, skip
+local missed = {}
 if after == "" then
   -- Walk back to the peer's latest join (its first entry, if the join took several).
   local marker = "join " .. peer
@@ -50,6 +52,9 @@ if after == "" then
   end
   if not start then return -1 end
   skip = 0
+  -- Tells the node where the membership began, so the room enters the stream's cursor even
+  -- if nothing was sent to the peer from it yet.
+  missed = {start .. "-0", "!joined\n"}
 else
   local ms, seq, n = string.match(after, "^(%d+)-(%d+)-(%d+)$")
   if not ms then return redis.error_reply("ERR invalid position " .. after) end
@@ -67,7 +72,6 @@ else
   end
 end
 
-local missed = {}
 for _, entry in ipairs(redis.call("XRANGE", log, start, "+")) do
   local id, fields = entry[1], entry[2]
   local n = 0

@@ -30,6 +30,12 @@ public final class Coordinator: Service, Sendable {
     /// with `Last-Event-ID`. Zero: it leaves them at once.
     public let gracePeriod: Duration
     private let gracePeriods: GracePeriods
+    /// Closed streams whose clean-up failed (Redis was down), by session: retried each heartbeat.
+    private let unfinished = Mutex<[String: PeerStream]>([:])
+    /// The `epoch` value Redis held at the last heartbeat.
+    private let epoch = Mutex<String?>(nil)
+    private let probe = SubscriptionProbe()
+    private let catchUp: CatchUp
     /// The last two arguments of every script that writes an event log: entries kept, and
     /// milliseconds kept after the last write (the grace period plus a minute for readers
     /// that were behind when they dropped).
@@ -78,9 +84,21 @@ public final class Coordinator: Service, Sendable {
         let localStreams = LocalStreams(channelPrefix: keys.channelPrefix)
         self.localStreams = localStreams
         // Messages are routed on the subscriber's event loop, straight into the streams' queues.
+        let probeChannel = keys.nodeProbe(nodeID)
+        let probe = probe
+        let catchingUp = CatchUp()
+        self.catchUp = catchingUp
         self.subscriber = RedisSubscriber(
-            endpoint: redis.endpoint, logger: logger, onMessage: localStreams.route,
-            onConnectionEvent: metrics.redisConnectionEvent)
+            endpoint: redis.endpoint, logger: logger,
+            onMessage: { message in
+                if message.channel == probeChannel { probe.received(message.payload) } else { localStreams.route(message) }
+            },
+            onConnectionEvent: { event in
+                metrics.redisConnectionEvent(event)
+                // Nothing reaches the streams until they have caught up from the logs.
+                if event != .restored { localStreams.all.forEach { $0.hold() } }
+            },
+            onResubscribed: { catchingUp.trigger() })
     }
 
     // MARK: Running
@@ -94,6 +112,11 @@ public final class Coordinator: Service, Sendable {
                 }
             }
             group.addTask { await cancelWhenGracefulShutdown { await self.heartbeat() } }
+            group.addTask {
+                await cancelWhenGracefulShutdown {
+                    for await _ in self.catchUp.requests { await self.catchUpStreams() }
+                }
+            }
             await cancelWhenGracefulShutdown { await self.subscriber.run() }
             group.cancelAll()
         }
@@ -107,7 +130,8 @@ public final class Coordinator: Service, Sendable {
     }
 
     /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
-    /// each time, cleans up after nodes whose record expired.
+    /// each time: puts back what it holds if Redis lost its data, retries failed clean-ups,
+    /// checks its subscription, and cleans up after nodes whose record expired.
     private func heartbeat() async {
         let ttlMilliseconds = String(3 * heartbeatInterval.inMilliseconds)
         var first = true
@@ -116,14 +140,104 @@ public final class Coordinator: Service, Sendable {
                 "id": nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": localStreams.count,
             ]
             let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
-            _ = try? await redis.send(["SET", keys.node(nodeID), json, "PX", ttlMilliseconds])
+            let candidate = UUID().uuidString
+            guard let replies = try? await redis.pipeline([
+                ["SET", keys.node(nodeID), json, "PX", ttlMilliseconds], ["SET", keys.epoch, candidate, "NX", "GET"],
+            ]) else { continue }
             if first {
                 // Streams recorded under this node id by an earlier life of it are gone.
-                await reap(nodeID, keeping: Set(localStreams.all.map(\.session)).union(gracePeriods.sessions))
+                await reap(nodeID, keeping: Set(heldStreams.map(\.session)))
                 first = false
             }
+            let current = replies[1].string ?? candidate
+            let known = epoch.withLock { known in
+                defer { known = current }
+                return known
+            }
+            if let known, known != current { await reassertSessions() }
+            for stream in unfinished.withLock({ Array($0.values) }) { await endSession(of: stream) }
+            await checkSubscription()
             await reapDeadNodes()
         } while (try? await Task.sleep(for: heartbeatInterval)) != nil
+    }
+
+    /// Redis lost its data: puts back, silently, the session and rooms of every stream this
+    /// node answers for, so rooms are as they were and nobody sees churn. Sessions already
+    /// ended stay ended once their clean-up runs again (their members still get remove-peer).
+    private func reassertSessions() async {
+        let streams = heldStreams
+        logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
+        do {
+            let replies = try await scripts.run(streams.map { stream in
+                let peer = stream.user.id
+                return ScriptRegistry.Call(
+                    .reassert, keys: [keys.peer(peer), keys.peerRooms(peer)],
+                    arguments: [stream.session, nodeID, stream.user.json] + stream.rooms.map(\.rawValue))
+            })
+            var commands = streams.map { ["SADD", keys.nodeStreams(nodeID), Self.streamEntry($0)] }
+            var restored = 0
+            for (stream, reply) in zip(streams, replies) where reply.int == 1 {
+                restored += 1
+                for room in stream.rooms { commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
+            }
+            _ = try await redis.pipeline(commands)
+            metrics.sessionsReasserted.increment(by: restored)
+            logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
+        } catch {
+            // The epoch is already current: make the next heartbeat try again.
+            epoch.withLock { $0 = nil }
+            logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// After the subscription came back: gives every held stream what was sent to it while the
+    /// subscription was down, from the logs, then lets live events through again. A stream
+    /// the logs cannot complete is closed; its client resumes or starts afresh.
+    private func catchUpStreams() async {
+        let streams = localStreams.all.filter(\.isStarted)
+        var caughtUp = 0
+        for stream in streams {
+            // The command connection may still be coming back: try for a while before giving up.
+            for attempt in 1...50 where stream.endReason == nil {
+                do {
+                    let cursor = stream.cursor
+                    if let missed = try await missedEvents(of: stream.user.id, after: cursor, rooms: Set(cursor.rooms.keys)) {
+                        stream.start(connected: nil, replay: missed)
+                        caughtUp += missed.count
+                    } else {
+                        stream.end(.closed)
+                    }
+                    break
+                } catch {
+                    let waited = (try? await Task.sleep(for: .milliseconds(200))) != nil
+                    if attempt == 50 || !waited { stream.end(.closed) }
+                }
+            }
+        }
+        if !streams.isEmpty {
+            logger.info("streams caught up after the subscription came back", metadata: ["streams": "\(streams.count)", "events": "\(caughtUp)"])
+        }
+    }
+
+    /// Publishes a probe on this node's own channel. If Redis has no subscriber for it, or the
+    /// previous probe never came back, the subscription is dead though its connection looks
+    /// alive: reconnect it (it subscribes again to every channel).
+    private func checkSubscription() async {
+        let channel = keys.nodeProbe(nodeID)
+        if !probe.isSubscribed {
+            guard (try? await subscriber.subscribe(channel)) != nil else { return }
+            probe.isSubscribed = true
+        }
+        guard subscriber.isConnected else { return }
+        let lost = probe.outstanding
+        let sent = probe.next()
+        let receivers = (try? await redis.send(["PUBLISH", channel, String(sent)]).int) ?? -1
+        if receivers == 0 || lost {
+            metrics.subscriptionProbesFailed.increment()
+            logger.warning("subscription is dead though its connection is open: reconnecting", metadata: ["node": "\(nodeID)"])
+            probe.reset()
+            subscriber.reconnect()
+        }
     }
 
     /// Finds nodes that hold streams in Redis but have no heartbeat, and cleans up after each,
@@ -331,20 +445,32 @@ public final class Coordinator: Service, Sendable {
         localStreams.remove(stream)
         subscriber.unsubscribe(keys.channel(stream.user.id))
         if gracePeriod > .zero, stream.endReason != .replaced {
-            gracePeriods.wait(for: stream.session) { await self.endSession(of: stream) }
+            gracePeriods.wait(for: stream) { await self.endSession(of: stream) }
         } else {
             await endSession(of: stream)
         }
     }
 
-    /// Ends a closed stream's session for good, unless another stream took it over.
+    /// Ends a closed stream's session for good, unless another stream took it over. If Redis
+    /// is unreachable, the heartbeat tries again until it succeeds.
     private func endSession(of stream: PeerStream) async {
         do {
             try await endSession(stream.session, of: stream.user.id)
             try await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
+            unfinished.withLock { _ = $0.removeValue(forKey: stream.session) }
         } catch {
-            logger.error("disconnect clean-up failed", metadata: ["peer": "\(stream.user.id)", "error": "\(error)"])
+            let first = unfinished.withLock { $0.updateValue(stream, forKey: stream.session) == nil }
+            if first {
+                logger.error("disconnect clean-up failed; trying again each heartbeat", metadata: ["peer": "\(stream.user.id)", "username": "\(stream.user.username)", "error": "\(error)"])
+            }
         }
+    }
+
+    /// Every session this node answers for: open streams, streams in their grace period, and
+    /// closed streams whose clean-up has not succeeded yet.
+    private var heldStreams: [PeerStream] {
+        var seen = Set<String>()
+        return (localStreams.all + gracePeriods.streams + unfinished.withLock { Array($0.values) }).filter { seen.insert($0.session).inserted }
     }
 
     /// A stream's member in its node's stream set (`reap` reads it back).
@@ -489,31 +615,75 @@ public final class Coordinator: Service, Sendable {
 /// no-op, since the session belongs to the new stream.
 final class GracePeriods: Sendable {
     private let duration: Duration
-    private let pending = Mutex<[String: Task<Void, Never>]>([:])
+    private let pending = Mutex<[String: (stream: PeerStream, wait: Task<Void, Never>)]>([:])
 
     init(duration: Duration) {
         self.duration = duration
     }
 
-    func wait(for session: String, then expire: @escaping @Sendable () async -> Void) {
+    func wait(for stream: PeerStream, then expire: @escaping @Sendable () async -> Void) {
         pending.withLock { pending in
-            pending[session] = Task {
+            let wait = Task {
                 guard (try? await Task.sleep(for: duration)) != nil else { return }
-                self.pending.withLock { _ = $0.removeValue(forKey: session) }
+                self.pending.withLock { _ = $0.removeValue(forKey: stream.session) }
                 await expire()
             }
+            pending[stream.session] = (stream, wait)
         }
     }
 
-    /// The sessions still waiting.
-    var sessions: Set<String> { pending.withLock { Set($0.keys) } }
+    /// The streams whose sessions are still waiting.
+    var streams: [PeerStream] { pending.withLock { $0.values.map(\.stream) } }
 
     /// Stops every wait (the node is stopping); true if there were any.
     func cancelAll() -> Bool {
         pending.withLock { pending in
             defer { pending = [:] }
-            for task in pending.values { task.cancel() }
+            for entry in pending.values { entry.wait.cancel() }
             return !pending.isEmpty
         }
     }
+}
+
+/// The probes a node publishes on its own channel: their number, and the last one back.
+final class SubscriptionProbe: Sendable {
+    private let state = Mutex<(sent: UInt64, received: UInt64, subscribed: Bool)>((0, 0, false))
+
+    var isSubscribed: Bool {
+        get { state.withLock { $0.subscribed } }
+        set { state.withLock { $0.subscribed = newValue } }
+    }
+
+    /// Whether the last probe sent has not come back.
+    var outstanding: Bool { state.withLock { $0.received < $0.sent } }
+
+    /// The number of the next probe.
+    func next() -> UInt64 {
+        state.withLock { state in
+            state.sent += 1
+            return state.sent
+        }
+    }
+
+    func received(_ payload: ByteBuffer) {
+        guard let number = UInt64(String(buffer: payload)) else { return }
+        state.withLock { $0.received = max($0.received, number) }
+    }
+
+    /// Forgets the probes in flight (the connection is being replaced).
+    func reset() {
+        state.withLock { $0.received = $0.sent }
+    }
+}
+
+/// Requests to catch streams up after the subscription came back, coalesced: one run at a time.
+final class CatchUp: Sendable {
+    let requests: AsyncStream<Void>
+    private let sink: AsyncStream<Void>.Continuation
+
+    init() {
+        (requests, sink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func trigger() { sink.yield() }
 }

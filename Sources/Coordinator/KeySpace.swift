@@ -35,6 +35,12 @@ public struct KeySpace: Sendable {
     /// String: which node is cleaning up after a dead node (so only one does).
     public func nodeReaper(_ id: String) -> String { "\(prefix)node:{\(id)}:reaper" }
 
+    /// String: a random id made when Redis holds none. If it changes, Redis lost its data and
+    /// every node puts back the sessions and memberships it holds.
+    public var epoch: String { "\(prefix)epoch" }
+    /// Pub/sub: a node's own channel, on which it checks that its subscription is alive.
+    public func nodeProbe(_ id: String) -> String { "\(prefix)node:{\(id)}:probe" }
+
     /// Pub/sub: a peer's channel is this followed by its id; only the node holding its stream listens.
     public var channelPrefix: String { "\(prefix)to:" }
     public func channel(_ id: PeerID) -> String { channelPrefix + id.rawValue }

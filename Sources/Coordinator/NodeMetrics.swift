@@ -17,6 +17,8 @@ public final class NodeMetrics: Sendable {
     let redisServerErrors: Counter
     let peersReaped: Counter
     let eventsReplayed: Counter
+    let sessionsReasserted: Counter
+    let subscriptionProbesFailed: Counter
     private let labelled = Mutex(Labelled())
 
     private struct Labelled {
@@ -35,6 +37,8 @@ public final class NodeMetrics: Sendable {
         redisConnectionErrors = Counter(label: "switchboard_redis_connection_errors_total", factory: factory)
         redisServerErrors = Counter(label: "switchboard_redis_server_errors_total", factory: factory)
         eventsReplayed = Counter(label: "switchboard_events_replayed_total", factory: factory)
+        sessionsReasserted = Counter(label: "switchboard_sessions_reasserted_total", factory: factory)
+        subscriptionProbesFailed = Counter(label: "switchboard_subscription_probes_failed_total", factory: factory)
         peersReaped = Counter(label: "switchboard_dead_node_peers_removed_total", factory: factory)
     }
 

@@ -16,13 +16,15 @@ public struct StreamEvent: Sendable {
 }
 
 /// A message routed to a peer from one of its event logs: the room's log (`source`) or, with
-/// no source, its own (relays). `!left` is a control message: the room left the peer's cursor.
+/// no source, its own (relays). `!joined` and `!left` are control messages: the peer joined or
+/// left the room, which enters or leaves its cursor.
 struct RoutedEvent: Sendable {
     let name: String
     let source: RoomID?
     let position: LogPosition
     let data: ByteBuffer
 
+    static let joined = "!joined"
     static let left = "!left"
 }
 
@@ -63,6 +65,8 @@ public final class PeerStream: Sendable {
 
     private struct State {
         var confirmed = false
+        /// `connected` is queued: the stream is past its start.
+        var started = false
         var holding = true
         var held: [RoutedEvent] = []
         var cursor: EventCursor
@@ -93,9 +97,15 @@ public final class PeerStream: Sendable {
 
         /// Moves the cursor and queues a routed event, unless it was delivered before.
         mutating func append(_ routed: RoutedEvent, limits: Limits) -> Bool {
-            if routed.name == RoutedEvent.left {
-                if let room = routed.source { cursor.rooms[room] = nil }
+            switch (routed.name, routed.source) {
+            case (RoutedEvent.joined, let room?):
+                if cursor.rooms[room] == nil { cursor.rooms[room] = routed.position }
                 return true
+            case (RoutedEvent.left, let room?):
+                cursor.rooms[room] = nil
+                return true
+            default:
+                break
             }
             guard cursor.advance(routed.source, to: routed.position) else { return true }
             return append(StreamEvent(name: routed.name, data: routed.data), limits: limits)
@@ -115,6 +125,9 @@ public final class PeerStream: Sendable {
 
     /// The id of the last event queued: where a client that reconnects now resumes.
     public var eventID: String { state.withLock { $0.cursor.description } }
+
+    /// The rooms the peer is in, as far as the events routed to this stream tell.
+    public var rooms: Set<RoomID> { state.withLock { Set($0.cursor.rooms.keys) } }
 
     /// Everything queued, waiting until there is something; nil once the stream has ended.
     /// One reader at a time. Returns nil if the reading task is cancelled.
@@ -142,12 +155,24 @@ public final class PeerStream: Sendable {
         state.withLock { $0.confirmed = true }
     }
 
-    /// Lets events through: queues `connected` (with the cursor before the replay as its id),
-    /// then `replay`, then what was held meanwhile.
+    /// Holds routed events until `start`: the node's subscription was lost, and what was sent
+    /// meanwhile must come from the logs first.
+    func hold() {
+        state.withLock { if $0.started { $0.holding = true } }
+    }
+
+    /// Whether `connected` was queued (a stream still starting catches up by itself).
+    var isStarted: Bool { state.withLock { $0.started } }
+
+    /// Where the stream is in each log.
+    var cursor: EventCursor { state.withLock { $0.cursor } }
+
+    /// Lets events through: queues `connected` if given (with the cursor before the replay as
+    /// its id), then `replay`, then what was held meanwhile.
     /// - Parameters:
     ///   - cursor: replaces the cursor first (a fresh session: nothing held belongs to it).
     ///   - rooms: if given, the rooms the peer is in: others leave the cursor.
-    func start(connected: StreamEvent, replay: [RoutedEvent], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil) {
+    func start(connected: StreamEvent?, replay: [RoutedEvent], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil) {
         update { state in
             if let cursor {
                 state.cursor = cursor
@@ -158,7 +183,10 @@ public final class PeerStream: Sendable {
                 state.held = []
                 state.holding = false
             }
-            guard state.append(connected, limits: limits) else { return false }
+            if let connected {
+                state.started = true
+                guard state.append(connected, limits: limits) else { return false }
+            }
             for event in replay + state.held {
                 guard state.append(event, limits: limits) else { return false }
             }

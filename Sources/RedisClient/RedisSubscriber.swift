@@ -21,6 +21,7 @@ public final class RedisSubscriber: Sendable {
     private let messageSink: AsyncStream<PubSubMessage>.Continuation
     private let onMessage: (@Sendable (PubSubMessage) -> Void)?
     private let onConnectionEvent: (@Sendable (RedisClient.ConnectionEvent) -> Void)?
+    private let onResubscribed: (@Sendable () -> Void)?
     private let group: EventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
@@ -35,19 +36,26 @@ public final class RedisSubscriber: Sendable {
         var connection: RedisConnection?
         var channels: [String: Channel] = [:]
         var connectedWaiters: [CheckedContinuation<Void, Never>] = []
+        /// A PING follows the SUBSCRIBEs sent after a reconnect: its reply says they all took.
+        var awaitingResubscription = false
     }
 
     /// - Parameter onMessage: if given, called with each message on the connection's event
     ///   loop, in order, instead of queueing it on `messages` (saves a task switch per message;
     ///   it must not block).
+    /// - Parameter onResubscribed: called after a reconnect once Redis has confirmed every
+    ///   channel again: messages published from then on arrive; those published while the
+    ///   connection was down did not.
     public init(
         endpoint: RedisEndpoint,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "redis.subscriber"),
         onMessage: (@Sendable (PubSubMessage) -> Void)? = nil,
-        onConnectionEvent: (@Sendable (RedisClient.ConnectionEvent) -> Void)? = nil
+        onConnectionEvent: (@Sendable (RedisClient.ConnectionEvent) -> Void)? = nil,
+        onResubscribed: (@Sendable () -> Void)? = nil
     ) {
         self.endpoint = endpoint
+        self.onResubscribed = onResubscribed
         self.onMessage = onMessage
         self.onConnectionEvent = onConnectionEvent
         self.group = group
@@ -129,6 +137,12 @@ public final class RedisSubscriber: Sendable {
         messageSink.finish()
     }
 
+    /// Drops the connection; `run()` opens a new one and subscribes again to every channel.
+    /// For a subscription found dead while its connection looks alive.
+    public func reconnect() {
+        state.withLock { $0.connection }?.channel.close(promise: nil)
+    }
+
     /// Waits until the subscriber has a live connection (or the task is cancelled).
     public func waitUntilConnected() async {
         await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
@@ -149,6 +163,8 @@ public final class RedisSubscriber: Sendable {
                 state.channels[name] = entry
                 connection.sendWithoutReply(["SUBSCRIBE", name])
             }
+            state.awaitingResubscription = true
+            connection.sendWithoutReply(["PING"])
             defer { state.connectedWaiters = [] }
             return state.connectedWaiters
         }
@@ -173,8 +189,11 @@ public final class RedisSubscriber: Sendable {
     }
 
     private func receive(_ reply: RESPValue) {
+        if reply == .simpleString("PONG") { return resubscribed() }  // PING with no channels subscribed
         guard case .array(let parts) = reply, let kind = parts.first?.string else { return }
         switch kind {
+        case "pong":
+            resubscribed()
         case "message":
             guard parts.count == 3, let channel = parts[1].string, case .bulkString(let payload) = parts[2] else { return }
             let message = PubSubMessage(channel: channel, payload: payload)
@@ -189,7 +208,15 @@ public final class RedisSubscriber: Sendable {
             }
             waiters.forEach { $0.resume() }
         default:
-            break  // unsubscribe confirmations, pongs
+            break  // unsubscribe confirmations
         }
+    }
+
+    private func resubscribed() {
+        let first = state.withLock { state in
+            defer { state.awaitingResubscription = false }
+            return state.awaitingResubscription
+        }
+        if first { onResubscribed?() }
     }
 }

@@ -17,6 +17,10 @@ private func removePeer(_ to: String, about: String, room: String) -> Published 
     Published(channel: "sb:to:\(to)", payload: "remove-peer\n\(room)=*\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\"}")
 }
 
+private func joined(_ peer: String, room: String) -> Published {
+    Published(channel: "sb:to:\(peer)", payload: "!joined\n\(room)=*\n")
+}
+
 private func left(_ peer: String, room: String) -> Published {
     Published(channel: "sb:to:\(peer)", payload: "!left\n\(room)=*\n")
 }
@@ -63,17 +67,19 @@ struct ScriptTests {
             let room = "sb:room:{r1}:members"
             #expect(try await h.join("r1", "a").int == 0)
             #expect(try await h.hash(room) == ["a": user("a")])
-            #expect(try await h.published() == [])
+            #expect(try await h.published().map(\.withoutPosition) == [joined("a", room: "r1")])
 
             #expect(try await h.join("r1", "b").int == 1)
             #expect(try await h.hash(room) == ["a": user("a"), "b": user("b")])
             #expect(try await h.published().map(\.withoutPosition) == [
+                joined("b", room: "r1"),
                 addPeer("a", about: "b", room: "r1", offer: false),
                 addPeer("b", about: "a", room: "r1", offer: true),
             ])
 
             #expect(try await h.join("r1", "c").int == 2)
             #expect(try await h.published().map(\.withoutPosition).sorted() == [
+                joined("c", room: "r1"),
                 addPeer("a", about: "c", room: "r1", offer: false),
                 addPeer("b", about: "c", room: "r1", offer: false),
                 addPeer("c", about: "a", room: "r1", offer: true),
@@ -86,6 +92,7 @@ struct ScriptTests {
         try await ScriptHarness.with { h in
             try await h.watch("a", "b")
             _ = try await h.join("r1", "a")
+            _ = try await h.published()
             _ = try await h.join("r1", "b")
             let entries = try await h.log("sb:room:{r1}:log")
             #expect(entries.map(\.fields) == [
@@ -94,7 +101,8 @@ struct ScriptTests {
                  "b", "add-peer\n{\"peer\":\(user("a")),\"roomId\":\"r1\",\"offer\":true}"],
             ])
             let positions = try await h.published().map { $0.payload.split(separator: "\n")[1] }
-            #expect(positions == ["r1=\(entries[1].id)-1", "r1=\(entries[1].id)-2"])  // the entry's first and second message
+            // Where b's membership begins, then the entry's first and second message.
+            #expect(positions == ["r1=\(entries[1].id)-0", "r1=\(entries[1].id)-1", "r1=\(entries[1].id)-2"])
             let ttl = try await h.redis.send(["PTTL", "sb:room:{r1}:log"]).int ?? 0
             #expect(ttl > 60_000 && ttl <= 70_000)
         }
@@ -157,6 +165,7 @@ struct ScriptTests {
             try await h.watch("a", "z")
             let room = "sb:room:{r1}:members"
             _ = try await h.join("r1", "a")
+            _ = try await h.published()
             #expect(try await h.leave("r1", "z", tellLeaver: true).int == -1)
             #expect(try await h.published() == [])
             #expect(try await h.hash(room) == ["a": user("a")])
@@ -220,6 +229,23 @@ struct ScriptTests {
         }
     }
 
+    // MARK: reassert.lua
+
+    @Test func reassertPutsBackALostSessionSilently() async throws {
+        try await ScriptHarness.with { h in
+            try await h.watch("a")
+            let keys = ["sb:peer:{a}", "sb:peer:{a}:rooms"]
+            #expect(try await h.run(.reassert, keys: keys, "s1", "n", user("a"), "r1", "r2").int == 1)
+            #expect(try await h.hash("sb:peer:{a}") == ["session": "s1", "node": "n", "user": user("a")])
+            #expect(try await h.set("sb:peer:{a}:rooms") == ["r1", "r2"])
+            // A session Redis still has (this one or a newer one) is left alone.
+            #expect(try await h.run(.reassert, keys: keys, "s0", "m", user("a"), "r3").int == 0)
+            #expect(try await h.hash("sb:peer:{a}")["session"] == "s1")
+            #expect(try await h.set("sb:peer:{a}:rooms") == ["r1", "r2"])
+            #expect(try await h.published() == [])
+        }
+    }
+
     // MARK: relay.lua
 
     @Test func relayRoutesOnlyToAStreamThatSharesARoom() async throws {
@@ -272,8 +298,11 @@ struct ScriptTests {
             #expect(try await h.resume("sb:room:{r1}:log", peer: "b", after: "\(entries[2].id)-3").array?.count == 2)
             // "": since the peer's latest join, that entry included (b was introduced to a in it).
             let fromJoin = try await h.resume("sb:room:{r1}:log", peer: "b", after: "").array ?? []
-            #expect(fromJoin.count == 6)
-            #expect(fromJoin.first == .bulkString(ByteBuffer(string: "\(entries[1].id)-2")))
+            #expect(fromJoin.count == 2 + 6)
+            #expect(Array(fromJoin.prefix(3)) == [
+                .bulkString(ByteBuffer(string: "\(entries[1].id)-0")), .bulkString(ByteBuffer(string: "!joined\n")),
+                .bulkString(ByteBuffer(string: "\(entries[1].id)-2")),
+            ])
             #expect(try await h.resume("sb:room:{r1}:log", peer: "z", after: "") == .integer(-1))
             #expect(try await h.resume("sb:room:{gone}:log", peer: "a", after: "\(entries[0].id)-0") == .array([]))
         }
@@ -327,7 +356,7 @@ struct ScriptTests {
     }
 
     @Test func everyScriptHasItsHeader() {
-        #expect(LuaScript.all.map(\.name) == ["connect", "disconnect", "join", "leave", "relay", "remember-room", "resume"])
+        #expect(LuaScript.all.map(\.name) == ["connect", "disconnect", "join", "leave", "reassert", "relay", "remember-room", "resume"])
         for script in LuaScript.all {
             for part in ["KEYS[1]", "ARGV[1]", "Returns"] {
                 #expect(script.source.contains(part), "\(script.name).lua's header names no \(part)")

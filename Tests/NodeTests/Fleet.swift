@@ -31,11 +31,13 @@ final class Fleet: Sendable {
         configuration: NodeConfiguration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0),
         limits: Coordinator.RoomLimits = .init(),
         gracePeriod: Duration = .zero,
+        heartbeatInterval: Duration = .seconds(3),
         _ body: (Fleet) async throws -> Void
     ) async throws {
         try await RedisServerProcess.with { server in
             let fleet = try await Fleet(
-                redisServer: server, nodes: count, configuration: configuration, limits: limits, gracePeriod: gracePeriod)
+                redisServer: server, nodes: count, configuration: configuration, limits: limits, gracePeriod: gracePeriod,
+                heartbeatInterval: heartbeatInterval)
             do {
                 try await body(fleet)
                 await fleet.stop()
@@ -48,7 +50,7 @@ final class Fleet: Sendable {
 
     private init(
         redisServer: RedisServerProcess, nodes count: Int, configuration: NodeConfiguration, limits: Coordinator.RoomLimits,
-        gracePeriod: Duration
+        gracePeriod: Duration, heartbeatInterval: Duration
     ) async throws {
         self.redisServer = redisServer
         let endpoint = try RedisEndpoint(url: redisServer.url)
@@ -63,7 +65,7 @@ final class Fleet: Sendable {
             let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
             let coordinator = Coordinator(
                 redis: RedisClient(endpoint: endpoint, logger: logger, onConnectionEvent: metrics.redisConnectionEvent),
-                keys: try KeySpace(prefix: "sb:"), nodeID: id, gracePeriod: gracePeriod, limits: limits,
+                keys: try KeySpace(prefix: "sb:"), nodeID: id, heartbeatInterval: heartbeatInterval, gracePeriod: gracePeriod, limits: limits,
                 metrics: metrics, logger: logger)
             let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
             let app = SignalingServer.makeApplication(
@@ -97,10 +99,10 @@ final class Fleet: Sendable {
         (try await redis.send(["KEYS", pattern]).array ?? []).compactMap(\.string).sorted()
     }
 
-    /// Every peer and room key: all keys but the nodes' own heartbeat records and the event
-    /// logs (which expire by themselves).
+    /// Every peer and room key: all keys but the nodes' own (heartbeat records, the epoch)
+    /// and the event logs (which expire by themselves).
     func signalingKeys() async throws -> [String] {
-        try await keys().filter { !$0.hasPrefix("sb:node:") && !$0.hasSuffix(":log") }
+        try await keys().filter { !$0.hasPrefix("sb:node:") && $0 != "sb:epoch" && !$0.hasSuffix(":log") }
     }
 
     /// Every peer and room key with its contents, to show that something changed nothing.

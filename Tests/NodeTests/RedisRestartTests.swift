@@ -1,0 +1,175 @@
+import Coordinator
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import RedisClient
+import RedisServer
+import SignalingClient
+import Testing
+
+/// Redis restarts, loses its data, or silently drops a node's subscriptions: the nodes put
+/// things back as they were, without clients doing anything and without churn.
+@Suite("Redis restarts and lost subscriptions")
+struct RedisRestartTests {
+    @Test func roomsComeBackAsTheyWereAfterRedisLosesItsData() async throws {
+        try await Fleet.with(nodes: 2, heartbeatInterval: .milliseconds(300)) { fleet in
+            let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
+            let bob = try await Participant.connect("bob", fleet: fleet, node: 1)
+            let carol = try await Participant.connect("carol", fleet: fleet, node: 1)
+            for peer in [ann, bob, carol] { _ = try await fleet.client(0).request(.POST, "/r/join", token: peer.token) }
+            _ = try await fleet.client(0).request(.POST, "/alone/join", token: ann.token)  // a room with no events
+            for (peer, count) in [(ann, 2), (bob, 2), (carol, 2)] {
+                for _ in 0..<count { #expect(await nextSignal(peer.stream)?.event == "add-peer") }
+            }
+
+            // Redis restarts with nothing (no persistence), and carol goes away meanwhile.
+            await fleet.redisServer.kill()
+            carol.stream.close()
+            try await fleet.redisServer.restart()
+            #expect(try await fleet.redis.send(["DBSIZE"]).int == 0)
+
+            let back = try await fleet.eventually { try await fleet.roomMembers("r") == [ann.id, bob.id] }
+            let (members, keys) = (try await fleet.roomMembers("r"), try await fleet.keys())
+            #expect(back, "members: \(members.map { [ann.id: "ann", bob.id: "bob", carol.id: "carol"][$0] ?? $0 }), keys: \(keys)")
+            #expect(try await fleet.roomMembers("alone") == [ann.id])
+            // Relays work again with no client action; the next thing each sees is what it is
+            // sent (bob also learns that carol left), never add-peer churn.
+            #expect(try await fleet.eventually {
+                try await fleet.client(1).request(.POST, "/relay/\(ann.id)/note", token: bob.token, body: "{}").status == 200
+            })
+            #expect(await nextSignal(ann.stream)?.event == "remove-peer")  // carol
+            #expect(await nextSignal(ann.stream)?.event == "note")
+            #expect(try await fleet.client(0).request(.POST, "/relay/\(bob.id)/note", token: ann.token, body: "{}").status == 200)
+            #expect(await nextSignal(bob.stream)?.event == "remove-peer")
+            #expect(await nextSignal(bob.stream)?.event == "note")
+            ann.stream.close()
+            bob.stream.close()
+        }
+    }
+
+    @Test func aSubscriptionLostBehindALiveConnectionIsNoticedAndRenewed() async throws {
+        try await RedisServerProcess.with(tcpPort: try RedisServerProcess.freePort()) { server in
+            let proxy = try await SwitchingProxy.start(upstreamPort: server.tcpPort!)
+            defer { proxy.stop() }
+            let redis = RedisClient(endpoint: try RedisEndpoint(url: "redis://127.0.0.1:\(proxy.port)"))
+            let coordinator = Coordinator(
+                redis: redis, keys: try KeySpace(), nodeID: "n", heartbeatInterval: .milliseconds(200), gracePeriod: .zero)
+            let running = Task { try await coordinator.run() }
+            defer { running.cancel() }
+            await coordinator.subscriber.waitUntilConnected()
+            let ann = PeerUser(id: PeerID("ann")!, username: "ann")
+            let bob = PeerUser(id: PeerID("bob")!, username: "bob")
+            let annStream = try await coordinator.openStream(for: ann)
+            _ = try await coordinator.openStream(for: bob)
+            _ = try await coordinator.join(ann, room: RoomID("r")!)
+            _ = try await coordinator.join(bob, room: RoomID("r")!)
+            var sent = 0
+            func note() async throws -> Coordinator.RelayOutcome {
+                sent += 1
+                return try await coordinator.relay(from: bob, to: ann.id, event: EventName("note")!, body: "\(sent)")
+            }
+            #expect(try await note() == .delivered)
+
+            // A failover behind a proxy: the node's connections stay open, its subscriptions are
+            // gone. Relays are held (Redis sees no subscriber) until the probe notices.
+            try await proxy.switchUpstreams()
+            #expect(try await eventually { try await note() == .held })
+            #expect(try await eventually { try await note() == .delivered })
+            // Every note exactly once and in order: those sent meanwhile came from the log.
+            var received: [Int] = []
+            while received.count < sent, let batch = await annStream.nextBatch() {
+                for event in batch where event.name == "note" {
+                    received.append(Int((json(String(buffer: event.data))["data"] as? Int) ?? -1))
+                }
+            }
+            #expect(received == Array(1...sent))
+            #expect(sent >= 3)
+            await redis.close()
+        }
+    }
+
+    private func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
+        for _ in 0..<250 {
+            if try await condition() { return true }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+}
+
+/// A TCP proxy to Redis that can swap every upstream connection for a new one while keeping
+/// the client's connection open: what a client sees when a proxy fails over to another
+/// server, with its subscriptions silently gone.
+final class SwitchingProxy: Sendable {
+    let port: Int
+    private let server: Channel
+    private let links: NIOLockedValueBox<[Link]>
+
+    final class Link: Sendable {
+        let client: Channel
+        let upstream: NIOLockedValueBox<Channel?>
+        init(client: Channel) {
+            self.client = client
+            self.upstream = NIOLockedValueBox(nil)
+        }
+    }
+
+    /// Forwards what one channel reads to another.
+    final class Forward: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let target: @Sendable () -> Channel?
+        init(to target: @escaping @Sendable () -> Channel?) { self.target = target }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            target()?.writeAndFlush(unwrapInboundIn(data), promise: nil)
+        }
+    }
+
+    private static func connectUpstream(_ link: Link, port: Int) async throws {
+        let upstream = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.pipeline.addHandler(Forward { link.client }) }
+            .connect(host: "127.0.0.1", port: port).get()
+        link.upstream.withLockedValue { $0 = upstream }
+    }
+
+    static func start(upstreamPort: Int) async throws -> SwitchingProxy {
+        let links = NIOLockedValueBox<[Link]>([])
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelOption(.autoRead, value: true)
+            .childChannelInitializer { client in
+                let link = Link(client: client)
+                links.withLockedValue { $0.append(link) }
+                let ready = client.eventLoop.makeFutureWithTask { try await connectUpstream(link, port: upstreamPort) }
+                return ready.flatMap { client.pipeline.addHandler(Forward { link.upstream.withLockedValue { $0 } }) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return SwitchingProxy(server: server, links: links, port: server.localAddress!.port!, upstreamPort: upstreamPort)
+    }
+
+    private let upstreamPort: Int
+
+    private init(server: Channel, links: NIOLockedValueBox<[Link]>, port: Int, upstreamPort: Int) {
+        self.server = server
+        self.links = links
+        self.port = port
+        self.upstreamPort = upstreamPort
+    }
+
+    /// Opens a new upstream connection for every client and sends what follows there; the
+    /// old ones still pass back replies for a moment, then close. Clients notice nothing.
+    func switchUpstreams() async throws {
+        for link in links.withLockedValue({ $0 }) {
+            let old = link.upstream.withLockedValue { $0 }
+            try await Self.connectUpstream(link, port: upstreamPort)
+            old?.eventLoop.scheduleTask(in: .milliseconds(100)) { old?.close(promise: nil) }
+        }
+    }
+
+    func stop() {
+        server.close(promise: nil)
+        for link in links.withLockedValue({ $0 }) {
+            link.client.close(promise: nil)
+            link.upstream.withLockedValue { $0 }?.close(promise: nil)
+        }
+    }
+}
