@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both install what is missing first.
-.PHONY: deps browser-deps build run test test-swift test-browser
+.PHONY: deps browser-deps build run test test-swift test-browser model
 
 APT_PACKAGES := redis-server libhiredis-dev pkg-config
 BROWSER_PACKAGES := chromium chromium-driver iproute2
@@ -38,3 +38,8 @@ test-swift: deps
 # unprivileged user namespaces). Screenshots in Tests/Browser/artifacts/.
 test-browser: deps browser-deps
 	Tests/Browser/run.sh
+
+# The randomized model test with RUNS seeds more than CI's three: `make model RUNS=200`.
+RUNS ?= 100
+model: deps
+	SWITCHBOARD_MODEL_RUNS=$(RUNS) swift test --filter ModelTests
