@@ -32,6 +32,8 @@ public final class Coordinator: Service, Sendable {
     private let gracePeriods: GracePeriods
     /// Closed streams whose clean-up failed (Redis was down), by session: retried each heartbeat.
     private let unfinished = Mutex<[String: PeerStream]>([:])
+    private let reportedFailures = Mutex<Set<String>>([])
+    private let reassertions = Reassertions()
     /// The `epoch` value Redis held at the last heartbeat.
     private let epoch = Mutex<String?>(nil)
     private let probe = SubscriptionProbe()
@@ -40,6 +42,17 @@ public final class Coordinator: Service, Sendable {
     /// milliseconds kept after the last write (the grace period plus a minute for readers
     /// that were behind when they dropped).
     private let logArguments: [String]
+
+    /// How long joins, leaves and session ends wait after a node notices that Redis lost its
+    /// data: every other node notices within one heartbeat, and puts back what it holds.
+    private var recoveryWindow: Duration { heartbeatInterval * 3 / 2 }
+
+    /// Throws "unavailable" (503 at the API) while the nodes put things back after Redis lost
+    /// its data.
+    private func refuseWhileRecovering(_ recovering: RESPValue? = nil) async throws {
+        let flag = if let recovering { recovering } else { try await redis.send(["EXISTS", keys.recovering]) }
+        if flag.int == 1 { throw RedisConnectionError.unavailable(retryAfterMilliseconds: Int(recoveryWindow.inMilliseconds)) }
+    }
 
     /// Entries kept in each event log (approximately: Redis trims whole blocks).
     public static let eventLogLength = 1000
@@ -154,7 +167,12 @@ public final class Coordinator: Service, Sendable {
                 defer { known = current }
                 return known
             }
-            if let known, known != current { await reassertSessions() }
+            if let known, known != current {
+                // Every node notices within one heartbeat: membership changes wait until all
+                // have put back what they hold.
+                _ = try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])
+                await reassertSessions()
+            }
             for stream in unfinished.withLock({ Array($0.values) }) { await endSession(of: stream) }
             await checkSubscription()
             await reapDeadNodes()
@@ -165,6 +183,8 @@ public final class Coordinator: Service, Sendable {
     /// node answers for, so rooms are as they were and nobody sees churn. Sessions already
     /// ended stay ended once their clean-up runs again (their members still get remove-peer).
     private func reassertSessions() async {
+        reassertions.begin()
+        defer { reassertions.end() }
         let streams = heldStreams
         logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
         do {
@@ -442,28 +462,49 @@ public final class Coordinator: Service, Sendable {
         }
         metrics.streamsOpen.decrement()
         stream.end(.closed)
-        localStreams.remove(stream)
-        subscriber.unsubscribe(keys.channel(stream.user.id))
-        if gracePeriod > .zero, stream.endReason != .replaced {
+        // Held by the grace period or the clean-up before it leaves the open streams, so the
+        // node always answers for it (see `heldStreams`).
+        let waits = gracePeriod > .zero && stream.endReason != .replaced
+        if waits {
             gracePeriods.wait(for: stream) { await self.endSession(of: stream) }
         } else {
-            await endSession(of: stream)
+            unfinished.withLock { $0[stream.session] = stream }
         }
+        localStreams.remove(stream)
+        subscriber.unsubscribe(keys.channel(stream.user.id))
+        if !waits { await endSession(of: stream) }
     }
 
     /// Ends a closed stream's session for good, unless another stream took it over. If Redis
-    /// is unreachable, the heartbeat tries again until it succeeds.
+    /// is unreachable, or lost its data and the heartbeat has not put things back yet, the
+    /// heartbeat tries again until it succeeds.
     private func endSession(of stream: PeerStream) async {
+        unfinished.withLock { $0[stream.session] = stream }
         do {
-            try await endSession(stream.session, of: stream.user.id)
+            // Runs again if Redis lost its data and the node put sessions back meanwhile: this
+            // one may be among them, and must then end again.
+            var before: Int
+            repeat {
+                before = try await reassertions.settled()
+                if try await !endSession(stream.session, of: stream.user.id) {
+                    // No session at all: ended before, or Redis lost it. Only the epoch tells.
+                    let known = epoch.withLock { $0 }
+                    let current = try await redis.send(["GET", keys.epoch]).string
+                    if let known, current != known { throw RedisLostItsData() }
+                }
+            } while try await reassertions.settled() != before
             try await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
             unfinished.withLock { _ = $0.removeValue(forKey: stream.session) }
+            reportedFailures.withLock { _ = $0.remove(stream.session) }
         } catch {
-            let first = unfinished.withLock { $0.updateValue(stream, forKey: stream.session) == nil }
-            if first {
+            if reportedFailures.withLock({ $0.insert(stream.session).inserted }) {
                 logger.error("disconnect clean-up failed; trying again each heartbeat", metadata: ["peer": "\(stream.user.id)", "username": "\(stream.user.username)", "error": "\(error)"])
             }
         }
+    }
+
+    private struct RedisLostItsData: Error, CustomStringConvertible {
+        var description: String { "Redis lost its data; the session is put back first" }
     }
 
     /// Every session this node answers for: open streams, streams in their grace period, and
@@ -478,14 +519,18 @@ public final class Coordinator: Service, Sendable {
 
     /// Ends a peer's session (nil: whatever session it has): unless a newer stream took it
     /// over, the peer leaves every room, with `remove-peer` to the remaining members. Safe to
-    /// repeat.
-    private func endSession(_ session: String?, of peer: PeerID) async throws {
+    /// repeat. Returns false if Redis had no session for the peer at all.
+    @discardableResult
+    private func endSession(_ session: String?, of peer: PeerID) async throws -> Bool {
+        try await refuseWhileRecovering()
         let rooms = try await scripts.run(
             .disconnect, keys: [keys.peer(peer), keys.peerRooms(peer), keys.peerLog(peer)], arguments: [session ?? ""])
-        for room in rooms.array ?? [] {
+        guard let rooms = rooms.array else { return false }
+        for room in rooms {
             guard let room = room.string.flatMap(RoomID.init) else { continue }
             try await leaveRoom(room, peer: peer, tellLeaver: false)
         }
+        return true
     }
 
     /// The number of streams open on this node.
@@ -519,7 +564,9 @@ public final class Coordinator: Service, Sendable {
         // Refuse early what would be refused anyway, so members see no add-peer/remove-peer flicker.
         let checks = try await redis.pipeline([
             ["EXISTS", keys.peer(peer)], ["SCARD", keys.peerRooms(peer)], ["SISMEMBER", keys.peerRooms(peer), room.rawValue],
+            ["EXISTS", keys.recovering],
         ])
+        try await refuseWhileRecovering(checks[3])
         guard checks[0].int == 1 else {
             metrics.joined("no_stream")
             throw NoOpenStream()
@@ -562,6 +609,7 @@ public final class Coordinator: Service, Sendable {
     /// it gets `remove-peer` for each of them. Returns false if it was not a member.
     @discardableResult
     public func leave(_ user: PeerUser, room: RoomID) async throws -> Bool {
+        try await refuseWhileRecovering()
         let left = try await leaveRoom(room, peer: user.id, tellLeaver: true)
         metrics.left(left ? "left" : "not_member")
         return left
@@ -686,4 +734,22 @@ final class CatchUp: Sendable {
     }
 
     func trigger() { sink.yield() }
+}
+
+/// Whether the node is putting sessions back after Redis lost its data, and how many times it
+/// has: a clean-up that overlaps one must run again.
+final class Reassertions: Sendable {
+    private let state = Mutex<(running: Bool, completed: Int)>((false, 0))
+
+    func begin() { state.withLock { $0.running = true } }
+    func end() { state.withLock { $0 = (false, $0.completed + 1) } }
+
+    /// Waits until none is running; returns how many have completed.
+    func settled() async throws -> Int {
+        while true {
+            let (running, completed) = state.withLock { $0 }
+            if !running { return completed }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
 }

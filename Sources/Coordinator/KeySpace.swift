@@ -38,6 +38,10 @@ public struct KeySpace: Sendable {
     /// String: a random id made when Redis holds none. If it changes, Redis lost its data and
     /// every node puts back the sessions and memberships it holds.
     public var epoch: String { "\(prefix)epoch" }
+    /// String, expiring: set while the nodes put back what they hold after Redis lost its
+    /// data. Joins, leaves and session ends wait (503) until it expires, so none of them sees a
+    /// room only partly put back.
+    public var recovering: String { "\(prefix)recovering" }
     /// Pub/sub: a node's own channel, on which it checks that its subscription is alive.
     public func nodeProbe(_ id: String) -> String { "\(prefix)node:{\(id)}:probe" }
 
