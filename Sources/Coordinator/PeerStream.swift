@@ -73,11 +73,15 @@ public final class PeerStream: Sendable {
         var ended: EndReason?
         var queue = CircularBuffer<StreamEvent>(initialCapacity: 4)
         var queuedBytes = 0
+        /// Bytes of the last batch taken, until the reader says they are written: they count
+        /// against the limit too, so a stuck write cannot double what a stream holds.
+        var unwrittenBytes = 0
         var reader: Reader?
 
         mutating func takeAll() -> [StreamEvent] {
             defer {
                 queue.removeAll(keepingCapacity: true)
+                unwrittenBytes = queuedBytes
                 queuedBytes = 0
             }
             return Array(queue)
@@ -85,7 +89,7 @@ public final class PeerStream: Sendable {
 
         /// Queues the event with the cursor as its id; false if the queue is full.
         mutating func append(_ event: StreamEvent, limits: Limits) -> Bool {
-            if queue.count >= limits.maxQueuedEvents || queuedBytes + event.data.readableBytes > limits.maxQueuedBytes {
+            if queue.count >= limits.maxQueuedEvents || unwrittenBytes + queuedBytes + event.data.readableBytes > limits.maxQueuedBytes {
                 return false
             }
             var event = event
@@ -129,8 +133,14 @@ public final class PeerStream: Sendable {
     /// The rooms the peer is in, as far as the events routed to this stream tell.
     public var rooms: Set<RoomID> { state.withLock { Set($0.cursor.rooms.keys) } }
 
+    /// The reader wrote the last batch out: its bytes no longer count against the limit.
+    public func written() {
+        state.withLock { $0.unwrittenBytes = 0 }
+    }
+
     /// Everything queued, waiting until there is something; nil once the stream has ended.
-    /// One reader at a time. Returns nil if the reading task is cancelled.
+    /// One reader at a time (which calls `written()` once the batch is out). Returns nil if
+    /// the reading task is cancelled.
     public func nextBatch() async -> [StreamEvent]? {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (reader: Reader) in

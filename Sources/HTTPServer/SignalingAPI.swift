@@ -90,12 +90,17 @@ struct SignalingAPI: Sendable {
                 let encoder = SSEEncoder()
                 // Browsers wait `retry` milliseconds before reconnecting (3 s by default):
                 // come back within about a second, well inside the grace period.
-                var frame = ByteBuffer(string: "retry: 1000\n")
-                /// Frames the events and writes them in one write (flushed).
+                var prefix: ByteBuffer? = ByteBuffer(string: "retry: 1000\n")
+                /// Frames the events and writes them in one write (flushed). A new buffer each
+                /// time, sized to the batch: one kept across writes would keep the largest
+                /// batch's capacity for the stream's whole life.
                 func send(_ events: [StreamEvent]) async throws {
+                    var frame = prefix ?? ByteBuffer()
+                    prefix = nil
+                    frame.reserveCapacity(events.reduce(frame.readableBytes) { $0 + $1.data.readableBytes + $1.id.utf8.count + $1.name.utf8.count + 24 })
                     for event in events { encoder.encode(event, into: &frame) }
                     try await writer.write(frame)
-                    frame.clear()
+                    stream.written()
                     coordinator.metrics.sentEvents(events.count)
                 }
                 do {

@@ -134,7 +134,7 @@ actor ModelClient {
         guard self.stream === stream, wantsStream, !replaced else { return }
         self.stream = nil
         try? await Task.sleep(for: .milliseconds(300))
-        if wantsStream, self.stream == nil, let node = await world.randomLiveNode() { await open(on: node, resume: true) }
+        if wantsStream, self.stream == nil, let node = world.randomLiveNode() { await open(on: node, resume: true) }
     }
 
     /// Closes the stream; `forGood`: the client does not come back by itself.
