@@ -16,8 +16,8 @@ public final class Coordinator: Service, Sendable {
     public let subscriber: RedisSubscriber
     public let scripts: ScriptRegistry
     private let streamLimits: PeerStream.Limits
-    private let logger: Logger
-    private let localStreams: LocalStreams
+    let logger: Logger
+    let localStreams: LocalStreams
     public let metrics: NodeMetrics
     /// When this node started, for `/status`.
     public let startedAt = Date()
@@ -29,15 +29,15 @@ public final class Coordinator: Service, Sendable {
     /// How long a peer whose stream dropped keeps its rooms, waiting for its client to resume
     /// with `Last-Event-ID`. Zero: it leaves them at once.
     public let gracePeriod: Duration
-    private let gracePeriods: GracePeriods
+    let gracePeriods: GracePeriods
     /// Closed streams whose clean-up failed (Redis was down), by session: retried each heartbeat.
-    private let unfinished = Mutex<[String: PeerStream]>([:])
+    let unfinished = Mutex<[String: PeerStream]>([:])
     private let reportedFailures = Mutex<Set<String>>([])
-    private let reassertions = Reassertions()
+    let reassertions = Reassertions()
     /// The `epoch` value Redis held at the last heartbeat.
-    private let epoch = Mutex<String?>(nil)
-    private let probe = SubscriptionProbe()
-    private let catchUp: CatchUp
+    let epoch = Mutex<String?>(nil)
+    let probe = SubscriptionProbe()
+    let catchUp: CatchUp
     /// The last two arguments of every script that writes an event log: entries kept, and
     /// milliseconds kept after the last write (the grace period plus a minute for readers
     /// that were behind when they dropped).
@@ -45,7 +45,7 @@ public final class Coordinator: Service, Sendable {
 
     /// How long joins, leaves and session ends wait after a node notices that Redis lost its
     /// data: every other node notices within one heartbeat, and puts back what it holds.
-    private var recoveryWindow: Duration { heartbeatInterval * 3 / 2 }
+    var recoveryWindow: Duration { heartbeatInterval * 3 / 2 }
 
     /// Throws "unavailable" (503 at the API) while the nodes put things back after Redis lost
     /// its data.
@@ -142,166 +142,6 @@ public final class Coordinator: Service, Sendable {
         }
     }
 
-    /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
-    /// each time: puts back what it holds if Redis lost its data, retries failed clean-ups,
-    /// checks its subscription, and cleans up after nodes whose record expired.
-    private func heartbeat() async {
-        let ttlMilliseconds = String(3 * heartbeatInterval.inMilliseconds)
-        var first = true
-        repeat {
-            let record: [String: Any] = [
-                "id": nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": localStreams.count,
-            ]
-            let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
-            let candidate = UUID().uuidString
-            guard let replies = try? await redis.pipeline([
-                ["SET", keys.node(nodeID), json, "PX", ttlMilliseconds], ["SET", keys.epoch, candidate, "NX", "GET"],
-            ]) else { continue }
-            if first {
-                // Streams recorded under this node id by an earlier life of it are gone.
-                await reap(nodeID, keeping: Set(heldStreams.map(\.session)))
-                first = false
-            }
-            let current = replies[1].string ?? candidate
-            let known = epoch.withLock { known in
-                defer { known = current }
-                return known
-            }
-            if let known, known != current {
-                // Every node notices within one heartbeat: membership changes wait until all
-                // have put back what they hold.
-                _ = try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])
-                await reassertSessions()
-            }
-            for stream in unfinished.withLock({ Array($0.values) }) { await endSession(of: stream) }
-            await checkSubscription()
-            await reapDeadNodes()
-        } while (try? await Task.sleep(for: heartbeatInterval)) != nil
-    }
-
-    /// Redis lost its data: puts back, silently, the session and rooms of every stream this
-    /// node answers for, so rooms are as they were and nobody sees churn. Sessions already
-    /// ended stay ended once their clean-up runs again (their members still get remove-peer).
-    private func reassertSessions() async {
-        reassertions.begin()
-        defer { reassertions.end() }
-        let streams = heldStreams
-        logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
-        do {
-            let replies = try await scripts.run(streams.map { stream in
-                let peer = stream.user.id
-                return ScriptRegistry.Call(
-                    .reassert, keys: [keys.peer(peer), keys.peerRooms(peer)],
-                    arguments: [stream.session, nodeID, stream.user.json] + stream.rooms.map(\.rawValue))
-            })
-            var commands = streams.map { ["SADD", keys.nodeStreams(nodeID), Self.streamEntry($0)] }
-            var restored = 0
-            for (stream, reply) in zip(streams, replies) where reply.int == 1 {
-                restored += 1
-                for room in stream.rooms { commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
-            }
-            _ = try await redis.pipeline(commands)
-            metrics.sessionsReasserted.increment(by: restored)
-            logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
-        } catch {
-            // The epoch is already current: make the next heartbeat try again.
-            epoch.withLock { $0 = nil }
-            logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
-        }
-    }
-
-    /// After the subscription came back: gives every held stream what was sent to it while the
-    /// subscription was down, from the logs, then lets live events through again. A stream
-    /// the logs cannot complete is closed; its client resumes or starts afresh.
-    private func catchUpStreams() async {
-        let streams = localStreams.all.filter(\.isStarted)
-        var caughtUp = 0
-        for stream in streams {
-            // The command connection may still be coming back: try for a while before giving up.
-            for attempt in 1...50 where stream.endReason == nil {
-                do {
-                    let cursor = stream.cursor
-                    if let missed = try await missedEvents(of: stream.user.id, after: cursor, rooms: Set(cursor.rooms.keys)) {
-                        stream.start(connected: nil, replay: missed)
-                        caughtUp += missed.count
-                    } else {
-                        stream.end(.closed)
-                    }
-                    break
-                } catch {
-                    let waited = (try? await Task.sleep(for: .milliseconds(200))) != nil
-                    if attempt == 50 || !waited { stream.end(.closed) }
-                }
-            }
-        }
-        if !streams.isEmpty {
-            logger.info("streams caught up after the subscription came back", metadata: ["streams": "\(streams.count)", "events": "\(caughtUp)"])
-        }
-    }
-
-    /// Publishes a probe on this node's own channel. If Redis has no subscriber for it, or the
-    /// previous probe never came back, the subscription is dead though its connection looks
-    /// alive: reconnect it (it subscribes again to every channel).
-    private func checkSubscription() async {
-        let channel = keys.nodeProbe(nodeID)
-        if !probe.isSubscribed {
-            guard (try? await subscriber.subscribe(channel)) != nil else { return }
-            probe.isSubscribed = true
-        }
-        guard subscriber.isConnected else { return }
-        let lost = probe.outstanding
-        let sent = probe.next()
-        let receivers = (try? await redis.send(["PUBLISH", channel, String(sent)]).int) ?? -1
-        if receivers == 0 || lost {
-            metrics.subscriptionProbesFailed.increment()
-            logger.warning("subscription is dead though its connection is open: reconnecting", metadata: ["node": "\(nodeID)"])
-            probe.reset()
-            subscriber.reconnect()
-        }
-    }
-
-    /// Finds nodes that hold streams in Redis but have no heartbeat, and cleans up after each,
-    /// if no other node is doing it already.
-    private func reapDeadNodes() async {
-        var cursor = "0"
-        repeat {
-            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", keys.nodeStreams("*"), "COUNT", "1000"]).array,
-                reply.count == 2
-            else { return }
-            cursor = reply[0].string ?? "0"
-            for key in (reply[1].array ?? []).compactMap(\.string) {
-                guard let open = key.firstIndex(of: "{"), let close = key.lastIndex(of: "}") else { continue }
-                let node = String(key[key.index(after: open)..<close])
-                guard node != nodeID, (try? await redis.send(["EXISTS", keys.node(node)]).int) == 0 else { continue }
-                let claim = try? await redis.send(["SET", keys.nodeReaper(node), nodeID, "NX", "PX", "60000"])
-                guard claim == .simpleString("OK") else { continue }
-                await reap(node)
-                _ = try? await redis.send(["DEL", keys.nodeReaper(node)])
-            }
-        } while cursor != "0"
-    }
-
-    /// Ends every stream Redis records for `node` (but those in `keeping`), exactly as if each
-    /// had closed: the peer leaves its rooms and the remaining members get `remove-peer`.
-    private func reap(_ node: String, keeping: Set<String> = []) async {
-        guard let entries = try? await redis.send(["SMEMBERS", keys.nodeStreams(node)]).array else { return }
-        var reaped = 0
-        for entry in entries.compactMap(\.string) {
-            let parts = entry.split(separator: " ", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let peer = PeerID(parts[0]), !keeping.contains(parts[1]) else { continue }
-            do {
-                try await endSession(parts[1], of: peer)
-                _ = try await redis.send(["SREM", keys.nodeStreams(node), entry])
-                reaped += 1
-            } catch {
-                logger.warning("clean-up after a dead node failed", metadata: ["node": "\(node)", "peer": "\(peer)", "error": "\(error)"])
-            }
-        }
-        if reaped > 0 {
-            metrics.peersReaped.increment(by: reaped)
-            logger.info("cleaned up after a node that stopped", metadata: ["node": "\(node)", "peers": "\(reaped)"])
-        }
-    }
 
     // MARK: Operations
 
@@ -429,7 +269,7 @@ public final class Coordinator: Service, Sendable {
 
     /// What the peer was sent after `cursor`, from its own log and the log of every room it is
     /// in or was in, in time order; nil if some log no longer holds all of it.
-    private func missedEvents(of peer: PeerID, after cursor: EventCursor, rooms: Set<RoomID>) async throws -> [RoutedEvent]? {
+    func missedEvents(of peer: PeerID, after cursor: EventCursor, rooms: Set<RoomID>) async throws -> [RoutedEvent]? {
         let sources: [RoomID?] = [nil] + rooms.union(cursor.rooms.keys).map { $0 }
         let replies = try await scripts.run(sources.map { source in
             ScriptRegistry.Call(
@@ -478,7 +318,7 @@ public final class Coordinator: Service, Sendable {
     /// Ends a closed stream's session for good, unless another stream took it over. If Redis
     /// is unreachable, or lost its data and the heartbeat has not put things back yet, the
     /// heartbeat tries again until it succeeds.
-    private func endSession(of stream: PeerStream) async {
+    func endSession(of stream: PeerStream) async {
         unfinished.withLock { $0[stream.session] = stream }
         do {
             // Runs again if Redis lost its data and the node put sessions back meanwhile: this
@@ -509,19 +349,19 @@ public final class Coordinator: Service, Sendable {
 
     /// Every session this node answers for: open streams, streams in their grace period, and
     /// closed streams whose clean-up has not succeeded yet.
-    private var heldStreams: [PeerStream] {
+    var heldStreams: [PeerStream] {
         var seen = Set<String>()
         return (localStreams.all + gracePeriods.streams + unfinished.withLock { Array($0.values) }).filter { seen.insert($0.session).inserted }
     }
 
     /// A stream's member in its node's stream set (`reap` reads it back).
-    private static func streamEntry(_ stream: PeerStream) -> String { "\(stream.user.id) \(stream.session)" }
+    static func streamEntry(_ stream: PeerStream) -> String { "\(stream.user.id) \(stream.session)" }
 
     /// Ends a peer's session (nil: whatever session it has): unless a newer stream took it
     /// over, the peer leaves every room, with `remove-peer` to the remaining members. Safe to
     /// repeat. Returns false if Redis had no session for the peer at all.
     @discardableResult
-    private func endSession(_ session: String?, of peer: PeerID) async throws -> Bool {
+    func endSession(_ session: String?, of peer: PeerID) async throws -> Bool {
         try await refuseWhileRecovering()
         let rooms = try await scripts.run(
             .disconnect, keys: [keys.peer(peer), keys.peerRooms(peer), keys.peerLog(peer)], arguments: [session ?? ""])
@@ -655,101 +495,5 @@ public final class Coordinator: Service, Sendable {
         }
         metrics.relayed("\(outcome)")
         return outcome
-    }
-}
-
-/// Sessions whose stream dropped, each waiting out the grace period before the peer leaves its
-/// rooms. The client may resume the session on any node meanwhile; the wait then ends in a
-/// no-op, since the session belongs to the new stream.
-final class GracePeriods: Sendable {
-    private let duration: Duration
-    private let pending = Mutex<[String: (stream: PeerStream, wait: Task<Void, Never>)]>([:])
-
-    init(duration: Duration) {
-        self.duration = duration
-    }
-
-    func wait(for stream: PeerStream, then expire: @escaping @Sendable () async -> Void) {
-        pending.withLock { pending in
-            let wait = Task {
-                guard (try? await Task.sleep(for: duration)) != nil else { return }
-                self.pending.withLock { _ = $0.removeValue(forKey: stream.session) }
-                await expire()
-            }
-            pending[stream.session] = (stream, wait)
-        }
-    }
-
-    /// The streams whose sessions are still waiting.
-    var streams: [PeerStream] { pending.withLock { $0.values.map(\.stream) } }
-
-    /// Stops every wait (the node is stopping); true if there were any.
-    func cancelAll() -> Bool {
-        pending.withLock { pending in
-            defer { pending = [:] }
-            for entry in pending.values { entry.wait.cancel() }
-            return !pending.isEmpty
-        }
-    }
-}
-
-/// The probes a node publishes on its own channel: their number, and the last one back.
-final class SubscriptionProbe: Sendable {
-    private let state = Mutex<(sent: UInt64, received: UInt64, subscribed: Bool)>((0, 0, false))
-
-    var isSubscribed: Bool {
-        get { state.withLock { $0.subscribed } }
-        set { state.withLock { $0.subscribed = newValue } }
-    }
-
-    /// Whether the last probe sent has not come back.
-    var outstanding: Bool { state.withLock { $0.received < $0.sent } }
-
-    /// The number of the next probe.
-    func next() -> UInt64 {
-        state.withLock { state in
-            state.sent += 1
-            return state.sent
-        }
-    }
-
-    func received(_ payload: ByteBuffer) {
-        guard let number = UInt64(String(buffer: payload)) else { return }
-        state.withLock { $0.received = max($0.received, number) }
-    }
-
-    /// Forgets the probes in flight (the connection is being replaced).
-    func reset() {
-        state.withLock { $0.received = $0.sent }
-    }
-}
-
-/// Requests to catch streams up after the subscription came back, coalesced: one run at a time.
-final class CatchUp: Sendable {
-    let requests: AsyncStream<Void>
-    private let sink: AsyncStream<Void>.Continuation
-
-    init() {
-        (requests, sink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
-    }
-
-    func trigger() { sink.yield() }
-}
-
-/// Whether the node is putting sessions back after Redis lost its data, and how many times it
-/// has: a clean-up that overlaps one must run again.
-final class Reassertions: Sendable {
-    private let state = Mutex<(running: Bool, completed: Int)>((false, 0))
-
-    func begin() { state.withLock { $0.running = true } }
-    func end() { state.withLock { $0 = (false, $0.completed + 1) } }
-
-    /// Waits until none is running; returns how many have completed.
-    func settled() async throws -> Int {
-        while true {
-            let (running, completed) = state.withLock { $0 }
-            if !running { return completed }
-            try await Task.sleep(for: .milliseconds(20))
-        }
     }
 }

@@ -73,8 +73,12 @@ public struct SignalingClient: Sendable {
         }
         guard head.status == .ok else {
             var body: [UInt8] = []
-            while let part = await parts.next() {
-                if case .body(let buffer) = part { body += buffer.readableBytesView }
+            reading: while let part = await parts.next() {
+                switch part {
+                case .body(let buffer): body += buffer.readableBytesView
+                case .end: break reading  // the connection stays open (keep-alive): don't wait for it
+                case .head: break
+                }
             }
             exchange.channel.close(promise: nil)
             throw SignalingClientError.unexpectedStatus(Int(head.status.code), String(decoding: body, as: UTF8.self))

@@ -64,6 +64,49 @@ struct RedisRestartTests {
         }
     }
 
+    @Test func whileRedisIsDownTheAPIAnswers503AndStreamsStayOpen() async throws {
+        try await Fleet.with(nodes: 2) { fleet in
+            let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
+            let bob = try await Participant.connect("bob", fleet: fleet, node: 1)
+            for peer in [ann, bob] { _ = try await fleet.client(peer.node).request(.POST, "/r/join", token: peer.token) }
+            for peer in [ann, bob] { #expect(await nextSignal(peer.stream)?.event == "add-peer") }
+
+            await fleet.redisServer.kill()
+            // Every call that needs Redis answers at once: 503, Retry-After, a JSON error.
+            let calls: [(node: Int, path: String, token: String)] = [
+                (0, "/other/join", ann.token), (0, "/r/leave", ann.token), (1, "/relay/\(ann.id)/note", bob.token),
+                (0, "/relay/\(bob.id)/note", ann.token),
+            ]
+            for call in calls {
+                let reply = try await fleet.client(call.node).request(.POST, call.path, token: call.token, body: "{}")
+                #expect(reply.status == 503, "\(call.path): \(reply.status) \(reply.body)")
+                #expect(Int(reply.headers["Retry-After"].first ?? "") ?? 0 >= 1, "\(call.path)")
+                #expect((json(reply.body)["error"] as? [String: Any])?["message"] != nil, "\(call.path): \(reply.body)")
+            }
+            let carol = try await fleet.client(1).access(username: "carol")  // tokens need no Redis
+            var streamStatus = 200
+            do {
+                try await fleet.client(1).connect(token: carol).close()
+            } catch SignalingClientError.unexpectedStatus(let status, _) {
+                streamStatus = status
+            }
+            #expect(streamStatus == 503)
+            #expect(try await fleet.client(0).request(.GET, "/healthz").status == 200)
+
+            // Back (empty): the streams that stayed open carry relays again, both ways, with no
+            // client action; nobody saw churn.
+            try await fleet.redisServer.restart()
+            #expect(try await fleet.eventually(seconds: 15) {
+                try await fleet.client(1).request(.POST, "/relay/\(ann.id)/note", token: bob.token, body: "{}").status == 200
+            })
+            #expect(try await fleet.client(0).request(.POST, "/relay/\(bob.id)/note", token: ann.token, body: "{}").status == 200)
+            #expect(await nextSignal(ann.stream)?.event == "note")
+            #expect(await nextSignal(bob.stream)?.event == "note")
+            ann.stream.close()
+            bob.stream.close()
+        }
+    }
+
     @Test func aSubscriptionLostBehindALiveConnectionIsNoticedAndRenewed() async throws {
         try await RedisServerProcess.with(tcpPort: try RedisServerProcess.freePort()) { server in
             let proxy = try await SwitchingProxy.start(upstreamPort: server.tcpPort!)

@@ -1,0 +1,232 @@
+import Foundation
+import Logging
+import NIOCore
+import RedisClient
+import Synchronization
+
+/// Keeping the node's state true when things fail: the heartbeat, putting sessions back after
+/// Redis lost its data, catching streams up after the subscription returned, probing the
+/// subscription, and cleaning up after nodes that died.
+extension Coordinator {
+    /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
+    /// each time: puts back what it holds if Redis lost its data, retries failed clean-ups,
+    /// checks its subscription, and cleans up after nodes whose record expired.
+    func heartbeat() async {
+        let ttlMilliseconds = String(3 * heartbeatInterval.inMilliseconds)
+        var first = true
+        repeat {
+            let record: [String: Any] = [
+                "id": nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": localStreams.count,
+            ]
+            let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+            let candidate = UUID().uuidString
+            guard let replies = try? await redis.pipeline([
+                ["SET", keys.node(nodeID), json, "PX", ttlMilliseconds], ["SET", keys.epoch, candidate, "NX", "GET"],
+            ]) else { continue }
+            if first {
+                // Streams recorded under this node id by an earlier life of it are gone.
+                await reap(nodeID, keeping: Set(heldStreams.map(\.session)))
+                first = false
+            }
+            let current = replies[1].string ?? candidate
+            let known = epoch.withLock { known in
+                defer { known = current }
+                return known
+            }
+            if let known, known != current {
+                // Every node notices within one heartbeat: membership changes wait until all
+                // have put back what they hold.
+                _ = try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])
+                await reassertSessions()
+            }
+            for stream in unfinished.withLock({ Array($0.values) }) { await endSession(of: stream) }
+            await checkSubscription()
+            await reapDeadNodes()
+        } while (try? await Task.sleep(for: heartbeatInterval)) != nil
+    }
+
+    /// Redis lost its data: puts back, silently, the session and rooms of every stream this
+    /// node answers for, so rooms are as they were and nobody sees churn. Sessions already
+    /// ended stay ended once their clean-up runs again (their members still get remove-peer).
+    func reassertSessions() async {
+        reassertions.begin()
+        defer { reassertions.end() }
+        let streams = heldStreams
+        logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
+        do {
+            let replies = try await scripts.run(streams.map { stream in
+                let peer = stream.user.id
+                return ScriptRegistry.Call(
+                    .reassert, keys: [keys.peer(peer), keys.peerRooms(peer)],
+                    arguments: [stream.session, nodeID, stream.user.json] + stream.rooms.map(\.rawValue))
+            })
+            var commands = streams.map { ["SADD", keys.nodeStreams(nodeID), Self.streamEntry($0)] }
+            var restored = 0
+            for (stream, reply) in zip(streams, replies) where reply.int == 1 {
+                restored += 1
+                for room in stream.rooms { commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
+            }
+            _ = try await redis.pipeline(commands)
+            metrics.sessionsReasserted.increment(by: restored)
+            logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
+        } catch {
+            // The epoch is already current: make the next heartbeat try again.
+            epoch.withLock { $0 = nil }
+            logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// After the subscription came back: gives every held stream what was sent to it while the
+    /// subscription was down, from the logs, then lets live events through again. A stream
+    /// the logs cannot complete is closed; its client resumes or starts afresh.
+    func catchUpStreams() async {
+        let streams = localStreams.all.filter(\.isStarted)
+        var caughtUp = 0
+        for stream in streams {
+            // The command connection may still be coming back: try for a while before giving up.
+            for attempt in 1...50 where stream.endReason == nil {
+                do {
+                    let cursor = stream.cursor
+                    if let missed = try await missedEvents(of: stream.user.id, after: cursor, rooms: Set(cursor.rooms.keys)) {
+                        stream.start(connected: nil, replay: missed)
+                        caughtUp += missed.count
+                    } else {
+                        stream.end(.closed)
+                    }
+                    break
+                } catch {
+                    let waited = (try? await Task.sleep(for: .milliseconds(200))) != nil
+                    if attempt == 50 || !waited { stream.end(.closed) }
+                }
+            }
+        }
+        if !streams.isEmpty {
+            logger.info("streams caught up after the subscription came back", metadata: ["streams": "\(streams.count)", "events": "\(caughtUp)"])
+        }
+    }
+
+    /// Publishes a probe on this node's own channel. If Redis has no subscriber for it, or the
+    /// previous probe never came back, the subscription is dead though its connection looks
+    /// alive: reconnect it (it subscribes again to every channel).
+    func checkSubscription() async {
+        let channel = keys.nodeProbe(nodeID)
+        if !probe.isSubscribed {
+            guard (try? await subscriber.subscribe(channel)) != nil else { return }
+            probe.isSubscribed = true
+        }
+        guard subscriber.isConnected else { return }
+        let lost = probe.outstanding
+        let sent = probe.next()
+        let receivers = (try? await redis.send(["PUBLISH", channel, String(sent)]).int) ?? -1
+        if receivers == 0 || lost {
+            metrics.subscriptionProbesFailed.increment()
+            logger.warning("subscription is dead though its connection is open: reconnecting", metadata: ["node": "\(nodeID)"])
+            probe.reset()
+            subscriber.reconnect()
+        }
+    }
+
+    /// Finds nodes that hold streams in Redis but have no heartbeat, and cleans up after each,
+    /// if no other node is doing it already.
+    func reapDeadNodes() async {
+        var cursor = "0"
+        repeat {
+            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", keys.nodeStreams("*"), "COUNT", "1000"]).array,
+                reply.count == 2
+            else { return }
+            cursor = reply[0].string ?? "0"
+            for key in (reply[1].array ?? []).compactMap(\.string) {
+                guard let open = key.firstIndex(of: "{"), let close = key.lastIndex(of: "}") else { continue }
+                let node = String(key[key.index(after: open)..<close])
+                guard node != nodeID, (try? await redis.send(["EXISTS", keys.node(node)]).int) == 0 else { continue }
+                let claim = try? await redis.send(["SET", keys.nodeReaper(node), nodeID, "NX", "PX", "60000"])
+                guard claim == .simpleString("OK") else { continue }
+                await reap(node)
+                _ = try? await redis.send(["DEL", keys.nodeReaper(node)])
+            }
+        } while cursor != "0"
+    }
+
+    /// Ends every stream Redis records for `node` (but those in `keeping`), exactly as if each
+    /// had closed: the peer leaves its rooms and the remaining members get `remove-peer`.
+    func reap(_ node: String, keeping: Set<String> = []) async {
+        guard let entries = try? await redis.send(["SMEMBERS", keys.nodeStreams(node)]).array else { return }
+        var reaped = 0
+        for entry in entries.compactMap(\.string) {
+            let parts = entry.split(separator: " ", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let peer = PeerID(parts[0]), !keeping.contains(parts[1]) else { continue }
+            do {
+                try await endSession(parts[1], of: peer)
+                _ = try await redis.send(["SREM", keys.nodeStreams(node), entry])
+                reaped += 1
+            } catch {
+                logger.warning("clean-up after a dead node failed", metadata: ["node": "\(node)", "peer": "\(peer)", "error": "\(error)"])
+            }
+        }
+        if reaped > 0 {
+            metrics.peersReaped.increment(by: reaped)
+            logger.info("cleaned up after a node that stopped", metadata: ["node": "\(node)", "peers": "\(reaped)"])
+        }
+    }
+}
+
+/// The probes a node publishes on its own channel: their number, and the last one back.
+final class SubscriptionProbe: Sendable {
+    private let state = Mutex<(sent: UInt64, received: UInt64, subscribed: Bool)>((0, 0, false))
+
+    var isSubscribed: Bool {
+        get { state.withLock { $0.subscribed } }
+        set { state.withLock { $0.subscribed = newValue } }
+    }
+
+    /// Whether the last probe sent has not come back.
+    var outstanding: Bool { state.withLock { $0.received < $0.sent } }
+
+    /// The number of the next probe.
+    func next() -> UInt64 {
+        state.withLock { state in
+            state.sent += 1
+            return state.sent
+        }
+    }
+
+    func received(_ payload: ByteBuffer) {
+        guard let number = UInt64(String(buffer: payload)) else { return }
+        state.withLock { $0.received = max($0.received, number) }
+    }
+
+    /// Forgets the probes in flight (the connection is being replaced).
+    func reset() {
+        state.withLock { $0.received = $0.sent }
+    }
+}
+
+/// Requests to catch streams up after the subscription came back, coalesced: one run at a time.
+final class CatchUp: Sendable {
+    let requests: AsyncStream<Void>
+    private let sink: AsyncStream<Void>.Continuation
+
+    init() {
+        (requests, sink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func trigger() { sink.yield() }
+}
+
+/// Whether the node is putting sessions back after Redis lost its data, and how many times it
+/// has: a clean-up that overlaps one must run again.
+final class Reassertions: Sendable {
+    private let state = Mutex<(running: Bool, completed: Int)>((false, 0))
+
+    func begin() { state.withLock { $0.running = true } }
+    func end() { state.withLock { $0 = (false, $0.completed + 1) } }
+
+    /// Waits until none is running; returns how many have completed.
+    func settled() async throws -> Int {
+        while true {
+            let (running, completed) = state.withLock { $0 }
+            if !running { return completed }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
