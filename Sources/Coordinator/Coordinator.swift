@@ -38,6 +38,7 @@ public final class Coordinator: Service, Sendable {
     let epoch = Mutex<String?>(nil)
     let probe = SubscriptionProbe()
     let catchUp: CatchUp
+    let continuity = SubscriptionContinuity()
     /// The last two arguments of every script that writes an event log: entries kept, and
     /// milliseconds kept after the last write (the grace period plus a minute for readers
     /// that were behind when they dropped).
@@ -101,6 +102,7 @@ public final class Coordinator: Service, Sendable {
         let probe = probe
         let catchingUp = CatchUp()
         self.catchUp = catchingUp
+        let continuity = continuity
         self.subscriber = RedisSubscriber(
             endpoint: redis.endpoint, logger: logger,
             onMessage: { message in
@@ -109,9 +111,15 @@ public final class Coordinator: Service, Sendable {
             onConnectionEvent: { event in
                 metrics.redisConnectionEvent(event)
                 // Nothing reaches the streams until they have caught up from the logs.
-                if event != .restored { localStreams.all.forEach { $0.hold() } }
+                if event != .restored {
+                    continuity.lost()
+                    localStreams.all.forEach { $0.hold() }
+                }
             },
-            onResubscribed: { catchingUp.trigger() })
+            onResubscribed: {
+                continuity.resubscribed()
+                catchingUp.trigger()
+            })
     }
 
     // MARK: Running
@@ -206,6 +214,9 @@ public final class Coordinator: Service, Sendable {
     ) async throws -> PeerStream {
         let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits, cursor: lastEvent ?? EventCursor(), onEnd: onEnd)
         localStreams.add(stream)
+        // Everything for the peer comes on its channel from the moment Redis confirms the
+        // subscription, unless the subscription is lost again before the stream starts.
+        let losses = continuity.losses
         do {
             try await subscriber.subscribe(keys.channel(user.id))
         } catch {
@@ -215,7 +226,7 @@ public final class Coordinator: Service, Sendable {
         do {
             // Recorded under this node first, so that if the node dies the stream is found.
             try await redis.send(["SADD", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
-            try await startSession(of: stream, resumingAfter: lastEvent)
+            try await startSession(of: stream, resumingAfter: lastEvent, subscribedAt: losses)
         } catch {
             localStreams.remove(stream)
             subscriber.unsubscribe(keys.channel(user.id))
@@ -228,19 +239,27 @@ public final class Coordinator: Service, Sendable {
 
     /// Makes `stream` the peer's current stream: takes over its session and replays what the
     /// client missed, when it can; otherwise starts a fresh session.
-    private func startSession(of stream: PeerStream, resumingAfter lastEvent: EventCursor?) async throws {
+    private func startSession(of stream: PeerStream, resumingAfter lastEvent: EventCursor?, subscribedAt losses: Int) async throws {
         let peer = stream.user.id
+        /// Lets the stream's events through, unless the subscription was lost since the peer's
+        /// channel was confirmed: then it holds them until a catch-up has read the logs.
+        func start(resumed: Bool, replay: [RoutedEvent] = [], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil) {
+            let released = stream.start(
+                connected: connectedEvent(stream, resumed: resumed), replay: replay, cursor: cursor, rooms: rooms,
+                stillLive: { continuity.losses == losses })
+            if !released { catchUp.trigger() }
+        }
         if let lastEvent {
             guard try await connect(stream, resume: true) else {
                 metrics.resumed("expired")
-                stream.start(connected: connectedEvent(stream, resumed: false), replay: [], cursor: EventCursor())
+                start(resumed: false, cursor: EventCursor())
                 return
             }
             let rooms = try await redis.send(["SMEMBERS", keys.peerRooms(peer)]).array?.compactMap { $0.string.flatMap(RoomID.init) } ?? []
             if let missed = try await missedEvents(of: peer, after: lastEvent, rooms: Set(rooms)) {
                 metrics.resumed("resumed")
                 metrics.eventsReplayed.increment(by: missed.count)
-                stream.start(connected: connectedEvent(stream, resumed: true), replay: missed, rooms: Set(rooms))
+                start(resumed: true, replay: missed, rooms: Set(rooms))
                 return
             }
             // The logs no longer hold all it missed: its session ends as if it had gone for good.
@@ -249,7 +268,7 @@ public final class Coordinator: Service, Sendable {
         }
         try await endSession(nil, of: peer)
         _ = try await connect(stream, resume: false)
-        stream.start(connected: connectedEvent(stream, resumed: false), replay: [], cursor: EventCursor())
+        start(resumed: false, cursor: EventCursor())
     }
 
     /// Runs connect.lua for `stream`; true if it took over the peer's existing session.

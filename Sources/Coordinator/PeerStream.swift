@@ -171,37 +171,54 @@ public final class PeerStream: Sendable {
         state.withLock { if $0.started { $0.holding = true } }
     }
 
-    /// Whether `connected` was queued (a stream still starting catches up by itself).
+    /// Whether `connected` was queued (a stream still starting reads its logs by itself).
     var isStarted: Bool { state.withLock { $0.started } }
 
     /// Where the stream is in each log.
     var cursor: EventCursor { state.withLock { $0.cursor } }
 
-    /// Lets events through: queues `connected` if given (with the cursor before the replay as
-    /// its id), then `replay`, then what was held meanwhile.
+    /// Queues `connected` if given (with the cursor before the replay as its id), then `replay`
+    /// (read from the logs, so it continues the cursor without a gap); then, if the
+    /// subscription is still the one the replay was read under (`stillLive`, asked under the
+    /// stream's lock), what was held meanwhile, and lets events through.
+    ///
+    /// If the subscription was lost again meanwhile, the stream keeps holding: what arrives live
+    /// from then on may follow a gap that only the logs can fill, and the next catch-up reads
+    /// on from where this replay ends. Returns whether the stream let events through.
     /// - Parameters:
     ///   - cursor: replaces the cursor first (a fresh session: nothing held belongs to it).
     ///   - rooms: if given, the rooms the peer is in: others leave the cursor.
-    func start(connected: StreamEvent?, replay: [RoutedEvent], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil) {
+    @discardableResult
+    func start(
+        connected: StreamEvent?, replay: [RoutedEvent], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil,
+        stillLive: () -> Bool
+    ) -> Bool {
+        var released = false
         update { state in
             if let cursor {
                 state.cursor = cursor
                 state.held = []
             }
             if let rooms { state.cursor.rooms = state.cursor.rooms.filter { rooms.contains($0.key) } }
-            defer {
-                state.held = []
-                state.holding = false
-            }
             if let connected {
                 state.started = true
                 guard state.append(connected, limits: limits) else { return false }
             }
-            for event in replay + state.held {
+            for event in replay {
+                guard state.append(event, limits: limits) else { return false }
+            }
+            guard stillLive() else { return true }
+            defer {
+                state.held = []
+                state.holding = false
+            }
+            released = true
+            for event in state.held {
                 guard state.append(event, limits: limits) else { return false }
             }
             return true
         }
+        return released
     }
 
     /// Delivers a routed event if Redis has confirmed this stream.

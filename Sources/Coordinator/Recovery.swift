@@ -79,16 +79,22 @@ extension Coordinator {
     /// After the subscription came back: gives every held stream what was sent to it while the
     /// subscription was down, from the logs, then lets live events through again. A stream
     /// the logs cannot complete is closed; its client resumes or starts afresh.
+    ///
+    /// Only under the subscription that is live now: if it is lost again meanwhile, the streams
+    /// keep holding, and the catch-up that follows the next resubscription reads on.
     func catchUpStreams() async {
+        guard let losses = continuity.liveSince else { return }
+        let stillLive = { self.continuity.losses == losses }
         let streams = localStreams.all.filter(\.isStarted)
         var caughtUp = 0
         for stream in streams {
             // The command connection may still be coming back: try for a while before giving up.
             for attempt in 1...50 where stream.endReason == nil {
+                guard stillLive() else { return }
                 do {
                     let cursor = stream.cursor
                     if let missed = try await missedEvents(of: stream.user.id, after: cursor, rooms: Set(cursor.rooms.keys)) {
-                        stream.start(connected: nil, replay: missed)
+                        stream.start(connected: nil, replay: missed, stillLive: stillLive)
                         caughtUp += missed.count
                     } else {
                         stream.end(.closed)
@@ -199,6 +205,25 @@ final class SubscriptionProbe: Sendable {
     func reset() {
         state.withLock { $0.received = $0.sent }
     }
+}
+
+/// The losses of the node's subscription, and the last one it has come back from (Redis
+/// confirmed every channel again): a held stream may let live events through only after a
+/// catch-up read under the subscription that is live now.
+final class SubscriptionContinuity: Sendable {
+    private let state = Mutex<(losses: Int, recoveredFrom: Int)>((0, 0))
+
+    /// The connection dropped or could not be made.
+    func lost() { state.withLock { $0.losses += 1 } }
+
+    /// Redis confirmed every channel on a new connection.
+    func resubscribed() { state.withLock { $0.recoveredFrom = $0.losses } }
+
+    var losses: Int { state.withLock { $0.losses } }
+
+    /// The number of losses so far if the subscription has come back from the last one; nil
+    /// while it is down.
+    var liveSince: Int? { state.withLock { $0.recoveredFrom == $0.losses ? $0.losses : nil } }
 }
 
 /// Requests to catch streams up after the subscription came back, coalesced: one run at a time.

@@ -17,7 +17,10 @@ struct SlowClientTests {
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else { throw SignalingClientError.connectionClosed }
+        guard connected == 0 else {
+            close(fd)
+            throw SignalingClientError.connectionClosed
+        }
         let request = "GET /connect?token=\(token) HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
         _ = request.withCString { send(fd, $0, strlen($0), 0) }
         return fd
