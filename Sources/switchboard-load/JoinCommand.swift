@@ -9,7 +9,7 @@ struct JoinCommand: AsyncParsableCommand {
 
     @OptionGroup var options: FleetOptions
     @Option(help: "Room sizes after the join, comma-separated.") var sizes = "2,10,100"
-    @Option(help: "Joins measured per size (each by a fresh peer, which then disconnects).") var repetitions = 30
+    @Option(help: "Joins measured per size (each by a fresh peer, which then leaves and disconnects).") var repetitions = 30
     @Option(help: "Seconds to wait for an expected event.") var timeout = 10.0
 
     func run() async throws {
@@ -52,7 +52,9 @@ struct JoinCommand: AsyncParsableCommand {
                 } else {
                     missing += arrivals.count - times.count
                 }
-                // The joiner goes away; every member is told.
+                // The joiner leaves and goes away; every member is told at once. (A stream that
+                // just ends keeps its rooms for the server's grace period, for a resume.)
+                _ = try await joiner.post("/\(room)/leave", via: via)
                 joiner.stream.close()
                 for member in members { _ = await drain(member, count: 1, wait: wait) }
                 progress.update("size \(size): \(repetition + 1)/\(repetitions)")
