@@ -65,3 +65,13 @@ D=$!
 sleep 1
 "$LOAD" idle --node http://127.0.0.1:18003 --streams "${STREAMS:-10000}" --hold 5 --pid $C --redis redis://127.0.0.1:$REDIS_PORT 2>/dev/null
 "$LOAD" idle --node http://127.0.0.1:18004 --streams "${STREAMS:-10000}" --hold 5 --pid $D --plain-http 2>/dev/null
+
+# Every node must stop cleanly on SIGTERM (a release build once crashed in its shutdown).
+echo "== shutdown"
+status=0
+for pid in $A $B $C $D; do
+  kill -TERM "$pid"
+  if wait "$pid"; then echo "node $pid: exit 0"; else rc=$?; echo "node $pid: exit $rc" >&2; status=1; fi
+done
+A= B= C= D=
+exit $status

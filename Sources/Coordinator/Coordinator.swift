@@ -4,7 +4,7 @@ import Logging
 import NIOCore
 import RedisClient
 import ServiceLifecycle
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Signaling on one node, with no HTTP in it: opens and closes peers' streams, joins, leaves
 /// and relays through the Lua scripts, and routes what arrives on the node's one subscriber
@@ -31,11 +31,11 @@ public final class Coordinator: Service, Sendable {
     public let gracePeriod: Duration
     let gracePeriods: GracePeriods
     /// Closed streams whose clean-up failed (Redis was down), by session: retried each heartbeat.
-    let unfinished = Mutex<[String: PeerStream]>([:])
-    private let reportedFailures = Mutex<Set<String>>([])
+    let unfinished = NIOLockedValueBox<[String: PeerStream]>([:])
+    private let reportedFailures = NIOLockedValueBox<Set<String>>([])
     let reassertions = Reassertions()
     /// The `epoch` value Redis held at the last heartbeat.
-    let epoch = Mutex<String?>(nil)
+    let epoch = NIOLockedValueBox<String?>(nil)
     let probe = SubscriptionProbe()
     let catchUp: CatchUp
     let continuity = SubscriptionContinuity()
@@ -327,7 +327,7 @@ public final class Coordinator: Service, Sendable {
         if waits {
             gracePeriods.wait(for: stream) { await self.endSession(of: stream) }
         } else {
-            unfinished.withLock { $0[stream.session] = stream }
+            unfinished.withLockedValue { $0[stream.session] = stream }
         }
         localStreams.remove(stream)
         subscriber.unsubscribe(keys.channel(stream.user.id))
@@ -338,7 +338,7 @@ public final class Coordinator: Service, Sendable {
     /// is unreachable, or lost its data and the heartbeat has not put things back yet, the
     /// heartbeat tries again until it succeeds.
     func endSession(of stream: PeerStream) async {
-        unfinished.withLock { $0[stream.session] = stream }
+        unfinished.withLockedValue { $0[stream.session] = stream }
         do {
             // Runs again if Redis lost its data and the node put sessions back meanwhile: this
             // one may be among them, and must then end again.
@@ -347,16 +347,16 @@ public final class Coordinator: Service, Sendable {
                 before = try await reassertions.settled()
                 if try await !endSession(stream.session, of: stream.user.id) {
                     // No session at all: ended before, or Redis lost it. Only the epoch tells.
-                    let known = epoch.withLock { $0 }
+                    let known = epoch.withLockedValue { $0 }
                     let current = try await redis.send(["GET", keys.epoch]).string
                     if let known, current != known { throw RedisLostItsData() }
                 }
             } while try await reassertions.settled() != before
             try await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
-            unfinished.withLock { _ = $0.removeValue(forKey: stream.session) }
-            reportedFailures.withLock { _ = $0.remove(stream.session) }
+            unfinished.withLockedValue { _ = $0.removeValue(forKey: stream.session) }
+            reportedFailures.withLockedValue { _ = $0.remove(stream.session) }
         } catch {
-            if reportedFailures.withLock({ $0.insert(stream.session).inserted }) {
+            if reportedFailures.withLockedValue({ $0.insert(stream.session).inserted }) {
                 logger.error("disconnect clean-up failed; trying again each heartbeat", metadata: ["peer": "\(stream.user.id)", "username": "\(stream.user.username)", "error": "\(error)"])
             }
         }
@@ -370,7 +370,7 @@ public final class Coordinator: Service, Sendable {
     /// closed streams whose clean-up has not succeeded yet.
     var heldStreams: [PeerStream] {
         var seen = Set<String>()
-        return (localStreams.all + gracePeriods.streams + unfinished.withLock { Array($0.values) }).filter { seen.insert($0.session).inserted }
+        return (localStreams.all + gracePeriods.streams + unfinished.withLockedValue { Array($0.values) }).filter { seen.insert($0.session).inserted }
     }
 
     /// A stream's member in its node's stream set (`reap` reads it back).

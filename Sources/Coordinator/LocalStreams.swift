@@ -1,33 +1,33 @@
 import NIOCore
 import RedisClient
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The streams this node holds, by peer, and the routing of subscriber messages to them.
 /// Normally one stream per peer; two while a newer stream waits for Redis to confirm that it
 /// replaces the older.
 final class LocalStreams: Sendable {
     private let channelPrefixLength: Int
-    private let streams = Mutex<[PeerID: [PeerStream]]>([:])
+    private let streams = NIOLockedValueBox<[PeerID: [PeerStream]]>([:])
 
     init(channelPrefix: String) {
         channelPrefixLength = channelPrefix.utf8.count
     }
 
     func add(_ stream: PeerStream) {
-        streams.withLock { $0[stream.user.id, default: []].append(stream) }
+        streams.withLockedValue { $0[stream.user.id, default: []].append(stream) }
     }
 
     func remove(_ stream: PeerStream) {
-        streams.withLock { streams in
+        streams.withLockedValue { streams in
             streams[stream.user.id]?.removeAll { $0 === stream }
             if streams[stream.user.id]?.isEmpty == true { streams[stream.user.id] = nil }
         }
     }
 
-    var count: Int { streams.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+    var count: Int { streams.withLockedValue { $0.values.reduce(0) { $0 + $1.count } } }
 
     /// Every stream, for events the node itself sends to all (pings).
-    var all: [PeerStream] { streams.withLock { $0.values.flatMap { $0 } } }
+    var all: [PeerStream] { streams.withLockedValue { $0.values.flatMap { $0 } } }
 
     /// Called on the subscriber's event loop for each message. Payloads are
     /// `<event>\n<room>=<log position>\n<JSON>` (no room for a relay, from the peer's own log),
@@ -36,7 +36,7 @@ final class LocalStreams: Sendable {
         guard let peer = PeerID(Substring(message.channel.utf8.dropFirst(channelPrefixLength))) else { return }
         var payload = message.payload
         guard let name = payload.readLine() else { return }
-        let local = streams.withLock { $0[peer] ?? [] }
+        let local = streams.withLockedValue { $0[peer] ?? [] }
         if name == "!session" {
             let session = String(buffer: payload)
             for stream in local {

@@ -1,7 +1,7 @@
 import CoreMetrics
 import Foundation
 import RedisClient
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The node's metrics, through swift-metrics (Prometheus in `switchboard serve`). Each node
 /// gets its own factory, so several nodes in one process (tests) keep separate figures.
@@ -19,7 +19,7 @@ public final class NodeMetrics: Sendable {
     let eventsReplayed: Counter
     let sessionsReasserted: Counter
     let subscriptionProbesFailed: Counter
-    private let labelled = Mutex(Labelled())
+    private let labelled = NIOLockedValueBox(Labelled())
 
     private struct Labelled {
         var counters: [String: Counter] = [:]
@@ -55,7 +55,7 @@ public final class NodeMetrics: Sendable {
     func relayed(_ result: String) { counter("switchboard_relays_total", "result", result).increment() }
 
     func scriptDuration(_ script: String, since start: ContinuousClock.Instant) {
-        let timer = labelled.withLock { handles in
+        let timer = labelled.withLockedValue { handles in
             if let timer = handles.timers[script] { return timer }
             let timer = CoreMetrics.Timer(label: "switchboard_script_duration_seconds", dimensions: [("script", script)], factory: factory)
             handles.timers[script] = timer
@@ -66,7 +66,7 @@ public final class NodeMetrics: Sendable {
 
     /// The counter for one label value, made on first use and kept: these run per request.
     private func counter(_ name: String, _ label: String, _ value: String) -> Counter {
-        labelled.withLock { handles in
+        labelled.withLockedValue { handles in
             let key = name + "\u{0}" + value
             if let counter = handles.counters[key] { return counter }
             let counter = Counter(label: name, dimensions: [(label, value)], factory: factory)

@@ -1,5 +1,5 @@
 import NIOCore
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// One event for a peer's stream, ready to frame: SSE id, event name and JSON data.
 public struct StreamEvent: Sendable {
@@ -45,7 +45,7 @@ public final class PeerStream: Sendable {
     public let session: String
     private let limits: Limits
     private let onEnd: (@Sendable (EndReason) -> Void)?
-    private let state: Mutex<State>
+    private let state: NIOLockedValueBox<State>
 
     public struct Limits: Sendable {
         public var maxQueuedEvents: Int
@@ -121,21 +121,21 @@ public final class PeerStream: Sendable {
         self.session = session
         self.limits = limits
         self.onEnd = onEnd
-        self.state = Mutex(State(cursor: cursor))
+        self.state = NIOLockedValueBox(State(cursor: cursor))
     }
 
     /// Why the stream ended, or nil while it is open.
-    public var endReason: EndReason? { state.withLock { $0.ended } }
+    public var endReason: EndReason? { state.withLockedValue { $0.ended } }
 
     /// The id of the last event queued: where a client that reconnects now resumes.
-    public var eventID: String { state.withLock { $0.cursor.description } }
+    public var eventID: String { state.withLockedValue { $0.cursor.description } }
 
     /// The rooms the peer is in, as far as the events routed to this stream tell.
-    public var rooms: Set<RoomID> { state.withLock { Set($0.cursor.rooms.keys) } }
+    public var rooms: Set<RoomID> { state.withLockedValue { Set($0.cursor.rooms.keys) } }
 
     /// The reader wrote the last batch out: its bytes no longer count against the limit.
     public func written() {
-        state.withLock { $0.unwrittenBytes = 0 }
+        state.withLockedValue { $0.unwrittenBytes = 0 }
     }
 
     /// Everything queued, waiting until there is something; nil once the stream has ended.
@@ -144,7 +144,7 @@ public final class PeerStream: Sendable {
     public func nextBatch() async -> [StreamEvent]? {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (reader: Reader) in
-                let ready: [StreamEvent]?? = state.withLock { state in
+                let ready: [StreamEvent]?? = state.withLockedValue { state in
                     if state.ended != nil || Task.isCancelled { return .some(.none) }
                     if !state.queue.isEmpty { return .some(state.takeAll()) }
                     state.reader = reader
@@ -153,7 +153,7 @@ public final class PeerStream: Sendable {
                 if let ready { reader.resume(returning: ready) }
             }
         } onCancel: {
-            state.withLock { state in
+            state.withLockedValue { state in
                 defer { state.reader = nil }
                 return state.reader
             }?.resume(returning: nil)
@@ -162,20 +162,20 @@ public final class PeerStream: Sendable {
 
     /// Redis confirmed this stream as the peer's current one: deliver from now on.
     func confirm() {
-        state.withLock { $0.confirmed = true }
+        state.withLockedValue { $0.confirmed = true }
     }
 
     /// Holds routed events until `start`: the node's subscription was lost, and what was sent
     /// meanwhile must come from the logs first.
     func hold() {
-        state.withLock { if $0.started { $0.holding = true } }
+        state.withLockedValue { if $0.started { $0.holding = true } }
     }
 
     /// Whether `connected` was queued (a stream still starting reads its logs by itself).
-    var isStarted: Bool { state.withLock { $0.started } }
+    var isStarted: Bool { state.withLockedValue { $0.started } }
 
     /// Where the stream is in each log.
-    var cursor: EventCursor { state.withLock { $0.cursor } }
+    var cursor: EventCursor { state.withLockedValue { $0.cursor } }
 
     /// Queues `connected` if given (with the cursor before the replay as its id), then `replay`
     /// (read from the logs, so it continues the cursor without a gap); then, if the
@@ -240,7 +240,7 @@ public final class PeerStream: Sendable {
     /// Applies `change` to an open stream; then wakes the reader with everything queued, or,
     /// if `change` found the queue full, ends the stream as too slow.
     private func update(_ change: (inout State) -> Bool) {
-        let (fits, wake) = state.withLock { state -> (Bool, (reader: Reader, batch: [StreamEvent])?) in
+        let (fits, wake) = state.withLockedValue { state -> (Bool, (reader: Reader, batch: [StreamEvent])?) in
             guard state.ended == nil else { return (true, nil) }
             guard change(&state) else { return (false, nil) }
             guard let reader = state.reader, !state.queue.isEmpty else { return (true, nil) }
@@ -253,7 +253,7 @@ public final class PeerStream: Sendable {
 
     /// Ends the stream; the reader gets nil. The first reason given sticks.
     public func end(_ reason: EndReason) {
-        let (first, reader) = state.withLock { state -> (Bool, Reader?) in
+        let (first, reader) = state.withLockedValue { state -> (Bool, Reader?) in
             guard state.ended == nil else { return (false, nil) }
             state.ended = reason
             state.queue.removeAll()

@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import RedisClient
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Keeping the node's state true when things fail: the heartbeat, putting sessions back after
 /// Redis lost its data, catching streams up after the subscription returned, probing the
@@ -29,7 +29,7 @@ extension Coordinator {
                 first = false
             }
             let current = replies[1].string ?? candidate
-            let known = epoch.withLock { known in
+            let known = epoch.withLockedValue { known in
                 defer { known = current }
                 return known
             }
@@ -39,7 +39,7 @@ extension Coordinator {
                 _ = try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])
                 await reassertSessions()
             }
-            for stream in unfinished.withLock({ Array($0.values) }) { await endSession(of: stream) }
+            for stream in unfinished.withLockedValue({ Array($0.values) }) { await endSession(of: stream) }
             await checkSubscription()
             await reapDeadNodes()
         } while (try? await Task.sleep(for: heartbeatInterval)) != nil
@@ -71,7 +71,7 @@ extension Coordinator {
             logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
         } catch {
             // The epoch is already current: make the next heartbeat try again.
-            epoch.withLock { $0 = nil }
+            epoch.withLockedValue { $0 = nil }
             logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
         }
     }
@@ -178,19 +178,19 @@ extension Coordinator {
 
 /// The probes a node publishes on its own channel: their number, and the last one back.
 final class SubscriptionProbe: Sendable {
-    private let state = Mutex<(sent: UInt64, received: UInt64, subscribed: Bool)>((0, 0, false))
+    private let state = NIOLockedValueBox<(sent: UInt64, received: UInt64, subscribed: Bool)>((0, 0, false))
 
     var isSubscribed: Bool {
-        get { state.withLock { $0.subscribed } }
-        set { state.withLock { $0.subscribed = newValue } }
+        get { state.withLockedValue { $0.subscribed } }
+        set { state.withLockedValue { $0.subscribed = newValue } }
     }
 
     /// Whether the last probe sent has not come back.
-    var outstanding: Bool { state.withLock { $0.received < $0.sent } }
+    var outstanding: Bool { state.withLockedValue { $0.received < $0.sent } }
 
     /// The number of the next probe.
     func next() -> UInt64 {
-        state.withLock { state in
+        state.withLockedValue { state in
             state.sent += 1
             return state.sent
         }
@@ -198,12 +198,12 @@ final class SubscriptionProbe: Sendable {
 
     func received(_ payload: ByteBuffer) {
         guard let number = UInt64(String(buffer: payload)) else { return }
-        state.withLock { $0.received = max($0.received, number) }
+        state.withLockedValue { $0.received = max($0.received, number) }
     }
 
     /// Forgets the probes in flight (the connection is being replaced).
     func reset() {
-        state.withLock { $0.received = $0.sent }
+        state.withLockedValue { $0.received = $0.sent }
     }
 }
 
@@ -211,19 +211,19 @@ final class SubscriptionProbe: Sendable {
 /// confirmed every channel again): a held stream may let live events through only after a
 /// catch-up read under the subscription that is live now.
 final class SubscriptionContinuity: Sendable {
-    private let state = Mutex<(losses: Int, recoveredFrom: Int)>((0, 0))
+    private let state = NIOLockedValueBox<(losses: Int, recoveredFrom: Int)>((0, 0))
 
     /// The connection dropped or could not be made.
-    func lost() { state.withLock { $0.losses += 1 } }
+    func lost() { state.withLockedValue { $0.losses += 1 } }
 
     /// Redis confirmed every channel on a new connection.
-    func resubscribed() { state.withLock { $0.recoveredFrom = $0.losses } }
+    func resubscribed() { state.withLockedValue { $0.recoveredFrom = $0.losses } }
 
-    var losses: Int { state.withLock { $0.losses } }
+    var losses: Int { state.withLockedValue { $0.losses } }
 
     /// The number of losses so far if the subscription has come back from the last one; nil
     /// while it is down.
-    var liveSince: Int? { state.withLock { $0.recoveredFrom == $0.losses ? $0.losses : nil } }
+    var liveSince: Int? { state.withLockedValue { $0.recoveredFrom == $0.losses ? $0.losses : nil } }
 }
 
 /// Requests to catch streams up after the subscription came back, coalesced: one run at a time.
@@ -241,15 +241,15 @@ final class CatchUp: Sendable {
 /// Whether the node is putting sessions back after Redis lost its data, and how many times it
 /// has: a clean-up that overlaps one must run again.
 final class Reassertions: Sendable {
-    private let state = Mutex<(running: Bool, completed: Int)>((false, 0))
+    private let state = NIOLockedValueBox<(running: Bool, completed: Int)>((false, 0))
 
-    func begin() { state.withLock { $0.running = true } }
-    func end() { state.withLock { $0 = (false, $0.completed + 1) } }
+    func begin() { state.withLockedValue { $0.running = true } }
+    func end() { state.withLockedValue { $0 = (false, $0.completed + 1) } }
 
     /// Waits until none is running; returns how many have completed.
     func settled() async throws -> Int {
         while true {
-            let (running, completed) = state.withLock { $0 }
+            let (running, completed) = state.withLockedValue { $0 }
             if !running { return completed }
             try await Task.sleep(for: .milliseconds(20))
         }

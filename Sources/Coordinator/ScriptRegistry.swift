@@ -1,6 +1,6 @@
 import LuaScripts
 import RedisClient
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Runs the Lua scripts by EVALSHA. Scripts are loaded with SCRIPT LOAD (at start, or on
 /// first use); a `NOSCRIPT` reply (Redis restarted or SCRIPT FLUSH) loads the script again
@@ -8,7 +8,7 @@ import Synchronization
 public final class ScriptRegistry: Sendable {
     private let redis: RedisClient
     private let metrics: NodeMetrics
-    private let hashes = Mutex<[String: String]>([:])
+    private let hashes = NIOLockedValueBox<[String: String]>([:])
 
     public init(redis: RedisClient, metrics: NodeMetrics = .none) {
         self.redis = redis
@@ -16,7 +16,7 @@ public final class ScriptRegistry: Sendable {
     }
 
     /// Whether every script has been loaded (since start or the last NOSCRIPT).
-    public var allLoaded: Bool { hashes.withLock { $0.count == LuaScript.all.count } }
+    public var allLoaded: Bool { hashes.withLockedValue { $0.count == LuaScript.all.count } }
 
     /// Loads every script now, so the first requests don't pay for it.
     public func loadAll() async throws {
@@ -33,7 +33,7 @@ public final class ScriptRegistry: Sendable {
             return try await redis.send(try await command(for: call))
         } catch let error as RedisServerError where error.code == "NOSCRIPT" {
             // Redis lost them all (restart, SCRIPT FLUSH): load them all again.
-            hashes.withLock { $0 = [:] }
+            hashes.withLockedValue { $0 = [:] }
             try await loadAll()
             return try await redis.send(try await command(for: call))
         } catch let error as RedisServerError {
@@ -80,7 +80,7 @@ public final class ScriptRegistry: Sendable {
 
     /// `EVALSHA sha numkeys keys… arguments…`, loading the script first if it is not loaded.
     private func command(for call: Call) async throws -> [String] {
-        let cached = hashes.withLock { $0[call.script.name] }
+        let cached = hashes.withLockedValue { $0[call.script.name] }
         let sha = if let cached { cached } else { try await load(call.script) }
         return ["EVALSHA", sha, String(call.keys.count)] + call.keys + call.arguments
     }
@@ -88,7 +88,7 @@ public final class ScriptRegistry: Sendable {
     private func load(_ script: LuaScript) async throws -> String {
         let reply = try await redis.send(["SCRIPT", "LOAD", script.source])
         guard let sha = reply.string else { throw RedisServerError("SCRIPT LOAD returned \(reply)") }
-        hashes.withLock { $0[script.name] = sha }
+        hashes.withLockedValue { $0[script.name] = sha }
         return sha
     }
 }

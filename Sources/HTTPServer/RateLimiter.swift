@@ -1,6 +1,6 @@
 import Coordinator
 import Foundation
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Token buckets per peer, on this node: `rate` requests a second on average, bursts of up to
 /// `burst`. A peer spreading requests over N nodes gets up to N times the rate; the limit is
@@ -8,7 +8,7 @@ import Synchronization
 final class RateLimiter: Sendable {
     let rate: Double
     let burst: Double
-    private let buckets = Mutex<[PeerID: (tokens: Double, updated: ContinuousClock.Instant)]>([:])
+    private let buckets = NIOLockedValueBox<[PeerID: (tokens: Double, updated: ContinuousClock.Instant)]>([:])
 
     /// `rate` 0 turns the limit off.
     init(rate: Double, burst: Double) {
@@ -19,7 +19,7 @@ final class RateLimiter: Sendable {
     /// Takes a token for `peer`; nil if allowed, else how long until one is available.
     func take(for peer: PeerID, now: ContinuousClock.Instant = .now) -> Duration? {
         guard rate > 0 else { return nil }
-        return buckets.withLock { buckets in
+        return buckets.withLockedValue { buckets in
             if buckets.count > 100_000 { buckets.removeAll(keepingCapacity: true) }  // forget idle peers
             var bucket = buckets[peer] ?? (burst, now)
             bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated).inSeconds * rate)

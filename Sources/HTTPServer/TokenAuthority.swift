@@ -1,7 +1,7 @@
 import Coordinator
 import Foundation
 import JWTKit
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Issues and verifies the HS256 tokens of `POST /access`: payload `{id, username, iat, exp}`.
 /// Only HS256 with this node's secret verifies; `alg: none` and every other algorithm fail,
@@ -70,12 +70,12 @@ public struct TokenAuthority: Sendable {
 /// A bounded map of verified tokens to their peers, each valid until its token's expiry.
 final class VerifiedTokens: Sendable {
     private let capacity: Int
-    private let entries = Mutex<[String: (user: PeerUser, expires: Date)]>([:])
+    private let entries = NIOLockedValueBox<[String: (user: PeerUser, expires: Date)]>([:])
 
     init(capacity: Int) { self.capacity = capacity }
 
     func user(for token: String, at now: Date) -> PeerUser? {
-        entries.withLock { entries in
+        entries.withLockedValue { entries in
             guard let entry = entries[token] else { return nil }
             guard entry.expires > now else {
                 entries[token] = nil
@@ -86,7 +86,7 @@ final class VerifiedTokens: Sendable {
     }
 
     func remember(_ token: String, user: PeerUser, until expires: Date) {
-        entries.withLock { entries in
+        entries.withLockedValue { entries in
             // Full: start over rather than track recency; a miss only costs one verification.
             if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
             entries[token] = (user, expires)

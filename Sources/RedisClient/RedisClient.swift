@@ -1,7 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// A Redis connection that comes back by itself. Commands from any number of tasks share one
 /// pipelined connection. While Redis is unreachable, commands fail at once with
@@ -12,7 +12,7 @@ public final class RedisClient: Sendable {
     private let group: EventLoopGroup
     private let commandTimeout: TimeAmount
     private let logger: Logger
-    private let state: Mutex<State>
+    private let state: NIOLockedValueBox<State>
     private let onConnectionEvent: (@Sendable (ConnectionEvent) -> Void)?
 
     /// What happened to the connection, for metrics.
@@ -46,7 +46,7 @@ public final class RedisClient: Sendable {
         self.group = group
         self.commandTimeout = commandTimeout
         self.logger = logger
-        self.state = Mutex(State())
+        self.state = NIOLockedValueBox(State())
     }
 
     /// Sends one command; see `RedisConnection.send`.
@@ -62,7 +62,7 @@ public final class RedisClient: Sendable {
 
     /// The live connection, opening a new one if there is none and the back-off allows.
     public func connection() async throws -> RedisConnection {
-        let task: Task<RedisConnection, Error> = try state.withLock { state in
+        let task: Task<RedisConnection, Error> = try state.withLockedValue { state in
             if let connection = state.connection, connection.isActive { return Task { connection } }
             if state.closed { throw RedisConnectionError.connectionClosed }
             if let connecting = state.connecting { return connecting }
@@ -82,7 +82,7 @@ public final class RedisClient: Sendable {
         do {
             let connection = try await RedisConnection.connect(
                 to: endpoint, on: group, commandTimeout: commandTimeout)
-            let wasDown = state.withLock { state in
+            let wasDown = state.withLockedValue { state in
                 let wasDown = state.failedAttempts > 0
                 state.failedAttempts = 0
                 state.backoff.reset()
@@ -97,7 +97,7 @@ public final class RedisClient: Sendable {
             connection.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
             return connection
         } catch {
-            let delay = state.withLock { state in
+            let delay = state.withLockedValue { state in
                 state.connecting = nil
                 state.failedAttempts += 1
                 let delay = state.backoff.next()
@@ -113,21 +113,21 @@ public final class RedisClient: Sendable {
     }
 
     private func forget(_ connection: RedisConnection) {
-        let wasCurrent = state.withLock { state in
+        let wasCurrent = state.withLockedValue { state in
             guard state.connection === connection else { return false }
             state.connection = nil
             return true
         }
-        if wasCurrent, !state.withLock({ $0.closed }) {
+        if wasCurrent, !state.withLockedValue({ $0.closed }) {
             logger.warning("redis connection lost", metadata: ["redis": "\(endpoint)"])
-            state.withLock { $0.failedAttempts = max($0.failedAttempts, 1) }  // the next connection is a recovery
+            state.withLockedValue { $0.failedAttempts = max($0.failedAttempts, 1) }  // the next connection is a recovery
             onConnectionEvent?(.lost)
         }
     }
 
     /// Closes the connection; later commands fail.
     public func close() async {
-        let connection = state.withLock { state in
+        let connection = state.withLockedValue { state in
             state.closed = true
             return state.connection
         }

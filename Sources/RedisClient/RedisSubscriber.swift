@@ -1,7 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// A message received on a subscribed channel.
 public struct PubSubMessage: Sendable {
@@ -24,7 +24,7 @@ public final class RedisSubscriber: Sendable {
     private let onResubscribed: (@Sendable () -> Void)?
     private let group: EventLoopGroup
     private let logger: Logger
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
     private struct Channel {
         var count = 0
@@ -63,7 +63,7 @@ public final class RedisSubscriber: Sendable {
         (messages, messageSink) = AsyncStream.makeStream(of: PubSubMessage.self)
     }
 
-    public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
+    public var isConnected: Bool { state.withLockedValue { $0.connection?.isActive ?? false } }
 
     /// Subscribes to `channel` (or adds a reference to it) and returns once Redis has confirmed
     /// the subscription, so every message published after this returns is delivered. Throws
@@ -71,7 +71,7 @@ public final class RedisSubscriber: Sendable {
     public func subscribe(_ channel: String) async throws {
         enum Outcome { case unavailable, subscribed, waiting }
         try await withCheckedThrowingContinuation { (waiter: CheckedContinuation<Void, Error>) in
-            let outcome: Outcome = state.withLock { state in
+            let outcome: Outcome = state.withLockedValue { state in
                 guard let connection = state.connection, connection.isActive else { return .unavailable }
                 var entry = state.channels[channel, default: Channel()]
                 entry.count += 1
@@ -91,7 +91,7 @@ public final class RedisSubscriber: Sendable {
 
     /// Drops one reference to `channel`; the last one unsubscribes.
     public func unsubscribe(_ channel: String) {
-        state.withLock { state in
+        state.withLockedValue { state in
             guard var entry = state.channels[channel] else { return }
             entry.count -= 1
             if entry.count > 0 {
@@ -140,13 +140,13 @@ public final class RedisSubscriber: Sendable {
     /// Drops the connection; `run()` opens a new one and subscribes again to every channel.
     /// For a subscription found dead while its connection looks alive.
     public func reconnect() {
-        state.withLock { $0.connection }?.channel.close(promise: nil)
+        state.withLockedValue { $0.connection }?.channel.close(promise: nil)
     }
 
     /// Waits until the subscriber has a live connection (or the task is cancelled).
     public func waitUntilConnected() async {
         await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
-            let ready = state.withLock { state in
+            let ready = state.withLockedValue { state in
                 if state.connection?.isActive ?? false { return true }
                 state.connectedWaiters.append(waiter)
                 return false
@@ -156,7 +156,7 @@ public final class RedisSubscriber: Sendable {
     }
 
     private func resubscribe(on connection: RedisConnection) {
-        let waiters = state.withLock { state in
+        let waiters = state.withLockedValue { state in
             state.connection = connection
             for (name, var entry) in state.channels {
                 entry.confirmed = false
@@ -172,7 +172,7 @@ public final class RedisSubscriber: Sendable {
     }
 
     private func connectionLost() {
-        let waiters = state.withLock { state in
+        let waiters = state.withLockedValue { state in
             state.connection = nil
             var waiters: [CheckedContinuation<Void, Error>] = []
             for (name, var entry) in state.channels {
@@ -200,7 +200,7 @@ public final class RedisSubscriber: Sendable {
             if let onMessage { onMessage(message) } else { messageSink.yield(message) }
         case "subscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
-            let waiters = state.withLock { state -> [CheckedContinuation<Void, Error>] in
+            let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Error>] in
                 guard var entry = state.channels[channel] else { return [] }
                 entry.confirmed = true
                 defer { entry.waiters = []; state.channels[channel] = entry }
@@ -213,7 +213,7 @@ public final class RedisSubscriber: Sendable {
     }
 
     private func resubscribed() {
-        let first = state.withLock { state in
+        let first = state.withLockedValue { state in
             defer { state.awaitingResubscription = false }
             return state.awaitingResubscription
         }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import SignalingClient
-import Synchronization
+import NIOConcurrencyHelpers
 
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -115,18 +115,18 @@ struct RelayCommand: AsyncParsableCommand {
 /// Tallies shared by every sender and receiver task.
 final class Counters: Sendable {
     private struct Values { var sent = 0, errors = 0, delivered = 0, duplicates = 0, reordered = 0 }
-    private let values = Mutex(Values())
+    private let values = NIOLockedValueBox(Values())
 
-    func sent(ok: Bool) { values.withLock { if ok { $0.sent += 1 } else { $0.errors += 1 } } }
-    func delivered() { values.withLock { $0.delivered += 1 } }
-    func duplicate() { values.withLock { $0.duplicates += 1 } }
-    func reordered() { values.withLock { $0.reordered += 1 } }
+    func sent(ok: Bool) { values.withLockedValue { if ok { $0.sent += 1 } else { $0.errors += 1 } } }
+    func delivered() { values.withLockedValue { $0.delivered += 1 } }
+    func duplicate() { values.withLockedValue { $0.duplicates += 1 } }
+    func reordered() { values.withLockedValue { $0.reordered += 1 } }
 
-    var sentCount: Int { values.withLock { $0.sent } }
-    var errorCount: Int { values.withLock { $0.errors } }
-    var deliveredCount: Int { values.withLock { $0.delivered } }
-    var duplicateCount: Int { values.withLock { $0.duplicates } }
-    var reorderedCount: Int { values.withLock { $0.reordered } }
+    var sentCount: Int { values.withLockedValue { $0.sent } }
+    var errorCount: Int { values.withLockedValue { $0.errors } }
+    var deliveredCount: Int { values.withLockedValue { $0.delivered } }
+    var duplicateCount: Int { values.withLockedValue { $0.duplicates } }
+    var reorderedCount: Int { values.withLockedValue { $0.reordered } }
 }
 
 /// The integer after the first `key` in `text` (a cheap read of our own compact JSON).
