@@ -1,10 +1,10 @@
 import Foundation
-import LuaScripts
 import Logging
+import LuaScripts
+import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 import ServiceLifecycle
-import NIOConcurrencyHelpers
 
 /// Signaling on one node, with no HTTP in it: opens and closes peers' streams, joins, leaves
 /// and relays through the Lua scripts, and routes what arrives on the node's one subscriber

@@ -1,6 +1,6 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
-import NIOConcurrencyHelpers
 
 /// The streams this node holds, by peer, and the routing of subscriber messages to them.
 /// Normally one stream per peer; two while a newer stream waits for Redis to confirm that it

@@ -1,7 +1,7 @@
 import CoreMetrics
 import Foundation
-import RedisClient
 import NIOConcurrencyHelpers
+import RedisClient
 
 /// The node's metrics, through swift-metrics (Prometheus in `switchboard serve`). Each node
 /// gets its own factory, so several nodes in one process (tests) keep separate figures.

@@ -1,5 +1,5 @@
-import NIOCore
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// One event for a peer's stream, ready to frame: SSE id, event name and JSON data.
 public struct StreamEvent: Sendable {

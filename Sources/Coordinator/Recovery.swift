@@ -1,8 +1,8 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
-import NIOConcurrencyHelpers
 
 /// Keeping the node's state true when things fail: the heartbeat, putting sessions back after
 /// Redis lost its data, catching streams up after the subscription returned, probing the

@@ -1,6 +1,6 @@
 import LuaScripts
-import RedisClient
 import NIOConcurrencyHelpers
+import RedisClient
 
 /// Runs the Lua scripts by EVALSHA. Scripts are loaded with SCRIPT LOAD (at start, or on
 /// first use); a `NOSCRIPT` reply (Redis restarted or SCRIPT FLUSH) loads the script again

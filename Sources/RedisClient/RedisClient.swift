@@ -1,7 +1,7 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-import NIOConcurrencyHelpers
 
 /// A Redis connection that comes back by itself. Commands from any number of tasks share one
 /// pipelined connection. While Redis is unreachable, commands fail at once with

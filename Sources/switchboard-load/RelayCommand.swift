@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
-import SignalingClient
 import NIOConcurrencyHelpers
+import SignalingClient
 
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
