@@ -73,5 +73,4 @@ for pid in $A $B $C $D; do
   kill -TERM "$pid"
   if wait "$pid"; then echo "node $pid: exit 0"; else rc=$?; echo "node $pid: exit $rc" >&2; status=1; fi
 done
-A= B= C= D=
 exit $status
