@@ -31,8 +31,15 @@ run: deps
 # (each starts its own redis-server in a temporary directory), then two real browsers.
 test: test-swift test-browser
 
+# About one full run in seven on this 2-core machine stalls: the test process stops with every
+# thread idle and no test finishing (not yet explained; see the README's known limits). A run
+# takes about 2 minutes, so one that passes 10 is stopped and the suite runs once more.
 test-swift: deps
-	swift test
+	swift build --build-tests
+	@timeout -s KILL 600 swift test --skip-build || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 137 ] || exit $$rc; \
+		echo "swift test stalled for 10 minutes: stopping it and running the suite once more"; \
+		pkill -9 -f switchboardPackageTests.xctest || true; \
+		timeout -s KILL 600 swift test --skip-build; }
 
 # Two headless Chromiums on two nodes, in a private network namespace (needs root or
 # unprivileged user namespaces). Screenshots in Tests/Browser/artifacts/.
