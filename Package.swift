@@ -119,7 +119,10 @@ let package = Package(
         ),
         .testTarget(
             name: "LuaScriptTests",
-            dependencies: ["Coordinator", "RedisClient", "RedisServer", "LuaScripts"]
+            dependencies: [
+                "Coordinator", "RedisClient", "RedisServer", "LuaScripts",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "NodeTests",

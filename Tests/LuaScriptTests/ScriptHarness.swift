@@ -1,10 +1,10 @@
 import Coordinator
 import Foundation
 import LuaScripts
+import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 import RedisServer
-import Synchronization
 import Testing
 
 /// A live redis-server with the scripts loaded, and a subscriber that records what the
@@ -55,7 +55,7 @@ final class ScriptHarness: Sendable {
             Task { await subscriber.run() },
             Task {
                 for await message in subscriber.messages {
-                    inbox.messages.withLock { $0.append((message.channel, String(buffer: message.payload))) }
+                    inbox.messages.withLockedValue { $0.append((message.channel, String(buffer: message.payload))) }
                 }
             },
         ]
@@ -74,7 +74,7 @@ final class ScriptHarness: Sendable {
         let marker = UUID().uuidString
         try await redis.send(["PUBLISH", Self.endOfCapture, marker])
         for _ in 0..<500 {
-            let done = inbox.messages.withLock { messages -> [Published]? in
+            let done = inbox.messages.withLockedValue { messages -> [Published]? in
                 guard let end = messages.firstIndex(where: { $0.channel == Self.endOfCapture && $0.payload == marker }) else {
                     return nil
                 }
@@ -162,5 +162,5 @@ final class ScriptHarness: Sendable {
 
 /// Messages received so far, shared with the task that receives them.
 private final class Inbox: Sendable {
-    let messages = Mutex<[(channel: String, payload: String)]>([])
+    let messages = NIOLockedValueBox<[(channel: String, payload: String)]>([])
 }

@@ -1,8 +1,8 @@
 import Foundation
+import NIOConcurrencyHelpers
 import RedisClient
 import RedisServer
 import SignalingClient
-import Synchronization
 import Testing
 
 /// Three `switchboard` processes on one Redis, driven by seeded random interleavings of
@@ -152,28 +152,28 @@ actor ModelClient {
 /// The fleet, the clients, the seeded choices and the record of relays sent.
 final class World: Sendable {
     let nodes: [ExecutableTests.Node]
-    private let random: Mutex<SeededGenerator>
-    private let killed = Mutex<Int?>(nil)
-    private let clients = Mutex<[ModelClient]>([])
+    private let random: NIOLockedValueBox<SeededGenerator>
+    private let killed = NIOLockedValueBox<Int?>(nil)
+    private let clients = NIOLockedValueBox<[ModelClient]>([])
     /// Every relay answered 2xx: sender, receiver, number, receiver's generation when sent.
-    private let relays = Mutex<[(from: String, to: String, n: Int, generation: Int)]>([])
-    private let counters = Mutex<[String: Int]>([:])
+    private let relays = NIOLockedValueBox<[(from: String, to: String, n: Int, generation: Int)]>([])
+    private let counters = NIOLockedValueBox<[String: Int]>([:])
     static let roomNames = ["r0", "r1", "r2"]
 
     init(nodes: [ExecutableTests.Node], seed: UInt64) {
         self.nodes = nodes
-        random = Mutex(SeededGenerator(seed: seed))
+        random = NIOLockedValueBox(SeededGenerator(seed: seed))
     }
 
-    func pick(_ range: Range<Int>) -> Int { random.withLock { Int.random(in: range, using: &$0) } }
-    func chance(_ p: Double) -> Bool { random.withLock { Double.random(in: 0..<1, using: &$0) < p } }
+    func pick(_ range: Range<Int>) -> Int { random.withLockedValue { Int.random(in: range, using: &$0) } }
+    func chance(_ p: Double) -> Bool { random.withLockedValue { Double.random(in: 0..<1, using: &$0) < p } }
 
     func randomLiveNode() -> ExecutableTests.Node? {
-        let live = nodes.indices.filter { $0 != killed.withLock { $0 } }
+        let live = nodes.indices.filter { $0 != killed.withLockedValue { $0 } }
         return live.isEmpty ? nil : nodes[live[pick(0..<live.count)]]
     }
 
-    private func count(_ name: String) { counters.withLock { $0[name, default: 0] += 1 } }
+    private func count(_ name: String) { counters.withLockedValue { $0[name, default: 0] += 1 } }
 
     func run(rounds: Int) async throws {
         for i in 0..<8 {
@@ -182,15 +182,15 @@ final class World: Sendable {
             let stream = try await node.client.connect(token: token)
             let id = (json(await stream.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
             stream.close()
-            clients.withLock { $0.append(ModelClient(name: "c\(i)", token: token, id: id, world: self)) }
+            clients.withLockedValue { $0.append(ModelClient(name: "c\(i)", token: token, id: id, world: self)) }
         }
-        let all = clients.withLock { $0 }
+        let all = clients.withLockedValue { $0 }
         for client in all { await client.open(on: randomLiveNode()!, resume: false) }
         let killRound = pick(rounds / 4..<(3 * rounds / 4))
         for round in 0..<rounds {
             if round == killRound { await killANode() }
             // A few clients act at once, each one thing (a browser does one thing at a time).
-            let actors = random.withLock { all.shuffled(using: &$0) }
+            let actors = random.withLockedValue { all.shuffled(using: &$0) }
             await withTaskGroup(of: Void.self) { group in
                 for client in actors.prefix(1 + pick(0..<4)) {
                     let choice = pick(0..<100)
@@ -224,13 +224,13 @@ final class World: Sendable {
             }
             guard !peers.isEmpty else { return }
             let target = peers[pick(0..<peers.count)]
-            let n = counters.withLock { counters in
+            let n = counters.withLockedValue { counters in
                 counters["relay-n", default: 0] += 1
                 return counters["relay-n"]!
             }
             let generation = await target.generation
             let status = try? await node.client.request(.POST, "/relay/\(target.id)/note", token: client.token, body: "\(n)").status
-            if status == 200 || status == 202 { relays.withLock { $0.append((client.id, target.id, n, generation)) } }
+            if status == 200 || status == 202 { relays.withLockedValue { $0.append((client.id, target.id, n, generation)) } }
         case 75..<87:
             count("drop-and-resume")
             await client.close(forGood: false)
@@ -247,13 +247,13 @@ final class World: Sendable {
 
     private func killANode() async {
         let victim = pick(0..<nodes.count)
-        killed.withLock { $0 = victim }
+        killed.withLockedValue { $0 = victim }
         kill(nodes[victim].process.processIdentifier, SIGKILL)
         count("kill -9")
     }
 
     func closeAll() async {
-        for client in clients.withLock({ $0 }) { await client.close(forGood: true) }
+        for client in clients.withLockedValue({ $0 }) { await client.close(forGood: true) }
     }
 
     struct Report {
@@ -263,7 +263,7 @@ final class World: Sendable {
 
     /// Waits for things to settle, then checks every guarantee.
     func check(redis: RedisClient) async throws -> Report {
-        let all = clients.withLock { $0 }
+        let all = clients.withLockedValue { $0 }
         var report = Report()
         // Settled: each live client's views equal the rooms in Redis (or 15 s pass).
         var attempts = 0
@@ -273,10 +273,10 @@ final class World: Sendable {
             if report.problems.isEmpty || attempts > 75 { break }
             try await Task.sleep(for: .milliseconds(200))
         }
-        let counts = counters.withLock { $0 }.filter { $0.key != "relay-n" }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+        let counts = counters.withLockedValue { $0 }.filter { $0.key != "relay-n" }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
         var resumes = 0
         for client in all { resumes += await client.resumes }
-        report.summary = counts.joined(separator: ", ") + ", resumed \(resumes), relays checked \(relays.withLock { $0.count })"
+        report.summary = counts.joined(separator: ", ") + ", resumed \(resumes), relays checked \(relays.withLockedValue { $0.count })"
         return report
     }
 
@@ -329,7 +329,7 @@ final class World: Sendable {
             }
             let generation = await client.generation
             let live = await client.hasStream
-            for relay in relays.withLock({ $0 }) where relay.to == client.id && relay.generation == generation && live {
+            for relay in relays.withLockedValue({ $0 }) where relay.to == client.id && relay.generation == generation && live {
                 if !(received[relay.from] ?? []).contains(relay.n) {
                     report.problems.append("\(client.name) never got relay \(relay.n) from \(byID[relay.from]?.name ?? relay.from)")
                 }
