@@ -97,6 +97,7 @@ struct SignalingAPI: Sendable {
                 func send(_ events: [StreamEvent]) async throws {
                     var frame = prefix ?? ByteBuffer()
                     prefix = nil
+                    // 24: the framing around each event ("id: ", "event: ", "data: ", newlines), rounded up.
                     frame.reserveCapacity(events.reduce(frame.readableBytes) { $0 + $1.data.readableBytes + $1.id.utf8.count + $1.name.utf8.count + 24 })
                     for event in events { encoder.encode(event, into: &frame) }
                     try await writer.write(frame)
