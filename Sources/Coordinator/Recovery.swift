@@ -24,8 +24,9 @@ extension Coordinator {
                 ["SET", keys.node(nodeID), json, "PX", ttlMilliseconds], ["SET", keys.epoch, candidate, "NX", "GET"],
             ]) else { continue }
             if first {
-                // Streams recorded under this node id by an earlier life of it are gone.
-                await reap(nodeID, keeping: Set(heldStreams.map(\.session)))
+                // Streams recorded under this node id by an earlier life of it are gone. The
+                // node is serving already: the streams it holds are read after Redis's list.
+                await reap(nodeID, keeping: { Set(self.heldStreams.map(\.session)) })
                 first = false
             }
             let current = replies[1].string ?? candidate
@@ -153,14 +154,20 @@ extension Coordinator {
         } while cursor != "0"
     }
 
-    /// Ends every stream Redis records for `node` (but those in `keeping`), exactly as if each
-    /// had closed: the peer leaves its rooms and the remaining members get `remove-peer`.
-    func reap(_ node: String, keeping: Set<String> = []) async {
+    /// Ends every stream Redis records for `node` (but the sessions `keeping` returns), exactly
+    /// as if each had closed: the peer leaves its rooms and the remaining members get
+    /// `remove-peer`.
+    ///
+    /// `keeping` is asked only once Redis has answered: a stream joins the node's open streams
+    /// before it is recorded in Redis, so every live stream Redis lists is in the answer. (Asked
+    /// before, it would miss a stream opened meanwhile and end a live session.)
+    func reap(_ node: String, keeping: () -> Set<String> = { [] }) async {
         guard let entries = try? await redis.send(["SMEMBERS", keys.nodeStreams(node)]).array else { return }
+        let kept = keeping()
         var reaped = 0
         for entry in entries.compactMap(\.string) {
             let parts = entry.split(separator: " ", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let peer = PeerID(parts[0]), !keeping.contains(parts[1]) else { continue }
+            guard parts.count == 2, let peer = PeerID(parts[0]), !kept.contains(parts[1]) else { continue }
             do {
                 try await endSession(parts[1], of: peer)
                 _ = try await redis.send(["SREM", keys.nodeStreams(node), entry])

@@ -81,7 +81,8 @@ struct BadInputTests {
             let response = try await client.request(.init(rawValue: row.method), path, token: token, headers: row.headers, body: row.body)
             #expect(response.status == row.status, "\(row.name): \(response.body)")
             #expect((json(response.body)["error"] as? [String: Any])?["message"] is String, "\(row.name): \(response.body)")
-            #expect(try await fleet.snapshot() == before, "\(row.name) changed Redis")
+            let after = try await fleet.snapshot()
+            #expect(after == before, "\(row.name) changed Redis: \(changes(from: before, to: after))")
             ann.stream.close()
             carol.stream.close()
         }
@@ -98,7 +99,8 @@ struct BadInputTests {
                     #expect(json(response.body)["error"] != nil)
                 }
             }
-            #expect(try await fleet.snapshot() == before)
+            let after = try await fleet.snapshot()
+            #expect(after == before, "\(changes(from: before, to: after))")
         }
     }
 

@@ -66,8 +66,10 @@ struct ExecutableTests {
         let bob = try await second.client.connect(token: bobToken)
         let annID = (json(await ann.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
         let bobID = (json(await bob.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
-        #expect(try await second.client.request(.POST, "/call/join", token: annToken).status == 200)
-        #expect(try await first.client.request(.POST, "/call/join", token: bobToken).status == 200)
+        for (node, token) in [(second, annToken), (first, bobToken)] {
+            let joined = try await node.client.request(.POST, "/call/join", token: token)
+            #expect(joined.status == 200, "\(joined.body)")
+        }
         #expect(json(await nextSignal(ann)?.data ?? "")["offer"] as? Bool == false)
         #expect(json(await nextSignal(bob)?.data ?? "")["offer"] as? Bool == true)
         let relay = try await second.client.request(.POST, "/relay/\(annID)/session-description", token: bobToken, body: #"{"sdp":"x"}"#)
@@ -209,6 +211,58 @@ struct ExecutableTests {
             #expect(await a.terminate() == 0)
             #expect(await c.terminate() == 0)
             return elapsed
+        }
+    }
+
+    /// A node killed and started again under its id before its record expired (so no other
+    /// node cleans up after it): the new life ends the streams of the old one, with
+    /// `remove-peer` to the members left, and keeps the stream a client opens on it at once.
+    @Test func aNodeRestartedUnderItsIdEndsOnlyItsEarlierStreams() async throws {
+        let redisPort = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: redisPort) { server in
+            let flags = ["--redis", "redis://127.0.0.1:\(redisPort)", "--heartbeat-interval", "3"]
+            let a = try Node(arguments: flags + ["--node-id", "a"])
+            let b = try Node(arguments: flags + ["--node-id", "b"])
+            try await a.waitUntilHealthy()
+            try await b.waitUntilHealthy()
+            let annToken = try await a.client.access(username: "ann")
+            let ann = try await a.client.connect(token: annToken)
+            let annID = (json(await ann.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+            let bobToken = try await b.client.access(username: "bob")
+            let bob = try await b.client.connect(token: bobToken)
+            let bobID = (json(await bob.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+            #expect(try await b.client.request(.POST, "/restart/join", token: annToken).status == 200)
+            #expect(try await b.client.request(.POST, "/restart/join", token: bobToken).status == 200)
+            #expect(await nextSignal(bob)?.event == "add-peer")
+
+            kill(a.process.processIdentifier, SIGKILL)
+            ann.close()
+            let again = try Node(arguments: flags + ["--node-id", "a"])
+            try await again.waitUntilHealthy()
+            // Opened while the new life's first heartbeat may be looking for the old streams.
+            let carolToken = try await again.client.access(username: "carol")
+            let carol = try await again.client.connect(token: carolToken)
+            let carolID = (json(await carol.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+            let joined = try await again.client.request(.POST, "/restart/join", token: carolToken)
+            #expect(joined.status == 200, "\(joined.body)")
+
+            // bob hears ann leave (carol's arrival may come first).
+            var removed: [String] = []
+            while removed.isEmpty, let event = await nextSignal(bob, seconds: 15) {
+                if event.event == "remove-peer" { removed.append((json(event.data)["peer"] as? [String: Any])?["id"] as? String ?? "") }
+            }
+            #expect(removed == [annID])
+            let redis = RedisClient(endpoint: try RedisEndpoint(url: server.url))
+            // One more heartbeat of the new life: carol is still there.
+            try await Task.sleep(for: .seconds(3.5))
+            #expect(Set((try await redis.send(["HKEYS", "sb:room:{restart}:members"]).array ?? []).compactMap(\.string)) == [carolID, bobID])
+            #expect((try await redis.send(["SMEMBERS", "sb:node:{a}:streams"]).array ?? []).count == 1)
+            await redis.close()
+            carol.close()
+            bob.close()
+            #expect(await again.terminate() == 0)
+            #expect(await b.terminate() == 0)
+            _ = await a.terminate()
         }
     }
 

@@ -155,6 +155,13 @@ struct Participant: Sendable {
     }
 }
 
+/// What differs between two `Fleet.snapshot()`s, one line per key, for failure messages.
+func changes(from before: [String: String], to after: [String: String]) -> String {
+    Set(before.keys).union(after.keys).sorted().compactMap { key in
+        before[key] == after[key] ? nil : "\(key): \(before[key] ?? "(none)") -> \(after[key] ?? "(none)")"
+    }.joined(separator: "; ")
+}
+
 func json(_ text: String) -> [String: Any] {
     (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
 }
