@@ -54,6 +54,17 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // MARK: Live Redis: the client
+
+    // What RedisClient (shared by every task, reconnecting by itself) adds to a round trip.
+    Benchmark("round trip: PING on RedisClient") { benchmark in
+        for _ in benchmark.scaledIterations { try await Live.redis.send(["PING"]) }
+    }
+
+    Benchmark("round trip: PING on a bare RedisConnection") { benchmark in
+        for _ in benchmark.scaledIterations { try await Live.connection.send(["PING"]) }
+    }
+
     // MARK: Live Redis: join
 
     for size in [2, 10, 100] {
@@ -145,6 +156,7 @@ enum Wire {
 enum Live {
     nonisolated(unsafe) static var server: RedisServerProcess?
     nonisolated(unsafe) static var redis: RedisClient!
+    nonisolated(unsafe) static var connection: RedisConnection!
     nonisolated(unsafe) static var scripts: ScriptRegistry!
     nonisolated(unsafe) static var coordinator: Coordinator!
     static let keys = try! KeySpace(prefix: "sb:")
@@ -156,6 +168,7 @@ enum Live {
         let endpoint = try RedisEndpoint(url: server.url)
         self.server = server
         redis = RedisClient(endpoint: endpoint)
+        connection = try await RedisConnection.connect(to: endpoint)
         scripts = ScriptRegistry(redis: redis)
         try await scripts.loadAll()
         coordinator = Coordinator(redis: redis, keys: keys, nodeID: "bench")
@@ -169,6 +182,7 @@ enum Live {
 
     static func stop() async {
         await redis?.close()
+        await connection?.close()
         await server?.stop()
         server = nil
     }

@@ -62,10 +62,10 @@ public final class RedisClient: Sendable {
 
     /// The live connection, opening a new one if there is none and the back-off allows.
     public func connection() async throws -> RedisConnection {
-        let task: Task<RedisConnection, Error> = try state.withLockedValue { state in
-            if let connection = state.connection, connection.isActive { return Task { connection } }
+        let next: Next = try state.withLockedValue { state in
+            if let connection = state.connection, connection.isActive { return .open(connection) }
             if state.closed { throw RedisConnectionError.connectionClosed }
-            if let connecting = state.connecting { return connecting }
+            if let connecting = state.connecting { return .opening(connecting) }
             let now = NIODeadline.now()
             guard now >= state.nextAttempt else {
                 let wait = (state.nextAttempt - now).nanoseconds / 1_000_000
@@ -73,9 +73,19 @@ public final class RedisClient: Sendable {
             }
             let task = Task { try await self.open() }
             state.connecting = task
-            return task
+            return .opening(task)
         }
-        return try await task.value
+        switch next {
+        case .open(let connection): return connection
+        case .opening(let task): return try await task.value
+        }
+    }
+
+    /// What a command waits for: the open connection (the common case: no task, no wait), or
+    /// the one attempt to open one that every caller shares.
+    private enum Next {
+        case open(RedisConnection)
+        case opening(Task<RedisConnection, Error>)
     }
 
     private func open() async throws -> RedisConnection {

@@ -56,7 +56,10 @@ struct LimitsTests {
             #expect(try await client.request(.POST, "/r2/join", token: ann.token).status == 200)
             let limited = try await client.request(.POST, "/r3/join", token: ann.token)
             #expect(limited.status == 429)
-            #expect(limited.headers["Retry-After"].first == "100")
+            // A token takes 100 s; what refilled since ann's first join (a second or so on a
+            // busy machine) takes a little off.
+            let retryAfter = Int(limited.headers["Retry-After"].first ?? "") ?? 0
+            #expect((90...100).contains(retryAfter), "Retry-After: \(retryAfter)")
             #expect(try await fleet.keys(matching: "sb:room:{r3}*") == [])
 
             var statuses: [Int] = []
