@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
 import ServiceLifecycle
@@ -64,9 +65,12 @@ struct SignalingAPI: Sendable {
         guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
             throw APIError.notEventStream
         }
-        // A stream cut off because its reader fell behind may have a write stuck on a client
-        // that stopped reading: closing the connection frees it, and the clean-up below runs.
+        // A stream the node ends may have a write stuck on a client that stopped reading:
+        // closing the connection frees it, and the clean-up below runs. A stream cut off for
+        // falling behind is closed at once; a replaced one once its final event has had
+        // `replacedStreamDeadline` to go out.
         let connection = context.channel
+        let replacedCloser = NIOLockedValueBox<Scheduled<Void>?>(nil)
         var lastEvent: EventCursor?
         if let text = request.headers[HTTPField.Name("Last-Event-ID")!], !text.isEmpty {
             guard let cursor = EventCursor(lastEventID: text) else {
@@ -76,7 +80,15 @@ struct SignalingAPI: Sendable {
         }
         let stream = try await withRedis {
             try await coordinator.openStream(for: user, resumingAfter: lastEvent) { reason in
-                if reason == .tooSlow { connection.close(promise: nil) }
+                switch reason {
+                case .tooSlow:
+                    connection.close(promise: nil)
+                case .replaced:
+                    let close = connection.eventLoop.scheduleTask(in: Self.replacedStreamDeadline) { connection.close(promise: nil) }
+                    replacedCloser.withLockedValue { $0 = close }
+                case .closed:
+                    break
+                }
             }
         }
         context.logger.info("stream opened", metadata: ["peer": "\(user.id)", "resuming": "\(lastEvent != nil)"])
@@ -125,8 +137,14 @@ struct SignalingAPI: Sendable {
                 }
                 await coordinator.closeStream(stream)
                 try? await writer.finish(nil)
+                // Finished in time: the connection may serve the client's next request.
+                replacedCloser.withLockedValue { $0?.cancel() }
             })
     }
+
+    /// How long a replaced stream's final `replaced` event may take to reach a client before
+    /// the node closes the connection.
+    static let replacedStreamDeadline = TimeAmount.seconds(5)
 
     private static let replacedEvent = StreamEvent(
         name: "replaced", data: ByteBuffer(string: #"{"reason":"another stream of this peer opened"}"#))

@@ -30,14 +30,15 @@ final class Fleet: Sendable {
         nodes count: Int,
         configuration: NodeConfiguration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0),
         limits: Coordinator.RoomLimits = .init(),
+        streamLimits: PeerStream.Limits = .init(),
         gracePeriod: Duration = .zero,
         heartbeatInterval: Duration = .seconds(3),
         _ body: (Fleet) async throws -> Void
     ) async throws {
         try await RedisServerProcess.with { server in
             let fleet = try await Fleet(
-                redisServer: server, nodes: count, configuration: configuration, limits: limits, gracePeriod: gracePeriod,
-                heartbeatInterval: heartbeatInterval)
+                redisServer: server, nodes: count, configuration: configuration, limits: limits, streamLimits: streamLimits,
+                gracePeriod: gracePeriod, heartbeatInterval: heartbeatInterval)
             do {
                 try await body(fleet)
                 await fleet.stop()
@@ -50,7 +51,7 @@ final class Fleet: Sendable {
 
     private init(
         redisServer: RedisServerProcess, nodes count: Int, configuration: NodeConfiguration, limits: Coordinator.RoomLimits,
-        gracePeriod: Duration, heartbeatInterval: Duration
+        streamLimits: PeerStream.Limits, gracePeriod: Duration, heartbeatInterval: Duration
     ) async throws {
         self.redisServer = redisServer
         let endpoint = try RedisEndpoint(url: redisServer.url)
@@ -65,7 +66,7 @@ final class Fleet: Sendable {
             let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
             let coordinator = Coordinator(
                 redis: RedisClient(endpoint: endpoint, logger: logger, onConnectionEvent: metrics.redisConnectionEvent),
-                keys: try KeySpace(prefix: "sb:"), nodeID: id, heartbeatInterval: heartbeatInterval, gracePeriod: gracePeriod, limits: limits,
+                keys: try KeySpace(prefix: "sb:"), nodeID: id, streamLimits: streamLimits, heartbeatInterval: heartbeatInterval, gracePeriod: gracePeriod, limits: limits,
                 metrics: metrics, logger: logger)
             let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
             let app = SignalingServer.makeApplication(

@@ -68,6 +68,49 @@ struct SlowClientTests {
         }
     }
 
+    /// A stream replaced by a newer one while a write to its client is stuck (the client
+    /// stopped reading): its final `replaced` event cannot go out, so the node closes the
+    /// connection after `replacedStreamDeadline` rather than keep it until the client goes.
+    @Test func aReplacedStreamWhoseClientStoppedReadingIsClosed() async throws {
+        // A queue far larger than the socket buffers: the write gets stuck, but the stream is
+        // never cut off for falling behind.
+        try await Fleet.with(nodes: 1, streamLimits: .init(maxQueuedEvents: 100_000, maxQueuedBytes: 256 << 20)) { fleet in
+            let client = fleet.client(0)
+            let sender = try await Participant.connect("sender", fleet: fleet, node: 0)
+            let token = try await client.access(username: "sleepy")
+            let fd = try Self.openUnreadStream(port: fleet.nodes[0].port, token: token)
+            defer { close(fd) }
+            let scrape = { try await client.request(.GET, "/metrics").body }
+            let open = { OperationsTests.sample(try await scrape(), "switchboard_streams_open") }
+            #expect(try await fleet.eventually { try await open() == 2 })
+            _ = try await client.request(.POST, "/replaced/join", token: sender.token)
+            _ = try await client.request(.POST, "/replaced/join", token: token)
+            let sleepy = try await Self.peerID(token: token, fleet: fleet)
+            // 16 MB of relays: more than the loopback socket buffers hold.
+            let payload = #"{"sdp":""# + String(repeating: "x", count: 40_000) + #""}"#
+            for _ in 0..<400 {
+                let status = try await client.request(.POST, "/relay/\(sleepy)/offer", token: sender.token, body: payload).status
+                #expect(status == 200)
+            }
+
+            // The peer opens a new stream (a second tab, or its browser gave up on the first).
+            let second = try await client.connect(token: token)
+            #expect(await second.next()?.event == "connected")
+            let opened = ContinuousClock.now
+            #expect(try await fleet.eventually(seconds: 15) { try await open() == 2 })
+            print("replaced stream whose client stopped reading: gone \(ContinuousClock.now - opened) after the new one opened")
+            #expect(OperationsTests.sample(try await scrape(), "switchboard_slow_clients_dropped_total") == 0)
+            // The new stream is the peer's (a fresh session: it joins again): relays reach it.
+            #expect(try await client.request(.POST, "/replaced/join", token: token).status == 200)
+            #expect(try await client.request(.POST, "/relay/\(sleepy)/hello", token: sender.token, body: "{}").status == 200)
+            var last: ServerSentEvent?
+            repeat { last = await nextSignal(second) } while last != nil && last?.event != "hello"
+            #expect(last?.event == "hello")
+            second.close()
+            sender.stream.close()
+        }
+    }
+
     static func peerID(token: String, fleet: Fleet) async throws -> String {
         let payload = try #require(Data(base64URL: String(token.split(separator: ".")[1])))
         return (try JSONSerialization.jsonObject(with: payload) as? [String: Any])?["id"] as? String ?? ""
