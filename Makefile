@@ -31,9 +31,9 @@ run: deps
 # (each starts its own redis-server in a temporary directory), then two real browsers.
 test: test-swift test-browser
 
-# About one full run in seven on this 2-core machine stalls: the test process stops with every
-# thread idle and no test finishing (not yet explained; see the README's known limits). A run
-# takes about 2 minutes, so one that passes 10 is stopped and the suite runs once more.
+# A full run on a 2-core machine once stalled now and then: the test process stopped with every
+# thread idle and no test finishing (never explained; see the README's known limits). A run
+# takes 2-4 minutes, so one that passes 10 is stopped and the suite runs once more.
 test-swift: deps
 	swift build --build-tests
 	@timeout -s KILL 600 swift test --skip-build || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 137 ] || exit $$rc; \
