@@ -374,17 +374,18 @@ struct ScriptTests {
                 "redis-cli", "-s", h.server.socketPath, "--eval", lua.standardizedFileURL.path,
                 "sb:room:{demo}:members", "sb:room:{demo}:log", ",", "demo", "ann", user("ann"), "sb:to:", "100", "1000", "70000",
             ]
-            let output = Pipe()
-            process.standardOutput = output
+            // Output to a file and an exit awaited by polling: a blocking read or wait would
+            // hold one of the few threads every test in this process shares.
+            let output = h.server.directory.appendingPathComponent("redis-cli.out")
+            _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+            process.standardOutput = try FileHandle(forWritingTo: output)
             try process.run()
-            let pid = process.processIdentifier
-            let watchdog = Task {
-                try await Task.sleep(for: .seconds(30))
-                kill(pid, SIGKILL)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while process.isRunning {
+                if ContinuousClock.now > deadline { kill(process.processIdentifier, SIGKILL) }
+                try await Task.sleep(for: .milliseconds(20))
             }
-            defer { watchdog.cancel() }
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
+            let text = try String(contentsOf: output, encoding: .utf8)
             #expect(text.trimmingCharacters(in: .whitespacesAndNewlines) == "0")  // redis-cli prints bare values when not on a terminal
             #expect(try await h.hash("sb:room:{demo}:members") == ["ann": user("ann")])
         }

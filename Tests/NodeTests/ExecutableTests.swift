@@ -112,11 +112,11 @@ struct ExecutableTests {
             try await a.waitUntilHealthy()
             try await b.waitUntilHealthy()
             let nodes = ["--node", "http://127.0.0.1:\(a.port)", "--node", "http://127.0.0.1:\(b.port)", "--json"]
-            let storm = try Self.runLoadTool(["storm", "--clients", "12", "--rounds", "3"] + nodes)
+            let storm = try await Self.runLoadTool(["storm", "--clients", "12", "--rounds", "3"] + nodes)
             #expect(storm?["pairs"] as? Int == 3 * 12 * 11 / 2)
             #expect(storm?["misses"] as? Int == 0)
             #expect(storm?["duplicates"] as? Int == 0)
-            let relay = try Self.runLoadTool(["relay", "--pairs", "4", "--duration", "1"] + nodes)
+            let relay = try await Self.runLoadTool(["relay", "--pairs", "4", "--duration", "1"] + nodes)
             #expect((relay?["delivered"] as? Int ?? 0) > 0)
             #expect(relay?["delivered"] as? Int == relay?["sent"] as? Int)
             #expect(relay?["lost"] as? Int == 0)
@@ -127,24 +127,25 @@ struct ExecutableTests {
     }
 
     /// Runs `switchboard-load` with `--json` and returns its one result row.
-    static func runLoadTool(_ arguments: [String]) throws -> [String: Any]? {
+    static func runLoadTool(_ arguments: [String]) async throws -> [String: Any]? {
         let process = Process()
         process.executableURL = binary.deletingLastPathComponent().appendingPathComponent("switchboard-load")
         process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
+        // Output to a file and an exit awaited by polling: a blocking read or wait would hold
+        // one of the few threads every test in this process shares.
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-load-\(UUID().uuidString).json")
+        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: output) }
+        process.standardOutput = try FileHandle(forWritingTo: output)
         process.standardError = FileHandle.nullDevice
         try process.run()
         // A hung load tool must fail this test, not hang the whole run.
-        let pid = process.processIdentifier
-        let watchdog = Task {
-            try await Task.sleep(for: .seconds(60))
-            kill(pid, SIGKILL)
+        let deadline = ContinuousClock.now + .seconds(60)
+        while process.isRunning {
+            if ContinuousClock.now > deadline { kill(process.processIdentifier, SIGKILL) }
+            try await Task.sleep(for: .milliseconds(50))
         }
-        defer { watchdog.cancel() }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let report = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        let report = try JSONSerialization.jsonObject(with: try Data(contentsOf: output)) as? [String: Any]
         return (report?["results"] as? [[String: Any]])?.first
     }
 
