@@ -267,6 +267,28 @@ struct ExecutableTests {
         }
     }
 
+    /// Redis goes first, then the node is asked to stop while it holds streams: it still exits,
+    /// and with status 0 (a node once hung here with its connections in CLOSE-WAIT).
+    @Test func aNodeWhoseRedisIsGoneStillStopsCleanly() async throws {
+        let redisPort = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: redisPort) { server in
+            let node = try Node(arguments: ["--redis", "redis://127.0.0.1:\(redisPort)"])
+            try await node.waitUntilHealthy()
+            var streams: [EventStream] = []  // ann, bob, carol
+            for name in ["ann", "bob", "carol"] {
+                let stream = try await node.client.connect(token: try await node.client.access(username: name))
+                #expect(await stream.next()?.event == "connected")
+                streams.append(stream)
+            }
+            await server.kill()
+            // One client goes away while Redis is down (its clean-up cannot run); two stay.
+            streams[0].close()
+            #expect(try await node.client.request(.POST, "/r/join", token: try await node.client.access(username: "bob")).status == 503)
+            #expect(await node.terminate() == 0)
+            streams.forEach { $0.close() }
+        }
+    }
+
     /// A node's memory with many streams of which a tenth stop reading while relays keep
     /// coming: the silent ones are cut off once their queues fill, and a second wave of silent
     /// streams finds the memory the first one left. CI runs 100 streams; the README's figure:
