@@ -26,23 +26,43 @@ struct SlowClientTests {
         return fd
     }
 
+    /// A sender with a stream and a silent peer whose stream is open on a socket nobody reads
+    /// (`openUnreadStream`), both in `room` on node 0. Close `socket` when done.
+    struct SilentPeer {
+        let sender: Participant
+        let token: String
+        let id: String
+        let socket: Int32
+    }
+
+    static func silentPeer(in room: String, fleet: Fleet) async throws -> SilentPeer {
+        let client = fleet.client(0)
+        let sender = try await Participant.connect("sender", fleet: fleet, node: 0)
+        let token = try await client.access(username: "sleepy")
+        let socket = try openUnreadStream(port: fleet.nodes[0].port, token: token)
+        #expect(try await fleet.eventually { try await metric("switchboard_streams_open", fleet: fleet) == 2 })
+        _ = try await client.request(.POST, "/\(room)/join", token: sender.token)
+        _ = try await client.request(.POST, "/\(room)/join", token: token)
+        return SilentPeer(sender: sender, token: token, id: try await peerID(token: token, fleet: fleet), socket: socket)
+    }
+
+    /// One series of node 0's `/metrics`.
+    static func metric(_ series: String, fleet: Fleet) async throws -> Double? {
+        OperationsTests.sample(try await fleet.client(0).request(.GET, "/metrics").body, series)
+    }
+
     @Test func isCutOffAndCounted() async throws {
         try await Fleet.with(nodes: 1) { fleet in
             let client = fleet.client(0)
-            let sender = try await Participant.connect("sender", fleet: fleet, node: 0)
-            let token = try await client.access(username: "sleepy")
-            let fd = try Self.openUnreadStream(port: fleet.nodes[0].port, token: token)
+            let silent = try await Self.silentPeer(in: "slow", fleet: fleet)
+            let (sender, sleepy, fd) = (silent.sender, silent.id, silent.socket)
             defer { close(fd) }
             let scrape = { try await client.request(.GET, "/metrics").body }
-            #expect(try await fleet.eventually { OperationsTests.sample(try await scrape(), "switchboard_streams_open") == 2 })
-            _ = try await client.request(.POST, "/slow/join", token: sender.token)
-            _ = try await client.request(.POST, "/slow/join", token: token)
 
             // 40 KB relays: the socket buffers fill, the write to the socket blocks, the stream's
             // 1 MiB queue fills, and the node cuts the stream off and closes its connection
             // (before that fix, a write stuck on the silent client kept the stream forever).
             let payload = #"{"sdp":""# + String(repeating: "x", count: 40_000) + #""}"#
-            let sleepy = try await Self.peerID(token: token, fleet: fleet)
             // The stream is live: a first relay reaches the socket.
             #expect(try await client.request(.POST, "/relay/\(sleepy)/probe", token: sender.token, body: "{}").status == 200)
             var received = 0
@@ -76,16 +96,10 @@ struct SlowClientTests {
         // never cut off for falling behind.
         try await Fleet.with(nodes: 1, streamLimits: .init(maxQueuedEvents: 100_000, maxQueuedBytes: 256 << 20)) { fleet in
             let client = fleet.client(0)
-            let sender = try await Participant.connect("sender", fleet: fleet, node: 0)
-            let token = try await client.access(username: "sleepy")
-            let fd = try Self.openUnreadStream(port: fleet.nodes[0].port, token: token)
-            defer { close(fd) }
-            let scrape = { try await client.request(.GET, "/metrics").body }
-            let open = { OperationsTests.sample(try await scrape(), "switchboard_streams_open") }
-            #expect(try await fleet.eventually { try await open() == 2 })
-            _ = try await client.request(.POST, "/replaced/join", token: sender.token)
-            _ = try await client.request(.POST, "/replaced/join", token: token)
-            let sleepy = try await Self.peerID(token: token, fleet: fleet)
+            let silent = try await Self.silentPeer(in: "replaced", fleet: fleet)
+            let (sender, token, sleepy) = (silent.sender, silent.token, silent.id)
+            defer { close(silent.socket) }
+            let open = { try await Self.metric("switchboard_streams_open", fleet: fleet) }
             // 16 MB of relays: more than the loopback socket buffers hold.
             let payload = #"{"sdp":""# + String(repeating: "x", count: 40_000) + #""}"#
             for _ in 0..<400 {
@@ -99,7 +113,7 @@ struct SlowClientTests {
             let opened = ContinuousClock.now
             #expect(try await fleet.eventually(seconds: 15) { try await open() == 2 })
             print("replaced stream whose client stopped reading: gone \(ContinuousClock.now - opened) after the new one opened")
-            #expect(OperationsTests.sample(try await scrape(), "switchboard_slow_clients_dropped_total") == 0)
+            #expect(try await Self.metric("switchboard_slow_clients_dropped_total", fleet: fleet) == 0)
             // The new stream is the peer's (a fresh session: it joins again): relays reach it.
             #expect(try await client.request(.POST, "/replaced/join", token: token).status == 200)
             #expect(try await client.request(.POST, "/relay/\(sleepy)/hello", token: sender.token, body: "{}").status == 200)

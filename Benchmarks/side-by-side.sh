@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Two builds of Switchboard side by side, to see what a change does end to end: each build
+# gets two nodes on a redis-server of its own, and the load tool's join and relay runs go to
+# one build, then the other, ROUNDS times (default 2), so both see the same machine.
+#   git worktree add /tmp/before <commit> && (cd /tmp/before && swift build -c release --product switchboard)
+#   swift build -c release
+#   Benchmarks/side-by-side.sh /tmp/before/.build/release .build/release
+# The load tool is taken from the second folder.
+set -euo pipefail
+
+[ $# -eq 2 ] || { echo "usage: $0 BEFORE_BIN_DIR AFTER_BIN_DIR (folders holding a switchboard binary)" >&2; exit 2; }
+BINS=("$1" "$2")
+NAMES=(before after)
+for bin in "${BINS[@]}"; do [ -x "$bin/switchboard" ] || { echo "no switchboard in $bin" >&2; exit 2; }; done
+LOAD="$2/switchboard-load"
+[ -x "$LOAD" ] || { echo "no switchboard-load in $2: swift build -c release --product switchboard-load" >&2; exit 2; }
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-5}
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+export SWITCHBOARD_TOKEN_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export SWITCHBOARD_LOG_LEVEL=error
+# The load itself would trip the per-peer rate limits.
+export SWITCHBOARD_RELAY_RATE=0 SWITCHBOARD_JOIN_RATE=0
+for i in 0 1; do
+  mkdir -p "$WORK/$i"
+  redis-server --port $((16391 + i)) --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/$i" --logfile "$WORK/$i/redis.log" &
+  PIDS+=($!)
+done
+sleep 0.5
+for i in 0 1; do
+  for n in 1 2; do
+    "${BINS[$i]}/switchboard" serve --port $((18100 + 100 * i + n)) --redis redis://127.0.0.1:$((16391 + i)) --node-id "${NAMES[$i]}$n" &
+    PIDS+=($!)
+  done
+done
+sleep 1
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+for round in $(seq 1 "$ROUNDS"); do
+  for i in 0 1; do
+    echo "== round $round: ${NAMES[$i]} (${BINS[$i]})"
+    NODES=(--node http://127.0.0.1:$((18101 + 100 * i)) --node http://127.0.0.1:$((18102 + 100 * i)))
+    "$LOAD" join "${NODES[@]}" --sizes 2,10,100 --repetitions 50 2>/dev/null
+    "$LOAD" relay "${NODES[@]}" --pairs 16 --duration "$DURATION" 2>/dev/null
+  done
+done
