@@ -246,7 +246,7 @@ public final class Coordinator: Service, Sendable {
         func start(resumed: Bool, replay: [RoutedEvent] = [], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil) {
             let released = stream.start(
                 connected: connectedEvent(stream, resumed: resumed), replay: replay, cursor: cursor, rooms: rooms,
-                stillLive: { continuity.losses == losses })
+                stillLive: { continuity.unbroken(since: losses) })
             if !released { catchUp.trigger() }
         }
         if let lastEvent {

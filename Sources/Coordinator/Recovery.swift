@@ -85,7 +85,7 @@ extension Coordinator {
     /// keep holding, and the catch-up that follows the next resubscription reads on.
     func catchUpStreams() async {
         guard let losses = continuity.liveSince else { return }
-        let stillLive = { self.continuity.losses == losses }
+        let stillLive = { self.continuity.unbroken(since: losses) }
         let streams = localStreams.all.filter(\.isStarted)
         var caughtUp = 0
         for stream in streams {
@@ -227,6 +227,9 @@ final class SubscriptionContinuity: Sendable {
     func resubscribed() { state.withLockedValue { $0.recoveredFrom = $0.losses } }
 
     var losses: Int { state.withLockedValue { $0.losses } }
+
+    /// Whether the subscription has not been lost since `losses` was read.
+    func unbroken(since losses: Int) -> Bool { self.losses == losses }
 
     /// The number of losses so far if the subscription has come back from the last one; nil
     /// while it is down.

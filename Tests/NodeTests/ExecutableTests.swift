@@ -64,8 +64,8 @@ struct ExecutableTests {
         let bobToken = try await second.client.access(username: "bob")
         let ann = try await first.client.connect(token: annToken)
         let bob = try await second.client.connect(token: bobToken)
-        let annID = (json(await ann.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
-        let bobID = (json(await bob.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+        let annID = await connectedPeerID(ann)
+        let bobID = await connectedPeerID(bob)
         for (node, token) in [(second, annToken), (first, bobToken)] {
             let joined = try await node.client.request(.POST, "/call/join", token: token)
             #expect(joined.status == 200, "\(joined.body)")
@@ -179,7 +179,7 @@ struct ExecutableTests {
             for (index, node) in [a, b, c].enumerated() {
                 let token = try await node.client.access(username: "user\(index)")
                 let stream = try await node.client.connect(token: token)
-                ids.append((json(await stream.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? "")
+                ids.append(await connectedPeerID(stream))
                 streams.append(stream)
                 tokens.append(token)
                 #expect(try await a.client.request(.POST, "/crash/join", token: token).status == 200)
@@ -228,10 +228,10 @@ struct ExecutableTests {
             try await b.waitUntilHealthy()
             let annToken = try await a.client.access(username: "ann")
             let ann = try await a.client.connect(token: annToken)
-            let annID = (json(await ann.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+            let annID = await connectedPeerID(ann)
             let bobToken = try await b.client.access(username: "bob")
             let bob = try await b.client.connect(token: bobToken)
-            let bobID = (json(await bob.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+            let bobID = await connectedPeerID(bob)
             #expect(try await b.client.request(.POST, "/restart/join", token: annToken).status == 200)
             #expect(try await b.client.request(.POST, "/restart/join", token: bobToken).status == 200)
             #expect(await nextSignal(bob)?.event == "add-peer")
@@ -243,7 +243,7 @@ struct ExecutableTests {
             // Opened while the new life's first heartbeat may be looking for the old streams.
             let carolToken = try await again.client.access(username: "carol")
             let carol = try await again.client.connect(token: carolToken)
-            let carolID = (json(await carol.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+            let carolID = await connectedPeerID(carol)
             let joined = try await again.client.request(.POST, "/restart/join", token: carolToken)
             #expect(joined.status == 200, "\(joined.body)")
 

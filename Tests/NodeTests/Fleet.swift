@@ -163,6 +163,12 @@ func changes(from before: [String: String], to after: [String: String]) -> Strin
     }.joined(separator: "; ")
 }
 
+/// Reads a stream's first event, `connected {"user": …}`, and returns the peer id in it ("" if
+/// it is not there).
+func connectedPeerID(_ stream: EventStream) async -> String {
+    (json(await stream.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+}
+
 func json(_ text: String) -> [String: Any] {
     (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
 }

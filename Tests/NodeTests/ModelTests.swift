@@ -180,7 +180,7 @@ final class World: Sendable {
             let node = nodes[i % nodes.count]
             let token = try await node.client.access(username: "c\(i)")
             let stream = try await node.client.connect(token: token)
-            let id = (json(await stream.next()?.data ?? "")["user"] as? [String: Any])?["id"] as? String ?? ""
+            let id = await connectedPeerID(stream)
             stream.close()
             clients.withLockedValue { $0.append(ModelClient(name: "c\(i)", token: token, id: id, world: self)) }
         }
