@@ -34,10 +34,13 @@ public final class Coordinator: Service, Sendable {
     let unfinished = NIOLockedValueBox<[String: PeerStream]>([:])
     private let reportedFailures = NIOLockedValueBox<Set<String>>([])
     let reassertions = Reassertions()
-    /// The `epoch` value Redis held at the last heartbeat.
+    /// The `epoch` value Redis held when this node last looked (see `observeEpoch`).
     let epoch = NIOLockedValueBox<String?>(nil)
+    var knownEpoch: String? { epoch.withLockedValue { $0 } }
+    /// Requests to compare Redis's epoch with the known one now, rather than at the next heartbeat.
+    let epochCheck = CoalescedRequests()
     let probe = SubscriptionProbe()
-    let catchUp: CatchUp
+    let catchUp: CoalescedRequests
     let continuity = SubscriptionContinuity()
     /// The last two arguments of every script that writes an event log: entries kept, and
     /// milliseconds kept after the last write (the grace period plus a minute for readers
@@ -48,11 +51,33 @@ public final class Coordinator: Service, Sendable {
     /// data: every other node notices within one heartbeat, and puts back what it holds.
     var recoveryWindow: Duration { heartbeatInterval * 3 / 2 }
 
-    /// Throws "unavailable" (503 at the API) while the nodes put things back after Redis lost
-    /// its data.
-    private func refuseWhileRecovering(_ recovering: RESPValue? = nil) async throws {
-        let flag = if let recovering { recovering } else { try await redis.send(["EXISTS", keys.recovering]) }
-        if flag.int == 1 { throw RedisConnectionError.unavailable(retryAfterMilliseconds: Int(recoveryWindow.inMilliseconds)) }
+    /// How long a join or leave waits through a Redis outage (a reconnect in progress) or the
+    /// recovery window before it is refused with 503: a client that joins once, on `connected`,
+    /// is never refused for a loss the nodes are already putting right.
+    public var membershipWait: Duration { recoveryWindow + .seconds(2) }
+
+    /// Commands whose replies `refuseWhileRecovering(_:knownEpoch:)` reads, to send along with
+    /// others in one round trip.
+    var recoveryChecks: [[String]] { [["PTTL", keys.recovering], ["GET", keys.epoch]] }
+
+    /// Throws "unavailable" while the nodes put back what they hold after Redis lost its data:
+    /// the recovery window is open, or Redis holds another epoch than `knownEpoch` (read before
+    /// the checks were sent), a loss no node may have acted on yet. This node then starts the
+    /// recovery, and the caller waits for the window it opens.
+    func refuseWhileRecovering(_ replies: ArraySlice<RESPValue>, knownEpoch: String?) throws {
+        let (window, current) = (replies[replies.startIndex], replies[replies.startIndex + 1])
+        if let knownEpoch, current.string != knownEpoch {
+            epochCheck.trigger()
+            throw RedisConnectionError.unavailable(retryAfterMilliseconds: 100)
+        }
+        if let remaining = window.int, remaining > 0 {
+            throw RedisConnectionError.unavailable(retryAfterMilliseconds: remaining)
+        }
+    }
+
+    func refuseWhileRecovering() async throws {
+        let known = knownEpoch
+        try refuseWhileRecovering(try await redis.pipeline(recoveryChecks)[...], knownEpoch: known)
     }
 
     /// Entries kept in each event log (approximately: Redis trims whole blocks).
@@ -100,7 +125,7 @@ public final class Coordinator: Service, Sendable {
         // Messages are routed on the subscriber's event loop, straight into the streams' queues.
         let probeChannel = keys.nodeProbe(nodeID)
         let probe = probe
-        let catchingUp = CatchUp()
+        let catchingUp = CoalescedRequests()
         self.catchUp = catchingUp
         let continuity = continuity
         self.subscriber = RedisSubscriber(
@@ -138,6 +163,12 @@ public final class Coordinator: Service, Sendable {
                     for await _ in self.catchUp.requests { await self.catchUpStreams() }
                 }
             }
+            group.addTask {
+                await cancelWhenGracefulShutdown {
+                    for await _ in self.epochCheck.requests { await self.checkEpoch() }
+                }
+            }
+            group.addTask { await cancelWhenGracefulShutdown { await self.gracePeriods.run { await self.endSession(of: $0) } } }
             await cancelWhenGracefulShutdown { await self.subscriber.run() }
             group.cancelAll()
         }
@@ -325,7 +356,7 @@ public final class Coordinator: Service, Sendable {
         // node always answers for it (see `heldStreams`).
         let waits = gracePeriod > .zero && stream.endReason != .replaced
         if waits {
-            gracePeriods.wait(for: stream) { await self.endSession(of: stream) }
+            gracePeriods.wait(for: stream)
         } else {
             unfinished.withLockedValue { $0[stream.session] = stream }
         }
@@ -416,16 +447,23 @@ public final class Coordinator: Service, Sendable {
     public struct TooManyRooms: Error, Sendable {}
 
     /// Adds the peer to the room: it gets `add-peer` (offer: true) for every member and every
-    /// member gets `add-peer` (offer: false) for it.
+    /// member gets `add-peer` (offer: false) for it. Waits up to `membershipWait` through a
+    /// Redis outage or recovery before it gives up with `RedisConnectionError`.
     public func join(_ user: PeerUser, room: RoomID) async throws -> JoinOutcome {
+        // Safe to repeat: a join that did reach Redis before its reply was lost comes back
+        // as `alreadyMember`.
+        try await Outage.retrying(until: .now + membershipWait) { try await joinOnce(user, room: room) }
+    }
+
+    private func joinOnce(_ user: PeerUser, room: RoomID) async throws -> JoinOutcome {
         let peer = user.id
         let (maxSize, maxRooms) = (String(limits.maxRoomSize), String(limits.maxRoomsPerPeer))
         // Refuse early what would be refused anyway, so members see no add-peer/remove-peer flicker.
+        let known = knownEpoch
         let checks = try await redis.pipeline([
             ["EXISTS", keys.peer(peer)], ["SCARD", keys.peerRooms(peer)], ["SISMEMBER", keys.peerRooms(peer), room.rawValue],
-            ["EXISTS", keys.recovering],
-        ])
-        try await refuseWhileRecovering(checks[3])
+        ] + recoveryChecks)
+        try refuseWhileRecovering(checks[3...], knownEpoch: known)
         guard checks[0].int == 1 else {
             metrics.joined("no_stream")
             throw NoOpenStream()
@@ -465,11 +503,14 @@ public final class Coordinator: Service, Sendable {
     }
 
     /// Takes the peer out of the room: every remaining member gets `remove-peer` for it, and
-    /// it gets `remove-peer` for each of them. Returns false if it was not a member.
+    /// it gets `remove-peer` for each of them. Returns false if it was not a member. Waits
+    /// through an outage as `join` does.
     @discardableResult
     public func leave(_ user: PeerUser, room: RoomID) async throws -> Bool {
-        try await refuseWhileRecovering()
-        let left = try await leaveRoom(room, peer: user.id, tellLeaver: true)
+        let left = try await Outage.retrying(until: .now + membershipWait) {
+            try await refuseWhileRecovering()
+            return try await leaveRoom(room, peer: user.id, tellLeaver: true)
+        }
         metrics.left(left ? "left" : "not_member")
         return left
     }

@@ -51,7 +51,7 @@ public final class NodeMetrics: Sendable {
     public func refused(_ limit: String) { counter("switchboard_refused_total", "limit", limit).increment() }
     /// How a stream that came with `Last-Event-ID` started: `resumed`, `expired` (no session
     /// left) or `incomplete` (the logs no longer held everything missed).
-    func resumed(_ result: String) { counter("switchboard_resumes_total", "result", result).increment() }
+    public func resumed(_ result: String) { counter("switchboard_resumes_total", "result", result).increment() }
     func relayed(_ result: String) { counter("switchboard_relays_total", "result", result).increment() }
 
     func scriptDuration(_ script: String, since start: ContinuousClock.Instant) {

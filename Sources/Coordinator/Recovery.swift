@@ -29,27 +29,49 @@ extension Coordinator {
                 await reap(nodeID, keeping: { Set(self.heldStreams.map(\.session)) })
                 first = false
             }
-            let current = replies[1].string ?? candidate
-            let known = epoch.withLockedValue { known in
-                defer { known = current }
-                return known
-            }
-            if let known, known != current {
-                // Every node notices within one heartbeat: membership changes wait until all
-                // have put back what they hold.
-                _ = try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])
-                await reassertSessions()
-            }
+            await observeEpoch(replies[1].string ?? candidate)
             for stream in unfinished.withLockedValue({ Array($0.values) }) { await endSession(of: stream) }
             await checkSubscription()
             await reapDeadNodes()
         } while (try? await Task.sleep(for: heartbeatInterval)) != nil
     }
 
+    /// Reads Redis's epoch now (making one if it has none), for a join or leave that found it
+    /// changed before this node's heartbeat did.
+    func checkEpoch() async {
+        let candidate = UUID().uuidString
+        guard let reply = try? await redis.send(["SET", keys.epoch, candidate, "NX", "GET"]) else { return }
+        await observeEpoch(reply.string ?? candidate)
+    }
+
+    /// Compares the epoch Redis holds with the one this node knew. Another one means Redis lost
+    /// its data: this opens the recovery window (every node notices within one heartbeat, and
+    /// membership changes wait until all have put back what they hold), then takes the new
+    /// epoch as known, and puts back what this node holds.
+    ///
+    /// The window opens before the new epoch is known: a join that read the new epoch and saw no
+    /// window must have read it before this node knew it, and then waits (see
+    /// `refuseWhileRecovering`). Of two calls that see the same change, one puts things back.
+    func observeEpoch(_ current: String) async {
+        let known = epoch.withLockedValue { known in
+            defer { if known == nil { known = current } }
+            return known
+        }
+        guard let known, known != current else { return }
+        // If Redis is gone again, the next heartbeat sees the change again.
+        guard (try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])) != nil else { return }
+        let first = epoch.withLockedValue { epoch in
+            guard epoch == known else { return false }
+            epoch = current
+            return true
+        }
+        if first { await reassertSessions(lostEpoch: known) }
+    }
+
     /// Redis lost its data: puts back, silently, the session and rooms of every stream this
     /// node answers for, so rooms are as they were and nobody sees churn. Sessions already
     /// ended stay ended once their clean-up runs again (their members still get remove-peer).
-    func reassertSessions() async {
+    func reassertSessions(lostEpoch: String) async {
         reassertions.begin()
         defer { reassertions.end() }
         let streams = heldStreams
@@ -71,8 +93,8 @@ extension Coordinator {
             metrics.sessionsReasserted.increment(by: restored)
             logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
         } catch {
-            // The epoch is already current: make the next heartbeat try again.
-            epoch.withLockedValue { $0 = nil }
+            // Forget the new epoch, so that the next heartbeat sees the change and tries again.
+            epoch.withLockedValue { $0 = lostEpoch }
             logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
         }
     }
@@ -236,8 +258,9 @@ final class SubscriptionContinuity: Sendable {
     var liveSince: Int? { state.withLockedValue { $0.recoveredFrom == $0.losses ? $0.losses : nil } }
 }
 
-/// Requests to catch streams up after the subscription came back, coalesced: one run at a time.
-final class CatchUp: Sendable {
+/// Requests to run one job (a catch-up, an epoch check), coalesced: a request made while the
+/// job runs makes it run once more, never twice more.
+final class CoalescedRequests: Sendable {
     let requests: AsyncStream<Void>
     private let sink: AsyncStream<Void>.Continuation
 
@@ -251,17 +274,47 @@ final class CatchUp: Sendable {
 /// Whether the node is putting sessions back after Redis lost its data, and how many times it
 /// has: a clean-up that overlaps one must run again.
 final class Reassertions: Sendable {
-    private let state = NIOLockedValueBox<(running: Bool, completed: Int)>((false, 0))
+    private struct State {
+        var running = 0
+        var completed = 0
+        var waiters: [UInt64: CheckedContinuation<Int, Error>] = [:]
+        var nextWaiter: UInt64 = 0
+    }
 
-    func begin() { state.withLockedValue { $0.running = true } }
-    func end() { state.withLockedValue { $0 = (false, $0.completed + 1) } }
+    private let state = NIOLockedValueBox(State())
 
-    /// Waits until none is running; returns how many have completed.
+    func begin() { state.withLockedValue { $0.running += 1 } }
+
+    func end() {
+        let (waiters, completed) = state.withLockedValue { state -> ([CheckedContinuation<Int, Error>], Int) in
+            state.running -= 1
+            state.completed += 1
+            guard state.running == 0 else { return ([], state.completed) }
+            defer { state.waiters = [:] }
+            return (Array(state.waiters.values), state.completed)
+        }
+        for waiter in waiters { waiter.resume(returning: completed) }
+    }
+
+    /// Waits until none is running; returns how many have completed. Throws if the task is
+    /// cancelled meanwhile.
     func settled() async throws -> Int {
-        while true {
-            let (running, completed) = state.withLockedValue { $0 }
-            if !running { return completed }
-            try await Task.sleep(for: .milliseconds(20))
+        let id = state.withLockedValue { state in
+            defer { state.nextWaiter += 1 }
+            return state.nextWaiter
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (waiter: CheckedContinuation<Int, Error>) in
+                let now: Result<Int, Error>? = state.withLockedValue { state in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if state.running == 0 { return .success(state.completed) }
+                    state.waiters[id] = waiter
+                    return nil
+                }
+                if let now { waiter.resume(with: now) }
+            }
+        } onCancel: {
+            state.withLockedValue { $0.waiters.removeValue(forKey: id) }?.resume(throwing: CancellationError())
         }
     }
 }

@@ -45,8 +45,13 @@ struct SignalingAPI: Sendable {
 
     // MARK: Routes
 
-    /// `POST /access {"username": "ann"}` → `{"token": JWT}`.
+    /// `POST /access {"username": "ann"}` → `{"token": JWT}`. Sent with a current token
+    /// (`Authorization: Bearer …`) instead, it renews that token: a fresh one for the same peer.
     @Sendable func access(request: Request, context: SignalingRequestContext) async throws -> Response {
+        if let current = bearerToken(request) {
+            guard let user = await tokens.verify(current) else { throw APIError.invalidToken }
+            return try json(["token": try await tokens.issue(for: user)])
+        }
         struct AccessRequest: Decodable { let username: String }
         let body = try await readBody(request)
         guard let parsed = try? JSONDecoder().decode(AccessRequest.self, from: body) else {
@@ -59,95 +64,31 @@ struct SignalingAPI: Sendable {
         return try json(["token": token])
     }
 
-    /// `GET /connect`: the peer's event stream.
+    /// `GET /connect`: the peer's event stream. Refused (non-200) only for what retrying cannot
+    /// mend: no token (401), a bad one (403), no `Accept: text/event-stream` (406). Anything
+    /// transient is handled inside the stream (see `EventStreamResponse`).
     @Sendable func connect(request: Request, context: SignalingRequestContext) async throws -> Response {
         let user = try await authenticate(request)
         guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
             throw APIError.notEventStream
         }
-        // A stream the node ends may have a write stuck on a client that stopped reading:
-        // closing the connection frees it, and the clean-up below runs. A stream cut off for
-        // falling behind is closed at once; a replaced one once its final event has had
-        // `replacedStreamDeadline` to go out.
-        let connection = context.channel
-        let replacedCloser = NIOLockedValueBox<Scheduled<Void>?>(nil)
-        var lastEvent: EventCursor?
-        if let text = request.headers[HTTPField.Name("Last-Event-ID")!], !text.isEmpty {
-            guard let cursor = EventCursor(lastEventID: text) else {
-                throw APIError.badRequest("Last-Event-ID is not an event id this service sent")
-            }
-            lastEvent = cursor
-        }
-        let stream = try await withRedis {
-            try await coordinator.openStream(for: user, resumingAfter: lastEvent) { reason in
-                switch reason {
-                case .tooSlow:
-                    connection.close(promise: nil)
-                case .replaced:
-                    let close = connection.eventLoop.scheduleTask(in: Self.replacedStreamDeadline) { connection.close(promise: nil) }
-                    replacedCloser.withLockedValue { $0 = close }
-                case .closed:
-                    break
-                }
-            }
-        }
-        context.logger.info("stream opened", metadata: ["peer": "\(user.id)", "resuming": "\(lastEvent != nil)"])
-        var headers = HTTPFields()
-        headers[.contentType] = "text/event-stream"
-        headers[.cacheControl] = "no-cache"
-        headers[HTTPField.Name("X-Accel-Buffering")!] = "no"  // proxies must not buffer the stream
-        return Response(
-            status: .ok, headers: headers,
-            body: ResponseBody { writer in
-                let encoder = SSEEncoder()
-                // Browsers wait `retry` milliseconds before reconnecting (3 s by default):
-                // come back within about a second, well inside the grace period.
-                var prefix: ByteBuffer? = ByteBuffer(string: "retry: 1000\n")
-                /// Frames the events and writes them in one write (flushed). A new buffer each
-                /// time, sized to the batch: one kept across writes would keep the largest
-                /// batch's capacity for the stream's whole life.
-                func send(_ events: [StreamEvent]) async throws {
-                    var frame = prefix ?? ByteBuffer()
-                    prefix = nil
-                    // 24: the framing around each event ("id: ", "event: ", "data: ", newlines), rounded up.
-                    frame.reserveCapacity(events.reduce(frame.readableBytes) { $0 + $1.data.readableBytes + $1.id.utf8.count + $1.name.utf8.count + 24 })
-                    for event in events { encoder.encode(event, into: &frame) }
-                    try await writer.write(frame)
-                    stream.written()
-                    coordinator.metrics.sentEvents(events.count)
-                }
-                do {
-                    try await request.body.consumeWithCancellationOnInboundClose { _ in
-                        try await withGracefulShutdownHandler {
-                            // Whatever queued while the last write was going out leaves in one write.
-                            while let batch = await stream.nextBatch() { try await send(batch) }
-                            if stream.endReason == .replaced {
-                                // A newer stream of this peer took over: say so, so the client
-                                // stops rather than reconnects and takes it back.
-                                var replaced = Self.replacedEvent
-                                replaced.id = stream.eventID
-                                try await send([replaced])
-                            }
-                        } onGracefulShutdown: {
-                            stream.end(.closed)
-                        }
-                    }
-                } catch {
-                    // The client went away: clean up below.
-                }
-                await coordinator.closeStream(stream)
-                try? await writer.finish(nil)
-                // Finished in time: the connection may serve the client's next request.
-                replacedCloser.withLockedValue { $0?.cancel() }
-            })
+        return EventStreamResponse(coordinator: coordinator, user: user, lastEvent: lastEvent(of: request), logger: context.logger)
+            .response(to: request, on: context.channel)
     }
 
-    /// How long a replaced stream's final `replaced` event may take to reach a client before
-    /// the node closes the connection.
-    static let replacedStreamDeadline = TimeAmount.seconds(5)
-
-    private static let replacedEvent = StreamEvent(
-        name: "replaced", data: ByteBuffer(string: #"{"reason":"another stream of this peer opened"}"#))
+    /// Where the client asks to resume: `Last-Event-ID` (an EventSource sends it when it
+    /// reconnects), else `?lastEventId=` (a page that opens a new EventSource, with a fresh
+    /// token, to go on where the old one stopped). An id the node cannot use, from an older
+    /// version for example, starts a fresh session: a 400 would end the EventSource for good.
+    private func lastEvent(of request: Request) -> EventCursor? {
+        let header = request.headers[HTTPField.Name("Last-Event-ID")!].flatMap { $0.isEmpty ? nil : $0 }
+        guard let text = header ?? request.uri.queryParameters["lastEventId"].map(String.init), !text.isEmpty else { return nil }
+        guard let cursor = EventCursor(lastEventID: text) else {
+            coordinator.metrics.resumed("unrecognized")
+            return nil
+        }
+        return cursor
+    }
 
     /// `POST /:roomId/join`.
     @Sendable func join(request: Request, context: SignalingRequestContext) async throws -> Response {
@@ -291,15 +232,16 @@ struct SignalingAPI: Sendable {
         }
     }
 
+    /// The token of an `Authorization: Bearer …` header, if there is one.
+    private func bearerToken(_ request: Request) -> String? {
+        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else { return nil }
+        let token = header.dropFirst("bearer ".count).trimmingCharacters(in: .whitespaces)
+        return token.isEmpty ? nil : token
+    }
+
     /// The peer the request's token speaks for: 401 without a token, 403 with a bad one.
     private func authenticate(_ request: Request) async throws -> PeerUser {
-        let header = request.headers[.authorization]
-        let token: String? =
-            if let header, header.lowercased().hasPrefix("bearer ") {
-                String(header.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
-            } else {
-                request.uri.queryParameters["token"].map(String.init)
-            }
+        let token = bearerToken(request) ?? request.uri.queryParameters["token"].map(String.init)
         guard let token, !token.isEmpty else { throw APIError.missingToken }
         guard let user = await tokens.verify(token) else { throw APIError.invalidToken }
         return user

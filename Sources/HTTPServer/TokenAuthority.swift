@@ -49,10 +49,16 @@ public struct TokenAuthority: Sendable {
 
     /// A token for a new peer: a fresh id and the given name.
     public func issue(username: String, now: Date = Date()) async throws -> (token: String, user: PeerUser) {
-        let id = PeerID(UUID().uuidString.lowercased())!
+        let user = PeerUser(id: PeerID(UUID().uuidString.lowercased())!, username: username)
+        return (try await issue(for: user, now: now), user)
+    }
+
+    /// A token for `user`, valid for `lifetime` from now: a renewal keeps the peer's id, and so
+    /// its session.
+    public func issue(for user: PeerUser, now: Date = Date()) async throws -> String {
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))  // whole seconds, as JWTs usually carry
-        let payload = Payload(id: id, username: username, iat: .init(value: now), exp: .init(value: now + lifetime))
-        return (try await keys.sign(payload), PeerUser(id: id, username: username))
+        let payload = Payload(id: user.id, username: user.username, iat: .init(value: now), exp: .init(value: now + lifetime))
+        return try await keys.sign(payload)
     }
 
     /// The peer a token speaks for, or nil if the token is not valid now.

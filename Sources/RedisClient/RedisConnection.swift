@@ -89,7 +89,7 @@ public final class RedisConnection: Sendable {
             CommandEncoder.encode(command, into: &bytes)
             promises.append(channel.eventLoop.makePromise())
         }
-        channel.writeAndFlush(RedisRequest(bytes: bytes, promises: promises), promise: nil)
+        write(RedisRequest(bytes: bytes, promises: promises))
         // One wait for all replies, not one task switch per reply.
         let results = try await EventLoopFuture.whenAllComplete(promises.map(\.futureResult), on: channel.eventLoop).get()
         return try results.map { try $0.get() }
@@ -99,8 +99,20 @@ public final class RedisConnection: Sendable {
         var bytes = channel.allocator.buffer(capacity: 64)
         CommandEncoder.encode(arguments, into: &bytes)
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
-        channel.writeAndFlush(RedisRequest(bytes: bytes, promises: [promise]), promise: nil)
+        write(RedisRequest(bytes: bytes, promises: [promise]))
         return promise.futureResult
+    }
+
+    /// Writes a request whose replies `RedisCommandHandler` hands back. A write that reaches no
+    /// handler (the connection closed and NIO already took the handlers out of its pipeline)
+    /// fails its replies here: nothing else would, and their callers would wait forever. A
+    /// reply already failed by the handler stays as it was.
+    private func write(_ request: RedisRequest) {
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenFailure { _ in
+            for promise in request.promises { promise.fail(RedisConnectionError.connectionClosed) }
+        }
+        channel.writeAndFlush(request, promise: written)
     }
 
     /// Writes a command whose reply will arrive as a push (pub/sub mode), not to a waiting caller.

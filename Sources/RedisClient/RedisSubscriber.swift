@@ -26,18 +26,27 @@ public final class RedisSubscriber: Sendable {
     private let logger: Logger
     private let state = NIOLockedValueBox(State())
 
+    private typealias Waiter = CheckedContinuation<Void, Error>
+
     private struct Channel {
+        /// References held: confirmed subscribers, and `waiters` (which hold one each).
         var count = 0
         var confirmed = false
-        var waiters: [CheckedContinuation<Void, Error>] = []
+        var waiters: [UInt64: Waiter] = [:]
     }
 
     private struct State {
         var connection: RedisConnection?
         var channels: [String: Channel] = [:]
-        var connectedWaiters: [CheckedContinuation<Void, Never>] = []
+        var connectedWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         /// A PING follows the SUBSCRIBEs sent after a reconnect: its reply says they all took.
         var awaitingResubscription = false
+        var nextWaiter: UInt64 = 0
+
+        mutating func waiterID() -> UInt64 {
+            defer { nextWaiter += 1 }
+            return nextWaiter
+        }
     }
 
     /// - Parameter onMessage: if given, called with each message on the connection's event
@@ -67,25 +76,43 @@ public final class RedisSubscriber: Sendable {
 
     /// Subscribes to `channel` (or adds a reference to it) and returns once Redis has confirmed
     /// the subscription, so every message published after this returns is delivered. Throws
-    /// `RedisConnectionError` while Redis is unreachable.
+    /// `RedisConnectionError` while Redis is unreachable, and `CancellationError` if the task
+    /// is cancelled first (it then holds no reference).
     public func subscribe(_ channel: String) async throws {
-        enum Outcome { case unavailable, subscribed, waiting }
-        try await withCheckedThrowingContinuation { (waiter: CheckedContinuation<Void, Error>) in
-            let outcome: Outcome = state.withLockedValue { state in
-                guard let connection = state.connection, connection.isActive else { return .unavailable }
-                var entry = state.channels[channel, default: Channel()]
-                entry.count += 1
-                defer { state.channels[channel] = entry }
-                if entry.confirmed { return .subscribed }
-                entry.waiters.append(waiter)
-                if entry.count == 1 { connection.sendWithoutReply(["SUBSCRIBE", channel]) }
-                return .waiting
+        enum Outcome { case unavailable, subscribed, waiting, cancelled }
+        let id = state.withLockedValue { $0.waiterID() }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (waiter: Waiter) in
+                let outcome: Outcome = state.withLockedValue { state in
+                    if Task.isCancelled { return .cancelled }
+                    guard let connection = state.connection, connection.isActive else { return .unavailable }
+                    var entry = state.channels[channel, default: Channel()]
+                    entry.count += 1
+                    defer { state.channels[channel] = entry }
+                    if entry.confirmed { return .subscribed }
+                    entry.waiters[id] = waiter
+                    if entry.count == 1 { connection.sendWithoutReply(["SUBSCRIBE", channel]) }
+                    return .waiting
+                }
+                switch outcome {
+                case .unavailable: waiter.resume(throwing: RedisConnectionError.unavailable(retryAfterMilliseconds: 1000))
+                case .subscribed: waiter.resume()
+                case .cancelled: waiter.resume(throwing: CancellationError())
+                case .waiting: break
+                }
             }
-            switch outcome {
-            case .unavailable: waiter.resume(throwing: RedisConnectionError.unavailable(retryAfterMilliseconds: 1000))
-            case .subscribed: waiter.resume()
-            case .waiting: break
-            }
+        } onCancel: {
+            // Gives back the reference the waiter held; the subscription itself, if Redis
+            // confirms it later, stays until the last reference goes.
+            state.withLockedValue { state -> Waiter? in
+                guard let waiter = state.channels[channel]?.waiters.removeValue(forKey: id) else { return nil }
+                state.channels[channel]?.count -= 1
+                if state.channels[channel]?.count == 0 {
+                    state.channels[channel] = nil
+                    state.connection?.sendWithoutReply(["UNSUBSCRIBE", channel])
+                }
+                return waiter
+            }?.resume(throwing: CancellationError())
         }
     }
 
@@ -145,13 +172,18 @@ public final class RedisSubscriber: Sendable {
 
     /// Waits until the subscriber has a live connection (or the task is cancelled).
     public func waitUntilConnected() async {
-        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
-            let ready = state.withLockedValue { state in
-                if state.connection?.isActive ?? false { return true }
-                state.connectedWaiters.append(waiter)
-                return false
+        let id = state.withLockedValue { $0.waiterID() }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+                let ready = state.withLockedValue { state in
+                    if Task.isCancelled || state.connection?.isActive ?? false { return true }
+                    state.connectedWaiters[id] = waiter
+                    return false
+                }
+                if ready { waiter.resume() }
             }
-            if ready { waiter.resume() }
+        } onCancel: {
+            state.withLockedValue { $0.connectedWaiters.removeValue(forKey: id) }?.resume()
         }
     }
 
@@ -165,8 +197,8 @@ public final class RedisSubscriber: Sendable {
             }
             state.awaitingResubscription = true
             connection.sendWithoutReply(["PING"])
-            defer { state.connectedWaiters = [] }
-            return state.connectedWaiters
+            defer { state.connectedWaiters = [:] }
+            return state.connectedWaiters.values
         }
         waiters.forEach { $0.resume() }
     }
@@ -174,12 +206,12 @@ public final class RedisSubscriber: Sendable {
     private func connectionLost() {
         let waiters = state.withLockedValue { state in
             state.connection = nil
-            var waiters: [CheckedContinuation<Void, Error>] = []
+            var waiters: [Waiter] = []
             for (name, var entry) in state.channels {
                 // A failed subscribe holds no reference: its caller was told it failed.
-                waiters += entry.waiters
+                waiters += entry.waiters.values
                 entry.count -= entry.waiters.count
-                entry.waiters = []
+                entry.waiters = [:]
                 entry.confirmed = false
                 state.channels[name] = entry.count > 0 ? entry : nil
             }
@@ -200,11 +232,11 @@ public final class RedisSubscriber: Sendable {
             if let onMessage { onMessage(message) } else { messageSink.yield(message) }
         case "subscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
-            let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Error>] in
+            let waiters = state.withLockedValue { state -> [Waiter] in
                 guard var entry = state.channels[channel] else { return [] }
                 entry.confirmed = true
-                defer { entry.waiters = []; state.channels[channel] = entry }
-                return entry.waiters
+                defer { entry.waiters = [:]; state.channels[channel] = entry }
+                return Array(entry.waiters.values)
             }
             waiters.forEach { $0.resume() }
         default:

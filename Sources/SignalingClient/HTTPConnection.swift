@@ -36,20 +36,37 @@ final class ResponsePartForwarder: ChannelInboundHandler {
     }
 }
 
-/// A TCP connection with the HTTP/1.1 client handlers, then the handler `last` makes.
+/// A TCP connection with the HTTP/1.1 client handlers, then the handler `last` makes. With an
+/// `idleTimeout`, the connection closes once it has read nothing for that long.
 func connectHTTP<Handler: ChannelInboundHandler>(
-    host: String, port: Int, group: EventLoopGroup, last: @escaping @Sendable () -> Handler
+    host: String, port: Int, group: EventLoopGroup, idleTimeout: TimeAmount? = nil, last: @escaping @Sendable () -> Handler
 ) async throws -> Channel where Handler.InboundIn == HTTPClientResponsePart {
     try await ClientBootstrap(group: group)
         .channelOption(.socketOption(.tcp_nodelay), value: 1)
         .connectTimeout(.seconds(5))
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
+                if let idleTimeout {
+                    try channel.pipeline.syncOperations.addHandlers(IdleStateHandler(readTimeout: idleTimeout), CloseWhenIdle())
+                }
                 try channel.pipeline.syncOperations.addHTTPClientHandlers()
                 try channel.pipeline.syncOperations.addHandler(last())
             }
         }
         .connect(host: host, port: port).get()
+}
+
+/// Closes the connection when `IdleStateHandler` says it has read nothing for too long.
+final class CloseWhenIdle: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
 }
 
 /// One HTTP/1.1 request on its own connection, with the response streamed back.
@@ -59,10 +76,12 @@ struct HTTPExchange {
 
     static func start(
         host: String, port: Int, method: HTTPMethod, path: String, headers: [(String, String)], body: String?,
-        group: EventLoopGroup
+        group: EventLoopGroup, idleTimeout: TimeAmount? = nil
     ) async throws -> HTTPExchange {
         let (parts, sink) = AsyncStream.makeStream(of: HTTPClientResponsePart.self)
-        let channel = try await connectHTTP(host: host, port: port, group: group) { ResponsePartForwarder(sink: sink) }
+        let channel = try await connectHTTP(host: host, port: port, group: group, idleTimeout: idleTimeout) {
+            ResponsePartForwarder(sink: sink)
+        }
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "Host", value: "\(host):\(port)")
         for (name, value) in headers { head.headers.add(name: name, value: value) }

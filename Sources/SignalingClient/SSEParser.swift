@@ -16,6 +16,10 @@ public struct SSEParser: Sendable {
     private var retry: Int?
     private var sawCR = false
 
+    /// The reconnection time the stream last set with a `retry:` line, in milliseconds. It
+    /// applies at once, whether or not an event follows (a stream may end with one alone).
+    public private(set) var reconnectionTime: Int?
+
     public init() {}
 
     /// Feeds bytes and returns the events they complete.
@@ -58,7 +62,12 @@ public struct SSEParser: Sendable {
         case "id": id = String(value)
         case "event": event = String(value)
         case "data": data.append(String(value))
-        case "retry": retry = Int(value)
+        case "retry":
+            // Only ASCII digits count (WHATWG HTML, "process the field").
+            if !value.isEmpty, value.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }), let milliseconds = Int(value) {
+                retry = milliseconds
+                reconnectionTime = milliseconds
+            }
         default: break
         }
         return nil

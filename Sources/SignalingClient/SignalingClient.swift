@@ -7,12 +7,17 @@ import NIOPosix
 public struct SignalingClient: Sendable {
     public let host: String
     public let port: Int
-    private let group: EventLoopGroup
+    let group: EventLoopGroup
+    /// If set, a response (an event stream too) that sends nothing for this long is closed.
+    public let idleTimeout: TimeAmount?
 
-    public init(host: String = "127.0.0.1", port: Int, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    public init(
+        host: String = "127.0.0.1", port: Int, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, idleTimeout: TimeAmount? = nil
+    ) {
         self.host = host
         self.port = port
         self.group = group
+        self.idleTimeout = idleTimeout
     }
 
     /// Sends a request and collects the whole response.
@@ -23,7 +28,7 @@ public struct SignalingClient: Sendable {
         if let token { allHeaders.append(("Authorization", "Bearer \(token)")) }
         if body != nil { allHeaders.append(("Content-Type", "application/json")) }
         let exchange = try await HTTPExchange.start(
-            host: host, port: port, method: method, path: path, headers: allHeaders, body: body, group: group)
+            host: host, port: port, method: method, path: path, headers: allHeaders, body: body, group: group, idleTimeout: idleTimeout)
         // A server that never answers ends the exchange (as a closed connection), never hangs it.
         let channel = exchange.channel
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
@@ -62,7 +67,7 @@ public struct SignalingClient: Sendable {
         if let lastEventID { headers.append(("Last-Event-ID", lastEventID)) }
         let path = useQueryToken ? "/connect?token=\(token)" : "/connect"
         let exchange = try await HTTPExchange.start(
-            host: host, port: port, method: .GET, path: path, headers: headers, body: nil, group: group)
+            host: host, port: port, method: .GET, path: path, headers: headers, body: nil, group: group, idleTimeout: idleTimeout)
         var parts = exchange.parts.makeAsyncIterator()
         let channel = exchange.channel
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }

@@ -10,6 +10,8 @@ const iceServers = (new URLSearchParams(location.search).get("stun") || "").spli
 const peers = new Map(); // peer id -> { user, pc, channel, pendingCandidates, remoteDescriptionSet }
 let token = null;
 let me = null;
+let source = null;
+let lastEventId = ""; // where a new EventSource resumes the session (renewing the token)
 
 const $ = (id) => document.getElementById(id);
 $("room").textContent = roomId;
@@ -132,8 +134,60 @@ async function iceCandidate({ peer: user, data: candidate }) {
 
 function on(source, event, handler) {
   source.addEventListener(event, (message) => {
+    if (message.lastEventId) lastEventId = message.lastEventId;
     Promise.resolve(handler(JSON.parse(message.data))).catch((error) => console.warn(event, error));
   });
+}
+
+// The stream carries the token in its URL, and a token lasts an hour: a reconnect after that
+// would be refused for good. So the page renews its token once 80% of its life has passed and
+// opens a new EventSource with it, resuming where the old one stopped.
+function claims(jwt) {
+  return JSON.parse(atob(jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+}
+
+function scheduleRenewal() {
+  const { iat, exp } = claims(token);
+  setTimeout(renewToken, Math.max(1000, (iat + 0.8 * (exp - iat)) * 1000 - Date.now()));
+}
+
+async function renewToken() {
+  try {
+    const response = await fetch("/access", { method: "POST", headers: { Authorization: "Bearer " + token } });
+    if (!response.ok) throw new Error("/access answered " + response.status);
+    token = (await response.json()).token;
+    openStream();
+    scheduleRenewal();
+  } catch (error) {
+    console.warn("token renewal", error);
+    setTimeout(renewToken, 10000);
+  }
+}
+
+function openStream() {
+  if (source) source.close(); // closed first, so the old stream is not "replaced" by the new one
+  const resume = lastEventId ? "&lastEventId=" + encodeURIComponent(lastEventId) : "";
+  const stream = new EventSource("/connect?token=" + encodeURIComponent(token) + resume);
+  source = stream;
+  stream.onopen = () => setState("connected");
+  stream.onerror = () => setState(stream.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
+  on(stream, "connected", async ({ user, resumed }) => {
+    me = user;
+    // A fresh session (the old one could not be resumed) starts with no peers: forget ours.
+    if (!resumed) for (const id of [...peers.keys()]) closePeer(id);
+    setState("connected");
+    renderPeers();
+    await post(`/${encodeURIComponent(roomId)}/join`);
+  });
+  on(stream, "replaced", () => {
+    stream.close(); // another tab took over this peer: do not reconnect and take it back
+    setState("closed");
+    show(null, "this page was replaced by another one of yours", true);
+  });
+  on(stream, "add-peer", addPeer);
+  on(stream, "remove-peer", ({ peer }) => closePeer(peer.id));
+  on(stream, "session-description", sessionDescription);
+  on(stream, "ice-candidate", iceCandidate);
 }
 
 async function start() {
@@ -144,24 +198,8 @@ async function start() {
     body: JSON.stringify({ username }),
   });
   token = (await response.json()).token;
-  const source = new EventSource("/connect?token=" + encodeURIComponent(token));
-  source.onopen = () => setState("connected");
-  source.onerror = () => setState(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-  on(source, "connected", async ({ user }) => {
-    me = user;
-    setState("connected");
-    renderPeers();
-    await post(`/${encodeURIComponent(roomId)}/join`);
-  });
-  on(source, "replaced", () => {
-    source.close(); // another tab took over this peer: do not reconnect and take it back
-    setState("closed");
-    show(null, "this page was replaced by another one of yours", true);
-  });
-  on(source, "add-peer", addPeer);
-  on(source, "remove-peer", ({ peer }) => closePeer(peer.id));
-  on(source, "session-description", sessionDescription);
-  on(source, "ice-candidate", iceCandidate);
+  openStream();
+  scheduleRenewal();
 }
 
 $("send").addEventListener("submit", (event) => {

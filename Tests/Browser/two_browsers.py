@@ -20,7 +20,8 @@ BIN = sys.argv[1]
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARTIFACTS = os.path.join(HERE, "artifacts")
 ROOM = "browser-test"
-REDIS_PORT, PORTS = 16390, (18101, 18102)
+REDIS_PORT, PORTS, PAGE_PORT = 16390, (18101, 18102), 18100
+REDIS = ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 work = tempfile.mkdtemp(prefix="switchboard-browser-")
 os.environ["TMPDIR"] = work  # Chromium's profiles and crash dumps land here and go with it
@@ -54,6 +55,11 @@ def healthy(port):
         return response.status == 200
 
 
+def grant_media(driver, origin):
+    # Without a media permission Chromium offers no 127.0.0.1 candidate and ICE never completes.
+    driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": origin, "permissions": ["audioCapture", "videoCapture"]})
+
+
 def browser(name):
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -81,8 +87,10 @@ def say(driver, text):
 
 try:
     os.makedirs(ARTIFACTS, exist_ok=True)
-    start(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-           "--dir", work], "redis.log")
+    start(REDIS + ["--dir", work], "redis.log")
+    redis = processes[-1]
+    # The page written to the article's client pattern, from an origin of its own.
+    start([sys.executable, "-m", "http.server", str(PAGE_PORT), "--bind", "127.0.0.1", "--directory", HERE], "pages.log")
     time.sleep(0.3)
     env = dict(os.environ, SWITCHBOARD_TOKEN_SECRET="browser-test-secret-" + "x" * 20, SWITCHBOARD_LOG_LEVEL="warning")
     for index, port in enumerate(PORTS):
@@ -94,9 +102,7 @@ try:
 
     alice, bob = browser("alice"), browser("bob")
     for driver, port, name in ((alice, PORTS[0], "alice"), (bob, PORTS[1], "bob")):
-        # Without a media permission Chromium offers no 127.0.0.1 candidate and ICE never completes.
-        driver.execute_cdp_cmd("Browser.grantPermissions", {
-            "origin": f"http://127.0.0.1:{port}", "permissions": ["audioCapture", "videoCapture"]})
+        grant_media(driver, f"http://127.0.0.1:{port}")
         driver.get(f"http://127.0.0.1:{port}/{ROOM}?name={name}")
 
     check("alice's stream connected", wait_for("stream", lambda: body(alice, "stream") == "connected"))
@@ -120,6 +126,35 @@ try:
     check("alice sees bob gone", wait_for("gone", lambda: body(alice, "peers") == "0"), body(alice, "peers"))
     check("alice's page says so", wait_for("said", lambda: any("left" in m for m in messages(alice))), messages(alice))
     alice.save_screenshot(os.path.join(ARTIFACTS, "alice-after-bob-left.png"))
+
+    # Redis goes down. Pages open meanwhile: two written to the article's client pattern (one
+    # EventSource, one join on `connected`, no retries of their own), one on each node, and the
+    # demo on node B in alice's room. Redis comes back empty; every page must end connected.
+    redis.kill()
+    redis.wait()
+    carol, erin, dave = browser("carol"), browser("erin"), browser("dave")
+    for driver, port, name in ((carol, PORTS[0], "carol"), (erin, PORTS[1], "erin")):
+        grant_media(driver, f"http://127.0.0.1:{PAGE_PORT}")
+        driver.get(f"http://127.0.0.1:{PAGE_PORT}/article_client.html?node=http://127.0.0.1:{port}&room=outage&name={name}")
+    grant_media(dave, f"http://127.0.0.1:{PORTS[1]}")
+    dave.get(f"http://127.0.0.1:{PORTS[1]}/{ROOM}?name=dave")
+    check("pages opened while Redis is down have their EventSource open",
+          wait_for("open", lambda: body(carol, "stream") == "open" and body(erin, "stream") == "open"),
+          f"carol={body(carol, 'stream')} erin={body(erin, 'stream')}")
+    time.sleep(3)
+    check("no EventSource gave up while Redis was down",
+          body(carol, "stream") == "open" and body(erin, "stream") == "open" and body(dave, "stream") != "closed",
+          f"carol={body(carol, 'stream')} erin={body(erin, 'stream')} dave={body(dave, 'stream')}")
+    start(REDIS + ["--dir", work], "redis-restarted.log")
+    check("article-pattern pages on the two nodes connect a data channel after the outage",
+          wait_for("channel", lambda: body(carol, "openChannels") == "1" and body(erin, "openChannels") == "1", 45),
+          f"carol={body(carol, 'openChannels')} erin={body(erin, 'openChannels')}")
+    check("the demo opened during the outage connects to alice", wait_for(
+        "channel", lambda: body(dave, "openChannels") == "1" and body(alice, "openChannels") == "1", 45),
+          f"dave={body(dave, 'openChannels')} alice={body(alice, 'openChannels')}")
+    say(dave, "hello after the outage")
+    check("alice received dave's message", wait_for("message", lambda: "dave: hello after the outage" in messages(alice)),
+          messages(alice))
 except Exception as error:  # a crash is a failure, not a silent pass
     check("browser test ran", False, repr(error))
 finally:

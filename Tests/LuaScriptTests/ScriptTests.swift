@@ -381,7 +381,7 @@ struct ScriptTests {
             process.standardOutput = try FileHandle(forWritingTo: output)
             try process.run()
             let deadline = ContinuousClock.now + .seconds(30)
-            while process.isRunning {
+            while process.isRunning, ContinuousClock.now < deadline + .seconds(5) {
                 if ContinuousClock.now > deadline { kill(process.processIdentifier, SIGKILL) }
                 try await Task.sleep(for: .milliseconds(20))
             }

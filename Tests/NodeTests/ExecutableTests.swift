@@ -141,7 +141,7 @@ struct ExecutableTests {
         try process.run()
         // A hung load tool must fail this test, not hang the whole run.
         let deadline = ContinuousClock.now + .seconds(60)
-        while process.isRunning {
+        while process.isRunning, ContinuousClock.now < deadline + .seconds(5) {
             if ContinuousClock.now > deadline { kill(process.processIdentifier, SIGKILL) }
             try await Task.sleep(for: .milliseconds(50))
         }

@@ -75,17 +75,38 @@ final class Fleet: Sendable {
                 metricsRegistry: registry,
                 logger: logger,
                 onServerRunning: { channel in portSink.yield(channel.localAddress?.port ?? 0) })
-            let group = ServiceGroup(services: [coordinator, app], logger: logger)
-            let task = Task { try await group.run() }
+            // A node that cannot stop is a defect to see, not a run that hangs: past these
+            // bounds the service group ends the process with a message saying which service.
+            var groupConfiguration = ServiceGroupConfiguration(services: [coordinator, app], logger: logger)
+            groupConfiguration.maximumGracefulShutdownDuration = .seconds(30)
+            groupConfiguration.maximumCancellationDuration = .seconds(15)
+            let group = ServiceGroup(configuration: groupConfiguration)
+            let task = Task {
+                defer { portSink.finish() }
+                try await group.run()
+            }
             var portIterator = ports.makeAsyncIterator()
-            let port = await portIterator.next() ?? 0
-            await coordinator.subscriber.waitUntilConnected()
+            guard let port = await portIterator.next() else { throw NodeDidNotStart(id: id) }
+            let connected = await withTaskGroup(of: Bool.self) { waiting in
+                waiting.addTask { await coordinator.subscriber.waitUntilConnected(); return true }
+                waiting.addTask { (try? await Task.sleep(for: .seconds(20))) == nil }
+                defer { waiting.cancelAll() }
+                return await waiting.next() ?? false
+            }
+            guard connected else { throw NodeDidNotStart(id: id) }
             nodes.append(Node(id: id, port: port, coordinator: coordinator, group: group, task: task))
         }
         self.nodes = nodes
     }
 
-    func client(_ node: Int) -> SignalingClient { SignalingClient(port: nodes[node % nodes.count].port) }
+    struct NodeDidNotStart: Error, CustomStringConvertible {
+        let id: String
+        var description: String { "\(id) did not start serving, or its subscriber did not connect within 20 s" }
+    }
+
+    /// A client of one node. A stream it opens that receives nothing for 60 s (pings come every
+    /// 10 s) is closed, so a test waiting for an event that never comes fails instead of hanging.
+    func client(_ node: Int) -> SignalingClient { SignalingClient(port: nodes[node % nodes.count].port, idleTimeout: .seconds(60)) }
 
     func stop() async {
         for node in nodes.reversed() {

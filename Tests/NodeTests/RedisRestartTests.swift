@@ -72,25 +72,38 @@ struct RedisRestartTests {
             for peer in [ann, bob] { #expect(await nextSignal(peer.stream)?.event == "add-peer") }
 
             await fleet.redisServer.kill()
-            // Every call that needs Redis answers at once: 503, Retry-After, a JSON error.
-            let calls: [(node: Int, path: String, token: String)] = [
-                (0, "/other/join", ann.token), (0, "/r/leave", ann.token), (1, "/relay/\(ann.id)/note", bob.token),
-                (0, "/relay/\(bob.id)/note", ann.token),
+            // Relays answer at once: 503, Retry-After, a JSON error. Joins and leaves first wait
+            // a few seconds for Redis to come back (`membershipWait`), then answer the same.
+            let calls: [(node: Int, path: String, token: String, waits: Bool)] = [
+                (0, "/other/join", ann.token, true), (0, "/r/leave", ann.token, true), (1, "/relay/\(ann.id)/note", bob.token, false),
+                (0, "/relay/\(bob.id)/note", ann.token, false),
             ]
-            for call in calls {
-                let reply = try await fleet.client(call.node).request(.POST, call.path, token: call.token, body: "{}")
-                #expect(reply.status == 503, "\(call.path): \(reply.status) \(reply.body)")
-                #expect(Int(reply.headers["Retry-After"].first ?? "") ?? 0 >= 1, "\(call.path)")
-                #expect((json(reply.body)["error"] as? [String: Any])?["message"] != nil, "\(call.path): \(reply.body)")
+            let wait = fleet.nodes[0].coordinator.membershipWait
+            await withDiscardingTaskGroup { group in
+                for call in calls {
+                    group.addTask {
+                        let started = ContinuousClock.now
+                        guard let reply = try? await fleet.client(call.node).request(.POST, call.path, token: call.token, body: "{}") else {
+                            Issue.record("\(call.path): no answer")
+                            return
+                        }
+                        let waited = ContinuousClock.now - started
+                        #expect(reply.status == 503, "\(call.path): \(reply.status) \(reply.body)")
+                        #expect(Int(reply.headers["Retry-After"].first ?? "") ?? 0 >= 1, "\(call.path)")
+                        #expect((json(reply.body)["error"] as? [String: Any])?["message"] != nil, "\(call.path): \(reply.body)")
+                        if call.waits {
+                            #expect(waited >= wait - .seconds(1) && waited < wait + .seconds(3), "\(call.path) waited \(waited)")
+                        } else {
+                            #expect(waited < .seconds(1), "\(call.path) waited \(waited)")
+                        }
+                    }
+                }
             }
+            // A new stream is not refused (an EventSource would give up for good): it is held
+            // open, with no event yet.
             let carol = try await fleet.client(1).access(username: "carol")  // tokens need no Redis
-            var streamStatus = 200
-            do {
-                try await fleet.client(1).connect(token: carol).close()
-            } catch SignalingClientError.unexpectedStatus(let status, _) {
-                streamStatus = status
-            }
-            #expect(streamStatus == 503)
+            let held = try await fleet.client(1).connect(token: carol)
+            #expect(await nextSignal(held, seconds: 1) == nil)
             #expect(try await fleet.client(0).request(.GET, "/healthz").status == 200)
 
             // Back (empty): the streams that stayed open carry relays again, both ways, with no
@@ -99,7 +112,10 @@ struct RedisRestartTests {
             #expect(try await fleet.eventually(seconds: 15) {
                 try await fleet.client(1).request(.POST, "/relay/\(ann.id)/note", token: bob.token, body: "{}").status == 200
             })
-            #expect(try await fleet.client(0).request(.POST, "/relay/\(bob.id)/note", token: ann.token, body: "{}").status == 200)
+            // Each node's command connection comes back after its own back-off (up to 2 s).
+            #expect(try await fleet.eventually(seconds: 5) {
+                try await fleet.client(0).request(.POST, "/relay/\(bob.id)/note", token: ann.token, body: "{}").status == 200
+            })
             #expect(await nextSignal(ann.stream)?.event == "note")
             #expect(await nextSignal(bob.stream)?.event == "note")
             ann.stream.close()
@@ -136,13 +152,23 @@ struct RedisRestartTests {
             #expect(try await eventually { try await note() == .held })
             #expect(try await eventually { try await note() == .delivered })
             // Every note exactly once and in order: those sent meanwhile came from the log.
-            var received: [Int] = []
-            while received.count < sent, let batch = await annStream.nextBatch() {
-                for event in batch where event.name == "note" {
-                    received.append(Int((json(String(buffer: event.data))["data"] as? Int) ?? -1))
+            // Read for up to 10 s: a missing note fails the test instead of stalling the run.
+            let total = sent
+            let received = await withTaskGroup(of: [Int]?.self) { reading in
+                reading.addTask {
+                    var received: [Int] = []
+                    while received.count < total, let batch = await annStream.nextBatch() {
+                        for event in batch where event.name == "note" {
+                            received.append(Int((json(String(buffer: event.data))["data"] as? Int) ?? -1))
+                        }
+                    }
+                    return received
                 }
+                reading.addTask { try? await Task.sleep(for: .seconds(10)); return nil }
+                defer { reading.cancelAll() }
+                return await reading.next() ?? nil
             }
-            #expect(received == Array(1...sent))
+            #expect(received == Array(1...sent), "received \(String(describing: received)) of \(sent) within 10 s")
             #expect(sent >= 3)
             await redis.close()
         }

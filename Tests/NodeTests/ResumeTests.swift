@@ -70,6 +70,38 @@ struct ResumeTests {
         }
     }
 
+    /// A page renews its token before it expires (`POST /access` with the current one), then
+    /// opens a new EventSource with the fresh token and the last event id in its URL.
+    @Test func aRenewedTokenResumesTheSessionWithTheLastEventIDInTheURL() async throws {
+        try await Fleet.with(nodes: 2, gracePeriod: .seconds(5)) { fleet in
+            let (ann, bob) = try await pair(fleet)
+            #expect(try await send(1, from: bob, to: ann, fleet: fleet) == 200)
+            let lastID = try #require(await nextSignal(ann.stream)?.id)
+
+            let renewal = try await fleet.client(1).request(.POST, "/access", token: ann.token)
+            #expect(renewal.status == 200, "\(renewal.body)")
+            let fresh = try #require(json(renewal.body)["token"] as? String)
+            #expect(fresh != ann.token)
+            let stale = try await fleet.client(1).request(.POST, "/access", token: "not.a.token")
+            #expect(stale.status == 403 && json(stale.body)["error"] != nil, "\(stale.status) \(stale.body)")
+
+            ann.stream.close()
+            #expect(try await fleet.eventually { fleet.nodes[0].coordinator.openStreamCount == 0 })
+            #expect(try await send(2, from: bob, to: ann, fleet: fleet) == 202)
+            let id = try #require(lastID.addingPercentEncoding(withAllowedCharacters: .alphanumerics))
+            let resumed = try await fleet.client(1).connect(token: "\(fresh)&lastEventId=\(id)")
+            let connected = await resumed.next()
+            #expect((json(connected?.data ?? "")["user"] as? [String: Any])?["id"] as? String == ann.id)
+            #expect(json(connected?.data ?? "")["resumed"] as? Bool == true, "\(connected?.data ?? "")")
+            #expect(label(await nextSignal(resumed)) == "note 2")
+            // The fresh token acts for the same peer.
+            #expect(try await fleet.client(0).request(.POST, "/relay/\(bob.id)/note", token: fresh, body: #"{"n":3}"#).status == 200)
+            #expect(label(await nextSignal(bob.stream)) == "note 3")
+            resumed.close()
+            bob.stream.close()
+        }
+    }
+
     @Test func takingOverALiveStreamDeliversEachEventOnce() async throws {
         try await Fleet.with(nodes: 2, gracePeriod: .seconds(5)) { fleet in
             let (ann, bob) = try await pair(fleet)
@@ -190,7 +222,9 @@ struct ResumeTests {
             var lastID: String?
             var drops = 0
             var node = 0
-            while received.count < total {
+            // Ends after 2 minutes (about 20 s here) even if something was lost: the counts below say what.
+            let deadline = ContinuousClock.now + .seconds(120)
+            while received.count < total, ContinuousClock.now < deadline {
                 let stream = try await fleet.client(node).connect(token: ann.token, lastEventID: lastID ?? "0-0-0")
                 let readThisTime = Int.random(in: 1...40)
                 var read = 0

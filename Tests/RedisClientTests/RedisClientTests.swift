@@ -41,6 +41,52 @@ struct RedisClientTests {
         }
     }
 
+    /// The stall of the full test suite: a command written just after its connection closed,
+    /// once NIO had taken the handlers out of the pipeline, never got an answer. The write
+    /// reached no handler, so nothing failed its reply promise, and the caller (a heartbeat,
+    /// a stream's clean-up) waited forever: the node could not stop, nor the test. A caller
+    /// that finds the connection open and is preempted while Redis goes away does exactly this.
+    /// Every command on a closed connection must fail at once, and so must every pipeline.
+    @Test func aCommandWrittenAfterTheConnectionClosedFailsAtOnce() async throws {
+        try await RedisServerProcess.with { server in
+            let connection = try await RedisConnection.connect(to: RedisEndpoint(url: server.url))
+            await connection.close()
+            // The handlers leave the pipeline in a later turn of the event loop: let it pass.
+            try await connection.channel.eventLoop.submit {}.get()
+            let commands: [@Sendable () async throws -> Void] = [
+                { _ = try await connection.send(["PING"]) }, { _ = try await connection.pipeline([["PING"], ["PING"]]) },
+            ]
+            for command in commands {
+                #expect(await Self.outcome(within: .seconds(5), command) == .failed, "a command on a closed connection must fail, not wait")
+            }
+        }
+    }
+
+    enum Outcome: Equatable { case succeeded, failed, stillWaiting }
+
+    /// How `operation` ended within `limit`, without waiting for it past that: an awaited
+    /// future that is never completed cannot be cancelled, so it is left behind unawaited.
+    static func outcome(within limit: Duration, _ operation: @escaping @Sendable () async throws -> Void) async -> Outcome {
+        let (outcomes, sink) = AsyncStream.makeStream(of: Outcome.self)
+        let command = Task {
+            do {
+                try await operation()
+                sink.yield(.succeeded)
+            } catch {
+                sink.yield(.failed)
+            }
+        }
+        let timer = Task {
+            try? await Task.sleep(for: limit)
+            sink.yield(.stillWaiting)
+        }
+        var iterator = outcomes.makeAsyncIterator()
+        let first = await iterator.next() ?? .stillWaiting
+        timer.cancel()
+        if first != .stillWaiting { _ = await command.value }
+        return first
+    }
+
     @Test func largeBulkStringsArriveWhole() async throws {
         try await RedisServerProcess.with { server in
             let connection = try await RedisConnection.connect(to: RedisEndpoint(url: server.url))
