@@ -237,11 +237,13 @@ public final class Coordinator: Service, Sendable {
     /// events here, any older stream of the same peer (on any node) is being closed, and the
     /// stream holds `connected` followed by what the client missed, if it is resuming.
     /// - Parameters:
+    ///   - granted: the rooms the stream's token grants: a resumed session leaves the others.
     ///   - lastEvent: the client's `Last-Event-ID`: resume the peer's session after it, if the
     ///     session is still there. Without it, any earlier session of the peer ends first.
     ///   - onEnd: called once when the node ends the stream (replaced, too slow, closed).
     public func openStream(
-        for user: PeerUser, resumingAfter lastEvent: EventCursor? = nil, onEnd: (@Sendable (PeerStream.EndReason) -> Void)? = nil
+        for user: PeerUser, granted: RoomGrants = .all, resumingAfter lastEvent: EventCursor? = nil,
+        onEnd: (@Sendable (PeerStream.EndReason) -> Void)? = nil
     ) async throws -> PeerStream {
         let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits, cursor: lastEvent ?? EventCursor(), onEnd: onEnd)
         localStreams.add(stream)
@@ -257,7 +259,7 @@ public final class Coordinator: Service, Sendable {
         do {
             // Recorded under this node first, so that if the node dies the stream is found.
             try await redis.send(["SADD", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
-            try await startSession(of: stream, resumingAfter: lastEvent, subscribedAt: losses)
+            try await startSession(of: stream, granted: granted, resumingAfter: lastEvent, subscribedAt: losses)
         } catch {
             localStreams.remove(stream)
             subscriber.unsubscribe(keys.channel(user.id))
@@ -270,7 +272,9 @@ public final class Coordinator: Service, Sendable {
 
     /// Makes `stream` the peer's current stream: takes over its session and replays what the
     /// client missed, when it can; otherwise starts a fresh session.
-    private func startSession(of stream: PeerStream, resumingAfter lastEvent: EventCursor?, subscribedAt losses: Int) async throws {
+    private func startSession(
+        of stream: PeerStream, granted: RoomGrants, resumingAfter lastEvent: EventCursor?, subscribedAt losses: Int
+    ) async throws {
         let peer = stream.user.id
         /// Lets the stream's events through, unless the subscription was lost since the peer's
         /// channel was confirmed: then it holds them until a catch-up has read the logs.
@@ -286,11 +290,16 @@ public final class Coordinator: Service, Sendable {
                 start(resumed: false, cursor: EventCursor())
                 return
             }
-            let rooms = try await redis.send(["SMEMBERS", keys.peerRooms(peer)]).array?.compactMap { $0.string.flatMap(RoomID.init) } ?? []
-            if let missed = try await missedEvents(of: peer, after: lastEvent, rooms: Set(rooms)) {
+            var rooms = Set(try await redis.send(["SMEMBERS", keys.peerRooms(peer)]).array?.compactMap { $0.string.flatMap(RoomID.init) } ?? [])
+            // A token renewed with fewer rooms: the peer leaves the others, and is told so.
+            let revoked = rooms.filter { !granted.allows($0) }
+            if !revoked.isEmpty { try await refuseWhileRecovering() }
+            for room in revoked { try await leaveRoom(room, peer: peer, tellLeaver: true) }
+            rooms.subtract(revoked)
+            if let missed = try await missedEvents(of: peer, after: lastEvent, rooms: rooms) {
                 metrics.resumed("resumed")
                 metrics.eventsReplayed.increment(by: missed.count)
-                start(resumed: true, replay: missed, rooms: Set(rooms))
+                start(resumed: true, replay: missed, rooms: rooms)
                 return
             }
             // The logs no longer hold all it missed: its session ends as if it had gone for good.

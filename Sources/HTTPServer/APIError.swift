@@ -18,6 +18,11 @@ enum APIError {
     }
     static let originNotAllowed = HTTPError(.forbidden, message: "origin not allowed")
     static let roomFull = HTTPError(.conflict, message: "the room is full")
+    static func roomNotGranted(_ room: RoomID) -> HTTPError {
+        HTTPError(.forbidden, message: "your token does not grant room '\(room)'")
+    }
+    static let accessOff = HTTPError(
+        .notFound, message: "POST /access is off on this node (--access off): tokens come from the application's backend")
     static let tooManyRooms = HTTPError(.conflict, message: "in too many rooms: leave one first")
 
     static func tooManyRequests(retryAfter: Duration) -> HTTPError {

@@ -18,6 +18,8 @@ import ServiceLifecycle
 struct EventStreamResponse: Sendable {
     let coordinator: Coordinator
     let user: PeerUser
+    /// The rooms the token grants: a resumed session keeps only those.
+    let rooms: RoomGrants
     /// Where to resume the peer's session; nil for a fresh one.
     let lastEvent: EventCursor?
     let logger: Logger
@@ -101,7 +103,7 @@ struct EventStreamResponse: Sendable {
         do {
             let stream = try await Outage.retrying(until: .now + Self.openWait) {
                 guard !Task.isShuttingDownGracefully else { throw NodeStopping() }
-                return try await coordinator.openStream(for: user, resumingAfter: lastEvent, onEnd: onEnd)
+                return try await coordinator.openStream(for: user, granted: rooms, resumingAfter: lastEvent, onEnd: onEnd)
             } pause: { delay in
                 if commented.map({ .now - $0 >= Self.keepAliveInterval }) ?? true {
                     try await writer.write(ByteBuffer(string: ": waiting for the signaling store\n"))

@@ -1,5 +1,14 @@
+/// Whether `POST /access` hands out tokens.
+public enum AccessMode: String, Sendable, CaseIterable {
+    /// To anyone who asks, for any username: the demo and the original article's client.
+    case open
+    /// Never (404): tokens come from the application's backend, signed with the fleet's secret.
+    case off
+}
+
 /// How one node's HTTP side behaves.
 public struct NodeConfiguration: Sendable {
+    public var access: AccessMode
     public var host: String
     public var port: Int
     /// Time between `ping` events on an idle stream.
@@ -24,8 +33,10 @@ public struct NodeConfiguration: Sendable {
         relayRate: Double = 100,
         relayBurst: Double = 200,
         joinRate: Double = 10,
-        joinBurst: Double = 20
+        joinBurst: Double = 20,
+        access: AccessMode = .open
     ) {
+        self.access = access
         self.relayRate = relayRate
         self.relayBurst = relayBurst
         self.joinRate = joinRate

@@ -46,11 +46,13 @@ struct SignalingAPI: Sendable {
     // MARK: Routes
 
     /// `POST /access {"username": "ann"}` → `{"token": JWT}`. Sent with a current token
-    /// (`Authorization: Bearer …`) instead, it renews that token: a fresh one for the same peer.
+    /// (`Authorization: Bearer …`) instead, it renews that token: a fresh one for the same peer,
+    /// with the same room grants. 404 with `--access off`: tokens come from the application.
     @Sendable func access(request: Request, context: SignalingRequestContext) async throws -> Response {
+        guard configuration.access == .open else { throw APIError.accessOff }
         if let current = bearerToken(request) {
-            guard let user = await tokens.verify(current) else { throw APIError.invalidToken }
-            return try json(["token": try await tokens.issue(for: user)])
+            guard let identity = await tokens.verify(current) else { throw APIError.invalidToken }
+            return try json(["token": try await tokens.issue(for: identity.user, rooms: identity.rooms)])
         }
         struct AccessRequest: Decodable { let username: String }
         let body = try await readBody(request)
@@ -68,11 +70,12 @@ struct SignalingAPI: Sendable {
     /// mend: no token (401), a bad one (403), no `Accept: text/event-stream` (406). Anything
     /// transient is handled inside the stream (see `EventStreamResponse`).
     @Sendable func connect(request: Request, context: SignalingRequestContext) async throws -> Response {
-        let user = try await authenticate(request)
+        let identity = try await authenticate(request)
         guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
             throw APIError.notEventStream
         }
-        return EventStreamResponse(coordinator: coordinator, user: user, lastEvent: lastEvent(of: request), logger: context.logger)
+        return EventStreamResponse(
+            coordinator: coordinator, user: identity.user, rooms: identity.rooms, lastEvent: lastEvent(of: request), logger: context.logger)
             .response(to: request, on: context.channel)
     }
 
@@ -92,8 +95,10 @@ struct SignalingAPI: Sendable {
 
     /// `POST /:roomId/join`.
     @Sendable func join(request: Request, context: SignalingRequestContext) async throws -> Response {
-        let user = try await authenticate(request)
+        let identity = try await authenticate(request)
+        let user = identity.user
         let room = try roomID(context)
+        guard identity.rooms.allows(room) else { throw APIError.roomNotGranted(room) }
         context.logger.info("join", metadata: ["peer": "\(user.id)", "room": "\(room)"])
         if let wait = joinLimiter.take(for: user.id) {
             coordinator.metrics.refused("join_rate")
@@ -117,7 +122,7 @@ struct SignalingAPI: Sendable {
 
     /// `POST /:roomId/leave`.
     @Sendable func leave(request: Request, context: SignalingRequestContext) async throws -> Response {
-        let user = try await authenticate(request)
+        let user = try await authenticate(request).user
         let room = try roomID(context)
         context.logger.info("leave", metadata: ["peer": "\(user.id)", "room": "\(room)"])
         guard try await withRedis({ try await coordinator.leave(user, room: room) }) else {
@@ -128,7 +133,7 @@ struct SignalingAPI: Sendable {
 
     /// `POST /relay/:peerId/:event` with a JSON body: delivers `{"peer": sender, "data": body}`.
     @Sendable func relay(request: Request, context: SignalingRequestContext) async throws -> Response {
-        let user = try await authenticate(request)
+        let user = try await authenticate(request).user
         guard let target = context.parameters.get("peerId").flatMap(PeerID.init) else { throw APIError.invalidID("peer id") }
         guard let event = context.parameters.get("event").flatMap(EventName.init) else {
             throw APIError.invalidID("event name")
@@ -176,7 +181,7 @@ struct SignalingAPI: Sendable {
         let fleet = (try? await coordinator.fleet()) ?? []
         let ready = await !coordinator.readiness().values.contains(false)
         let status: [String: any Sendable] = [
-            "node": coordinator.nodeID, "ready": ready, "streams": coordinator.openStreamCount,
+            "node": coordinator.nodeID, "ready": ready, "access": configuration.access.rawValue, "streams": coordinator.openStreamCount,
             "uptimeSeconds": Date().timeIntervalSince(coordinator.startedAt),
             "fleet": fleet.map { record in record.mapValues { "\($0)" } },
         ]
@@ -239,12 +244,12 @@ struct SignalingAPI: Sendable {
         return token.isEmpty ? nil : token
     }
 
-    /// The peer the request's token speaks for: 401 without a token, 403 with a bad one.
-    private func authenticate(_ request: Request) async throws -> PeerUser {
+    /// Who the request's token speaks for: 401 without a token, 403 with a bad one.
+    private func authenticate(_ request: Request) async throws -> TokenAuthority.Identity {
         let token = bearerToken(request) ?? request.uri.queryParameters["token"].map(String.init)
         guard let token, !token.isEmpty else { throw APIError.missingToken }
-        guard let user = await tokens.verify(token) else { throw APIError.invalidToken }
-        return user
+        guard let identity = await tokens.verify(token) else { throw APIError.invalidToken }
+        return identity
     }
 
     private func roomID(_ context: SignalingRequestContext) throws -> RoomID {

@@ -197,6 +197,11 @@ async function start() {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ username }),
   });
+  // With `--access off` the node hands out no tokens: say so rather than fail silently.
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error((body.error && body.error.message) || "/access answered " + response.status);
+  }
   token = (await response.json()).token;
   openStream();
   scheduleRenewal();

@@ -37,6 +37,16 @@ struct Serve: AsyncParsableCommand {
         valueName: "secret"))
     var tokenSecret: String?
 
+    @Option(help: ArgumentHelp(
+        "The secret tokens were signed with before --token-secret: they still verify until they expire, while a fleet rotates its secret. New tokens are signed with --token-secret only. (env: SWITCHBOARD_PREVIOUS_TOKEN_SECRET)",
+        valueName: "secret"))
+    var previousTokenSecret: String?
+
+    @Option(help: ArgumentHelp(
+        "open: POST /access hands a token to anyone (the demo, the original article's client); off: it answers 404 and tokens come from the application's backend. (env: SWITCHBOARD_ACCESS, default: open)",
+        valueName: "open|off"))
+    var access: String?
+
     @Option(help: "Prefix of every Redis key and channel. (env: SWITCHBOARD_KEY_PREFIX, default: sb:)")
     var keyPrefix: String?
 
@@ -98,13 +108,16 @@ struct Serve: AsyncParsableCommand {
         let relays = try number(relayRate, "SWITCHBOARD_RELAY_RATE", 100.0)
         let joins = try number(joinRate, "SWITCHBOARD_JOIN_RATE", 10.0)
         guard relays >= 0, joins >= 0 else { throw ValidationError("rates cannot be negative") }
+        let accessName = setting(access, "SWITCHBOARD_ACCESS") ?? "open"
+        guard let accessMode = AccessMode(rawValue: accessName) else { throw ValidationError("--access must be open or off, not '\(accessName)'") }
         let node = NodeConfiguration(
             host: setting(host, "SWITCHBOARD_HOST") ?? "127.0.0.1",
             port: try number(port, "SWITCHBOARD_PORT", 8080),
             pingInterval: .milliseconds(Int64(ping * 1000)),
             allowedOrigins: (setting(allowedOrigins, "SWITCHBOARD_ALLOWED_ORIGINS") ?? "*")
                 .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) },
-            relayRate: relays, relayBurst: relays * 2, joinRate: joins, joinBurst: joins * 2
+            relayRate: relays, relayBurst: relays * 2, joinRate: joins, joinBurst: joins * 2,
+            access: accessMode
         )
         let limits = Coordinator.RoomLimits(
             maxRoomSize: try number(maxRoomSize, "SWITCHBOARD_MAX_ROOM_SIZE", 100),
@@ -128,7 +141,11 @@ struct Serve: AsyncParsableCommand {
             logger.warning("no token secret given: using a random one, so tokens verify on this node only (set SWITCHBOARD_TOKEN_SECRET for a fleet)")
         }
         let tokens: TokenAuthority
-        do { tokens = try await TokenAuthority(secret: secret) } catch { throw ValidationError("\(error)") }
+        do {
+            tokens = try await TokenAuthority(secret: secret, previousSecret: setting(previousTokenSecret, "SWITCHBOARD_PREVIOUS_TOKEN_SECRET"))
+        } catch {
+            throw ValidationError("\(error)")
+        }
 
         var services: [any Service] = []
         let endpoint: RedisEndpoint
@@ -155,7 +172,7 @@ struct Serve: AsyncParsableCommand {
         let app = SignalingServer.makeApplication(
             coordinator: coordinator, tokens: tokens, configuration: node, metricsRegistry: registry)
         logger.info("switchboard node starting", metadata: [
-            "node": "\(nodeID)", "listen": "\(node.host):\(node.port)", "redis": "\(endpoint)",
+            "node": "\(nodeID)", "listen": "\(node.host):\(node.port)", "redis": "\(endpoint)", "access": "\(accessMode.rawValue)",
         ])
         // Services stop in reverse order: HTTP first (streams clean up through the coordinator),
         // then the coordinator, then the embedded Redis.

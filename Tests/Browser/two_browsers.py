@@ -20,7 +20,7 @@ BIN = sys.argv[1]
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARTIFACTS = os.path.join(HERE, "artifacts")
 ROOM = "browser-test"
-REDIS_PORT, PORTS, PAGE_PORT = 16390, (18101, 18102), 18100
+REDIS_PORT, PORTS, PAGE_PORT, CLOSED_PORT = 16390, (18101, 18102), 18100, 18103
 REDIS = ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 work = tempfile.mkdtemp(prefix="switchboard-browser-")
@@ -155,6 +155,17 @@ try:
     say(dave, "hello after the outage")
     check("alice received dave's message", wait_for("message", lambda: "dave: hello after the outage" in messages(alice)),
           messages(alice))
+
+    # A node with --access off hands out no tokens: its demo page says so instead of failing silently.
+    processes.append(subprocess.Popen(
+        [f"{BIN}/switchboard", "serve", "--port", str(CLOSED_PORT), "--redis", f"redis://127.0.0.1:{REDIS_PORT}",
+         "--node-id", "node-c", "--access", "off"],
+        env=env, stdout=open(os.path.join(work, "node-closed.log"), "w"), stderr=subprocess.STDOUT))
+    check("the node with access off is ready", wait_for("ready", lambda: healthy(CLOSED_PORT), 20))
+    frank = browser("frank")
+    frank.get(f"http://127.0.0.1:{CLOSED_PORT}/{ROOM}?name=frank")
+    check("its demo page says why it cannot start",
+          wait_for("said", lambda: any("access is off" in m for m in messages(frank))), messages(frank))
 except Exception as error:  # a crash is a failure, not a silent pass
     check("browser test ran", False, repr(error))
 finally:

@@ -15,14 +15,34 @@ struct BadInputTests {
         let body: String?
         let token: Token
         let status: Int
+        var access: AccessMode = .open
+        /// Whether the node has `--previous-token-secret` set to `previousSecret`.
+        var knowsPreviousSecret = true
         var testDescription: String { name }
 
-        enum Token: Sendable { case none, ann, bob, literal(String) }
+        enum Token: Sendable {
+            case none, ann, bob, literal(String)
+            /// A token for ann's peer, minted as an application's backend would.
+            case minted(Minted)
+        }
 
-        init(_ name: String, _ method: String, _ path: String, token: Token = .ann, headers: [(String, String)] = [], body: String? = nil, status: Int) {
+        enum Minted: Sendable {
+            case rooms([String]), roomsNotAList(String), notBefore(TimeInterval), signedWith(String)
+        }
+
+        init(
+            _ name: String, _ method: String, _ path: String, token: Token = .ann, headers: [(String, String)] = [], body: String? = nil,
+            access: AccessMode = .open, knowsPreviousSecret: Bool = true, status: Int
+        ) {
             (self.name, self.method, self.path, self.token, self.headers, self.body, self.status) = (name, method, path, token, headers, body, status)
+            (self.access, self.knowsPreviousSecret) = (access, knowsPreviousSecret)
         }
     }
+
+    /// Fleet nodes know this as the previous secret (rotation); tokens signed with the one
+    /// after it verify nowhere.
+    static let previousSecret = String(repeating: "previous-secret-", count: 2)
+    static let unknownSecret = String(repeating: "unknown-secret--", count: 2)
 
     static let secret = Fleet.secret
 
@@ -57,15 +77,27 @@ struct BadInputTests {
         Row("relay to an unknown peer", "POST", "/relay/nobody/offer", body: "{}", status: 404),
         Row("relay to a peer in no shared room", "POST", "/relay/CAROL/offer", body: "{}", status: 403),
         Row("leave a room one is not in", "POST", "/elsewhere/leave", status: 404),
+        Row("/access when access is off", "POST", "/access", token: .none, body: #"{"username":"ann"}"#, access: .off, status: 404),
+        Row("renewal when access is off", "POST", "/access", access: .off, status: 404),
+        Row("join outside the token's rooms", "POST", "/x/join", token: .minted(.rooms(["lobby"])), status: 403),
+        Row("join outside a prefix grant", "POST", "/team-43-call/join", token: .minted(.rooms(["team-42-*"])), status: 403),
+        Row("join with an empty grant", "POST", "/x/join", token: .minted(.rooms([])), status: 403),
+        Row("rooms claim with a bad room id", "POST", "/x/join", token: .minted(.rooms(["x", "a{b}"])), status: 403),
+        Row("rooms claim not a list", "POST", "/x/join", token: .minted(.roomsNotAList("x")), status: 403),
+        Row("token not valid yet (nbf)", "POST", "/x/join", token: .minted(.notBefore(300)), status: 403),
+        Row("token signed with a secret the node does not know", "POST", "/x/join", token: .minted(.signedWith(unknownSecret)), status: 403),
+        Row("token signed with the previous secret, on a node without --previous-token-secret", "POST", "/x/join",
+            token: .minted(.signedWith(previousSecret)), knowsPreviousSecret: false, status: 403),
     ]
 
     @Test(arguments: rows)
     func refused(_ row: Row) async throws {
-        try await Fleet.with(nodes: 1) { fleet in
+        let configuration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0, access: row.access)
+        try await Fleet.with(nodes: 1, configuration: configuration, previousSecret: row.knowsPreviousSecret ? Self.previousSecret : nil) { fleet in
             let client = fleet.client(0)
-            let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
-            let carol = try await Participant.connect("carol", fleet: fleet, node: 0)
-            let bob = try await client.access(username: "bob")  // a token, but no stream
+            let ann = try await Participant.connect("ann", fleet: fleet, node: 0, access: row.access)
+            let carol = try await Participant.connect("carol", fleet: fleet, node: 0, access: row.access)
+            let bob = try await Participant.token("bob", access: row.access, fleet: fleet)  // a token, but no stream
             _ = try await client.request(.POST, "/r/join", token: ann.token)
             let before = try await fleet.snapshot()
 
@@ -74,6 +106,10 @@ struct BadInputTests {
             case .ann: ann.token
             case .bob: bob
             case .literal(let text): text
+            case .minted(.rooms(let rooms)): try await TestTokens.mint(id: ann.id, rooms: rooms, secret: Fleet.secret)
+            case .minted(.roomsNotAList(let rooms)): try await TestTokens.mint(id: ann.id, rooms: rooms, secret: Fleet.secret)
+            case .minted(.notBefore(let seconds)): try await TestTokens.mint(id: ann.id, notBefore: Date() + seconds, secret: Fleet.secret)
+            case .minted(.signedWith(let secret)): try await TestTokens.mint(id: ann.id, secret: secret)
             }
             let path = row.path.replacingOccurrences(of: "BOB", with: ann.id).replacingOccurrences(of: "CAROL", with: carol.id)
             let response = try await client.request(.init(rawValue: row.method), path, token: token, headers: row.headers, body: row.body)

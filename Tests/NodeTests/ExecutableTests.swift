@@ -128,25 +128,100 @@ struct ExecutableTests {
 
     /// Runs `switchboard-load` with `--json` and returns its one result row.
     static func runLoadTool(_ arguments: [String]) async throws -> [String: Any]? {
+        let (_, output, _) = try await run("switchboard-load", arguments)
+        let report = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any]
+        return (report?["results"] as? [[String: Any]])?.first
+    }
+
+    /// Runs one of the package's executables to its end (killed after `limit`): its exit status,
+    /// stdout and stderr.
+    static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String] = [:], limit: Duration = .seconds(60)
+    ) async throws -> (status: Int32, stdout: String, stderr: String) {
         let process = Process()
-        process.executableURL = binary.deletingLastPathComponent().appendingPathComponent("switchboard-load")
+        process.executableURL = binary.deletingLastPathComponent().appendingPathComponent(executable)
         process.arguments = arguments
-        // Output to a file and an exit awaited by polling: a blocking read or wait would hold
+        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SWITCHBOARD_") }.merging(environment) { $1 }
+        // Output to files and an exit awaited by polling: a blocking read or wait would hold
         // one of the few threads every test in this process shares.
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-load-\(UUID().uuidString).json")
-        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
-        defer { try? FileManager.default.removeItem(at: output) }
-        process.standardOutput = try FileHandle(forWritingTo: output)
-        process.standardError = FileHandle.nullDevice
+        let files = ["out", "err"].map { FileManager.default.temporaryDirectory.appendingPathComponent("\(executable)-\(UUID().uuidString).\($0)") }
+        for file in files { _ = FileManager.default.createFile(atPath: file.path, contents: nil) }
+        defer { for file in files { try? FileManager.default.removeItem(at: file) } }
+        process.standardOutput = try FileHandle(forWritingTo: files[0])
+        process.standardError = try FileHandle(forWritingTo: files[1])
         try process.run()
-        // A hung load tool must fail this test, not hang the whole run.
-        let deadline = ContinuousClock.now + .seconds(60)
+        // A hung tool must fail its test, not hang the whole run.
+        let deadline = ContinuousClock.now + limit
         while process.isRunning, ContinuousClock.now < deadline + .seconds(5) {
             if ContinuousClock.now > deadline { kill(process.processIdentifier, SIGKILL) }
-            try await Task.sleep(for: .milliseconds(50))
+            try await Task.sleep(for: .milliseconds(20))
         }
-        let report = try JSONSerialization.jsonObject(with: try Data(contentsOf: output)) as? [String: Any]
-        return (report?["results"] as? [[String: Any]])?.first
+        let (stdout, stderr) = (try String(contentsOf: files[0], encoding: .utf8), try String(contentsOf: files[1], encoding: .utf8))
+        return (process.isRunning ? -1 : process.terminationStatus, stdout, stderr)
+    }
+
+    /// `switchboard token`, as an operator or a script runs it: prints the token alone.
+    static func mintToken(_ arguments: [String], secret: String? = ExecutableTests.secret) async throws -> (status: Int32, token: String, error: String) {
+        let (status, stdout, stderr) = try await run("switchboard", ["token"] + arguments, environment: secret.map { ["SWITCHBOARD_TOKEN_SECRET": $0] } ?? [:])
+        return (status, stdout.trimmingCharacters(in: .whitespacesAndNewlines), stderr)
+    }
+
+    @Test func tokenRefusesWhatItCannotSign() async throws {
+        let refusals: [(String, [String], String?)] = [
+            ("no secret", ["--id", "tab-1", "--username", "ann"], nil),
+            ("a short secret", ["--id", "tab-1", "--username", "ann"], "short"),
+            ("an id with braces", ["--id", "a{b}", "--username", "ann"], Self.secret),
+            ("an id too long", ["--id", String(repeating: "p", count: 65), "--username", "ann"], Self.secret),
+            ("a bad room", ["--id", "tab-1", "--username", "ann", "--rooms", "ok,a:b"], Self.secret),
+            ("a ttl past the maximum", ["--id", "tab-1", "--username", "ann", "--ttl", "604801"], Self.secret),
+        ]
+        for (name, arguments, secret) in refusals {
+            let minted = try await Self.mintToken(arguments, secret: secret)
+            #expect(minted.status != 0 && minted.token.isEmpty && !minted.error.isEmpty, "\(name): \(minted)")
+        }
+        let minted = try await Self.mintToken(["--id", "tab-1", "--username", "ann", "--rooms", "lobby,team-*", "--ttl", "60"])
+        #expect(minted.status == 0 && minted.token.split(separator: ".").count == 3, "\(minted)")
+        let payload = try #require(Data(base64URL: String(minted.token.split(separator: ".")[1])))
+        let claims = try #require(try JSONSerialization.jsonObject(with: payload) as? [String: Any])
+        #expect(claims["id"] as? String == "tab-1" && claims["username"] as? String == "ann")
+        #expect(Set(claims["rooms"] as? [String] ?? []) == ["lobby", "team-*"])
+        #expect((claims["exp"] as? Double).map { $0 - (claims["iat"] as? Double ?? 0) } == 60)
+    }
+
+    /// A production fleet: `--access off`, tokens from `switchboard token` as a backend would
+    /// mint them, two nodes, a granted room.
+    @Test func aFleetWithAccessOffRunsOnMintedTokens() async throws {
+        let redisPort = try RedisServerProcess.freePort()
+        try await RedisServerProcess.with(tcpPort: redisPort) { _ in
+            let flags = ["--redis", "redis://127.0.0.1:\(redisPort)", "--access", "off"]
+            let a = try Node(arguments: flags + ["--node-id", "a"])
+            let b = try Node(arguments: flags + ["--node-id", "b"])
+            try await a.waitUntilHealthy()
+            try await b.waitUntilHealthy()
+            let refused = try await a.client.request(.POST, "/access", body: #"{"username":"ann"}"#)
+            #expect(refused.status == 404 && json(refused.body)["error"] != nil, "\(refused.status) \(refused.body)")
+            #expect(json(try await a.client.request(.GET, "/status").body)["access"] as? String == "off")
+
+            let ann = try await Self.mintToken(["--id", "ann-tab-1", "--username", "ann", "--rooms", "team-42-*"]).token
+            let bob = try await Self.mintToken(["--id", "bob-tab-1", "--username", "bob", "--rooms", "team-42-call"]).token
+            let annStream = try await a.client.connect(token: ann)
+            let bobStream = try await b.client.connect(token: bob)
+            #expect(await connectedPeerID(annStream) == "ann-tab-1")
+            #expect(await connectedPeerID(bobStream) == "bob-tab-1")
+            #expect(try await a.client.request(.POST, "/team-42-call/join", token: ann).status == 200)
+            #expect(try await b.client.request(.POST, "/team-42-call/join", token: bob).status == 200)
+            #expect(try await b.client.request(.POST, "/team-43-call/join", token: bob).status == 403)
+            #expect(json(await nextSignal(annStream)?.data ?? "")["offer"] as? Bool == false)
+            #expect(json(await nextSignal(bobStream)?.data ?? "")["offer"] as? Bool == true)
+            #expect(try await b.client.request(.POST, "/relay/ann-tab-1/note", token: bob, body: #"{"hi":1}"#).status == 200)
+            #expect(await nextSignal(annStream)?.event == "note")
+            #expect(try await a.client.request(.POST, "/relay/bob-tab-1/note", token: ann, body: #"{"hi":2}"#).status == 200)
+            #expect(await nextSignal(bobStream)?.event == "note")
+            annStream.close()
+            bobStream.close()
+            #expect(await a.terminate() == 0)
+            #expect(await b.terminate() == 0)
+        }
     }
 
     /// A node killed with SIGKILL: the survivors take its peers out of their rooms, and each

@@ -33,12 +33,13 @@ final class Fleet: Sendable {
         streamLimits: PeerStream.Limits = .init(),
         gracePeriod: Duration = .zero,
         heartbeatInterval: Duration = .seconds(3),
+        previousSecret: String? = nil,
         _ body: (Fleet) async throws -> Void
     ) async throws {
         try await RedisServerProcess.with { server in
             let fleet = try await Fleet(
                 redisServer: server, nodes: count, configuration: configuration, limits: limits, streamLimits: streamLimits,
-                gracePeriod: gracePeriod, heartbeatInterval: heartbeatInterval)
+                gracePeriod: gracePeriod, heartbeatInterval: heartbeatInterval, previousSecret: previousSecret)
             do {
                 try await body(fleet)
                 await fleet.stop()
@@ -51,14 +52,14 @@ final class Fleet: Sendable {
 
     private init(
         redisServer: RedisServerProcess, nodes count: Int, configuration: NodeConfiguration, limits: Coordinator.RoomLimits,
-        streamLimits: PeerStream.Limits, gracePeriod: Duration, heartbeatInterval: Duration
+        streamLimits: PeerStream.Limits, gracePeriod: Duration, heartbeatInterval: Duration, previousSecret: String?
     ) async throws {
         self.redisServer = redisServer
         let endpoint = try RedisEndpoint(url: redisServer.url)
         redis = RedisClient(endpoint: endpoint)
         var logger = Logger(label: "test")
         logger.logLevel = .warning
-        let tokens = try await TokenAuthority(secret: Self.secret)
+        let tokens = try await TokenAuthority(secret: Self.secret, previousSecret: previousSecret)
         var nodes: [Node] = []
         for index in 0..<count {
             let id = "node-\(index)"
@@ -166,14 +167,25 @@ struct Participant: Sendable {
     let stream: EventStream
     let node: Int
 
-    static func connect(_ name: String, fleet: Fleet, node: Int) async throws -> Participant {
+    /// With access off, its token is minted as an application's backend would (id = name).
+    static func connect(_ name: String, fleet: Fleet, node: Int, access: AccessMode = .open) async throws -> Participant {
         let client = fleet.client(node)
-        let token = try await client.access(username: name)
+        let token = try await Self.token(name, access: access, fleet: fleet)
         let stream = try await client.connect(token: token)
         guard let connected = await stream.next(), connected.event == "connected",
             let user = (json(connected.data)["user"] as? [String: Any]), let id = user["id"] as? String
         else { throw SignalingClientError.connectionClosed }
         return Participant(name: name, token: token, id: id, stream: stream, node: node)
+    }
+}
+
+extension Participant {
+    /// A token for a new peer: from `POST /access`, or with access off minted with the fleet's secret.
+    static func token(_ name: String, access: AccessMode, fleet: Fleet) async throws -> String {
+        switch access {
+        case .open: try await fleet.client(0).access(username: name)
+        case .off: try await TestTokens.mint(id: "\(name)-\(UUID().uuidString.prefix(8))", username: name, secret: Fleet.secret)
+        }
     }
 }
 

@@ -89,7 +89,9 @@ struct RedisClientTests {
 
     @Test func largeBulkStringsArriveWhole() async throws {
         try await RedisServerProcess.with { server in
-            let connection = try await RedisConnection.connect(to: RedisEndpoint(url: server.url))
+            // 4 MiB each way: on a loaded machine (the suite pinned to one core beside a build)
+            // that took longer than the default 5 s command time-out once.
+            let connection = try await RedisConnection.connect(to: RedisEndpoint(url: server.url), commandTimeout: .seconds(30))
             let big = String(repeating: "0123456789abcdef", count: 256 * 1024)  // 4 MiB, many reads
             try await connection.send(["SET", "big", big])
             let reply = try await connection.send(["GET", "big"])
