@@ -54,7 +54,8 @@ public final class Coordinator: Service, Sendable {
     /// How long a join or leave waits through a Redis outage (a reconnect in progress) or the
     /// recovery window before it is refused with 503: a client that joins once, on `connected`,
     /// is never refused for a loss the nodes are already putting right.
-    public var membershipWait: Duration { recoveryWindow + .seconds(2) }
+    /// (The window, a reconnect back-off of up to 2 s, and a margin.)
+    public var membershipWait: Duration { recoveryWindow + .seconds(5) }
 
     /// Commands whose replies `refuseWhileRecovering(_:knownEpoch:)` reads, to send along with
     /// others in one round trip.
@@ -70,6 +71,8 @@ public final class Coordinator: Service, Sendable {
             epochCheck.trigger()
             throw RedisConnectionError.unavailable(retryAfterMilliseconds: 100)
         }
+        // This node is still putting things back (the window may run out before it is done).
+        if reassertions.isRunning { throw RedisConnectionError.unavailable(retryAfterMilliseconds: 100) }
         if let remaining = window.int, remaining > 0 {
             throw RedisConnectionError.unavailable(retryAfterMilliseconds: remaining)
         }
@@ -256,14 +259,23 @@ public final class Coordinator: Service, Sendable {
             localStreams.remove(stream)
             throw error
         }
+        let claimed = NIOLockedValueBox(false)
         do {
             // Recorded under this node first, so that if the node dies the stream is found.
             try await redis.send(["SADD", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
-            try await startSession(of: stream, granted: granted, resumingAfter: lastEvent, subscribedAt: losses)
+            try await startSession(of: stream, granted: granted, resumingAfter: lastEvent, subscribedAt: losses, claimed: claimed)
         } catch {
-            localStreams.remove(stream)
-            subscriber.unsubscribe(keys.channel(user.id))
-            _ = try? await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
+            stream.end(.closed)
+            if claimed.withLockedValue({ $0 }) {
+                // connect.lua may have made this stream the peer's session before the failure:
+                // it ends as a stream that dropped at once would, or the peer would keep its
+                // rooms with no stream for good.
+                await release(stream)
+            } else {
+                localStreams.remove(stream)
+                subscriber.unsubscribe(keys.channel(user.id))
+                _ = try? await redis.send(["SREM", keys.nodeStreams(nodeID), Self.streamEntry(stream)])
+            }
             throw error
         }
         metrics.streamsOpen.increment()
@@ -272,8 +284,10 @@ public final class Coordinator: Service, Sendable {
 
     /// Makes `stream` the peer's current stream: takes over its session and replays what the
     /// client missed, when it can; otherwise starts a fresh session.
+    /// - Parameter claimed: set once connect.lua may have run, making `stream` the peer's session.
     private func startSession(
-        of stream: PeerStream, granted: RoomGrants, resumingAfter lastEvent: EventCursor?, subscribedAt losses: Int
+        of stream: PeerStream, granted: RoomGrants, resumingAfter lastEvent: EventCursor?, subscribedAt losses: Int,
+        claimed: NIOLockedValueBox<Bool>
     ) async throws {
         let peer = stream.user.id
         /// Lets the stream's events through, unless the subscription was lost since the peer's
@@ -285,6 +299,9 @@ public final class Coordinator: Service, Sendable {
             if !released { catchUp.trigger() }
         }
         if let lastEvent {
+            // The peer's rooms must be back before the session's rooms are read.
+            try await refuseWhileRecovering()
+            claimed.withLockedValue { $0 = true }
             guard try await connect(stream, resume: true) else {
                 metrics.resumed("expired")
                 start(resumed: false, cursor: EventCursor())
@@ -293,7 +310,6 @@ public final class Coordinator: Service, Sendable {
             var rooms = Set(try await redis.send(["SMEMBERS", keys.peerRooms(peer)]).array?.compactMap { $0.string.flatMap(RoomID.init) } ?? [])
             // A token renewed with fewer rooms: the peer leaves the others, and is told so.
             let revoked = rooms.filter { !granted.allows($0) }
-            if !revoked.isEmpty { try await refuseWhileRecovering() }
             for room in revoked { try await leaveRoom(room, peer: peer, tellLeaver: true) }
             rooms.subtract(revoked)
             if let missed = try await missedEvents(of: peer, after: lastEvent, rooms: rooms) {
@@ -307,6 +323,7 @@ public final class Coordinator: Service, Sendable {
             logger.info("stream could not resume: too much missed", metadata: ["peer": "\(peer)"])
         }
         try await endSession(nil, of: peer)
+        claimed.withLockedValue { $0 = true }
         _ = try await connect(stream, resume: false)
         start(resumed: false, cursor: EventCursor())
     }
@@ -361,6 +378,12 @@ public final class Coordinator: Service, Sendable {
         }
         metrics.streamsOpen.decrement()
         stream.end(.closed)
+        await release(stream)
+    }
+
+    /// Lets go of an ended stream: it leaves the open streams and its channel, and its session
+    /// ends after the grace period (at once without one, or if a newer stream replaced it).
+    private func release(_ stream: PeerStream) async {
         // Held by the grace period or the clean-up before it leaves the open streams, so the
         // node always answers for it (see `heldStreams`).
         let waits = gracePeriod > .zero && stream.endReason != .replaced
@@ -472,7 +495,7 @@ public final class Coordinator: Service, Sendable {
         let checks = try await redis.pipeline([
             ["EXISTS", keys.peer(peer)], ["SCARD", keys.peerRooms(peer)], ["SISMEMBER", keys.peerRooms(peer), room.rawValue],
         ] + recoveryChecks)
-        try refuseWhileRecovering(checks[3...], knownEpoch: known)
+        try refuseWhileRecovering(checks.suffix(recoveryChecks.count), knownEpoch: known)
         guard checks[0].int == 1 else {
             metrics.joined("no_stream")
             throw NoOpenStream()

@@ -14,15 +14,25 @@ extension Coordinator {
     func heartbeat() async {
         let ttlMilliseconds = String(3 * heartbeatInterval.inMilliseconds)
         var first = true
-        repeat {
+        var pause = Duration.zero
+        while (try? await Task.sleep(for: pause)) != nil {
+            pause = heartbeatInterval
             let record: [String: Any] = [
                 "id": nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": localStreams.count,
             ]
             let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
             let candidate = UUID().uuidString
-            guard let replies = try? await redis.pipeline([
-                ["SET", keys.node(nodeID), json, "PX", ttlMilliseconds], ["SET", keys.epoch, candidate, "NX", "GET"],
-            ]) else { continue }
+            let replies: [RESPValue]
+            do {
+                replies = try await redis.pipeline([
+                    ["SET", keys.node(nodeID), json, "PX", ttlMilliseconds], ["SET", keys.epoch, candidate, "NX", "GET"],
+                ])
+            } catch {
+                // Redis is back soon, perhaps empty: look again then, not a whole interval later.
+                let delay = (error as? RedisConnectionError)?.retryDelay ?? .milliseconds(250)
+                pause = min(max(delay, .milliseconds(100)), heartbeatInterval)
+                continue
+            }
             if first {
                 // Streams recorded under this node id by an earlier life of it are gone. The
                 // node is serving already: the streams it holds are read after Redis's list.
@@ -33,7 +43,7 @@ extension Coordinator {
             for stream in unfinished.withLockedValue({ Array($0.values) }) { await endSession(of: stream) }
             await checkSubscription()
             await reapDeadNodes()
-        } while (try? await Task.sleep(for: heartbeatInterval)) != nil
+        }
     }
 
     /// Reads Redis's epoch now (making one if it has none), for a join or leave that found it
@@ -65,7 +75,10 @@ extension Coordinator {
             epoch = current
             return true
         }
-        if first { await reassertSessions(lostEpoch: known) }
+        guard first else { return }
+        await reassertSessions(lostEpoch: known)
+        // Putting back may take a while: the other nodes' joins wait a window from now.
+        _ = try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])
     }
 
     /// Redis lost its data: puts back, silently, the session and rooms of every stream this
@@ -284,6 +297,8 @@ final class Reassertions: Sendable {
     private let state = NIOLockedValueBox(State())
 
     func begin() { state.withLockedValue { $0.running += 1 } }
+
+    var isRunning: Bool { state.withLockedValue { $0.running > 0 } }
 
     func end() {
         let (waiters, completed) = state.withLockedValue { state -> ([CheckedContinuation<Int, Error>], Int) in

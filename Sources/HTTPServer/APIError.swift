@@ -42,11 +42,14 @@ enum APIError {
     }
 }
 
-/// Runs a coordinator call, turning a Redis outage into 503 instead of 500.
+/// Runs a coordinator call, turning a Redis outage (or a refusal that passes by itself, such
+/// as `LOADING`) into 503 instead of 500.
 func withRedis<T>(_ operation: () async throws -> T) async throws -> T {
     do {
         return try await operation()
     } catch let error as RedisConnectionError {
         throw APIError.unavailable(error)
+    } catch let error as RedisServerError where error.isTransient {
+        throw APIError.unavailable(.unavailable(retryAfterMilliseconds: 1000))
     }
 }

@@ -26,7 +26,8 @@ struct EventStreamResponse: Sendable {
 
     /// How long a stream is held while the node cannot open it, before it ends with `retry:`.
     static let openWait = Duration.seconds(15)
-    /// Time between comment lines on a held stream: proxies close connections idle for long.
+    /// Time between comment lines on a held stream (more while one attempt waits on Redis, up
+    /// to its command time-out): proxies close connections idle for long.
     static let keepAliveInterval = Duration.seconds(5)
     /// How long the last bytes of a stream the node ends (a replaced stream's `replaced`
     /// event, the end of a stream as the node stops) may take to reach a client before the node
@@ -42,35 +43,41 @@ struct EventStreamResponse: Sendable {
     private static let replacedEvent = StreamEvent(
         name: "replaced", data: ByteBuffer(string: #"{"reason":"another stream of this peer opened"}"#))
 
-    func response(to request: Request, on connection: any Channel) -> Response {
+    /// Opens the stream before the response head goes out, as a rule: a client that joins as
+    /// soon as its stream is open (rather than on `connected`) finds its session there. Only
+    /// if Redis is unavailable does the head go out first, with the stream held.
+    func response(to request: Request, on connection: any Channel) async -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
         headers[HTTPField.Name("X-Accel-Buffering")!] = "no"  // proxies must not buffer the stream
+        // A stream the node ends may have a write stuck on a client that stopped reading:
+        // closing the connection frees it, and the clean-up runs. A stream cut off for falling
+        // behind is closed at once; a replaced one, or one the node ends as it stops, once its
+        // last bytes have had `finalWriteDeadline` to go out.
+        let pendingClose = NIOLockedValueBox<Scheduled<Void>?>(nil)
+        let closeSoon: @Sendable () -> Void = {
+            let close = connection.eventLoop.scheduleTask(in: Self.finalWriteDeadline) { connection.close(promise: nil) }
+            pendingClose.withLockedValue { $0 = close }
+        }
+        let onEnd: @Sendable (PeerStream.EndReason) -> Void = { reason in
+            switch reason {
+            case .tooSlow: connection.close(promise: nil)
+            case .replaced: closeSoon()
+            case .closed: break
+            }
+        }
+        let openedAtOnce = try? await coordinator.openStream(for: user, granted: rooms, resumingAfter: lastEvent, onEnd: onEnd)
+        if openedAtOnce != nil { logStreamOpened() }
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
-                let opened = NIOLockedValueBox<PeerStream?>(nil)
-                // A stream the node ends may have a write stuck on a client that stopped
-                // reading: closing the connection frees it, and the clean-up runs. A stream cut
-                // off for falling behind is closed at once; a replaced one, or one the node
-                // ends as it stops, once its last bytes have had `finalWriteDeadline` to go out.
-                let pendingClose = NIOLockedValueBox<Scheduled<Void>?>(nil)
-                let closeSoon: @Sendable () -> Void = {
-                    let close = connection.eventLoop.scheduleTask(in: Self.finalWriteDeadline) { connection.close(promise: nil) }
-                    pendingClose.withLockedValue { $0 = close }
-                }
-                let onEnd: @Sendable (PeerStream.EndReason) -> Void = { reason in
-                    switch reason {
-                    case .tooSlow: connection.close(promise: nil)
-                    case .replaced: closeSoon()
-                    case .closed: break
-                    }
-                }
+                let opened = NIOLockedValueBox<PeerStream?>(openedAtOnce)
                 do {
                     try await request.body.consumeWithCancellationOnInboundClose { _ in
                         try await writer.write(ByteBuffer(string: "retry: \(Self.reconnectDelay())\n"))
-                        guard let stream = await open(onEnd: onEnd, keepingAlive: &writer) else {
+                        let stream = if let openedAtOnce { openedAtOnce } else { await open(onEnd: onEnd, keepingAlive: &writer) }
+                        guard let stream else {
                             try await writer.write(ByteBuffer(string: "retry: \(Self.retryLaterDelay())\n\n"))
                             return
                         }
@@ -94,8 +101,9 @@ struct EventStreamResponse: Sendable {
             })
     }
 
-    /// Opens the peer's stream, waiting through an outage for up to `openWait` with a comment
-    /// line now and then; nil if it could not, or the node is stopping.
+    /// Opens the peer's stream (after a first try before the head failed), waiting through an
+    /// outage for up to `openWait` with a comment line now and then; nil if it could not, or
+    /// the node is stopping.
     private func open(
         onEnd: @escaping @Sendable (PeerStream.EndReason) -> Void, keepingAlive writer: inout any ResponseBodyWriter
     ) async -> PeerStream? {
@@ -111,21 +119,26 @@ struct EventStreamResponse: Sendable {
                 }
                 try await cancelWhenGracefulShutdown { try await Task.sleep(for: min(delay, Self.keepAliveInterval)) }
             }
-            logger.info("stream opened", metadata: ["peer": "\(user.id)", "resuming": "\(lastEvent != nil)"])
+            logStreamOpened()
             return stream
         } catch is RedisConnectionError {
             logger.warning("stream not opened: Redis unavailable; the client will retry", metadata: ["peer": "\(user.id)"])
         } catch is NodeStopping {
             logger.info("stream not opened: the node is stopping; the client will retry", metadata: ["peer": "\(user.id)"])
-        } catch is CancellationError {
-            // The client went away, or the node is stopping.
         } catch {
-            logger.error("stream not opened; the client will retry", metadata: ["peer": "\(user.id)", "error": "\(error)"])
+            // Cancelled: the client went away, or the node is stopping.
+            if !(error is CancellationError || Task.isCancelled) {
+                logger.error("stream not opened; the client will retry", metadata: ["peer": "\(user.id)", "error": "\(error)"])
+            }
         }
         return nil
     }
 
     private struct NodeStopping: Error {}
+
+    private func logStreamOpened() {
+        logger.info("stream opened", metadata: ["peer": "\(user.id)", "resuming": "\(lastEvent != nil)"])
+    }
 
     /// Writes the stream's events until it ends; a replaced stream's last one says so.
     private func pump(_ stream: PeerStream, into writer: inout any ResponseBodyWriter) async throws {

@@ -47,12 +47,14 @@ struct SignalingAPI: Sendable {
 
     /// `POST /access {"username": "ann"}` → `{"token": JWT}`. Sent with a current token
     /// (`Authorization: Bearer …`) instead, it renews that token: a fresh one for the same peer,
-    /// with the same room grants. 404 with `--access off`: tokens come from the application.
+    /// with the same room grants and lifetime, signed with the current secret (a token signed
+    /// with the previous one renews too, so that a rotation logs nobody out). 404 with
+    /// `--access off`: tokens come from the application.
     @Sendable func access(request: Request, context: SignalingRequestContext) async throws -> Response {
         guard configuration.access == .open else { throw APIError.accessOff }
         if let current = bearerToken(request) {
             guard let identity = await tokens.verify(current) else { throw APIError.invalidToken }
-            return try json(["token": try await tokens.issue(for: identity.user, rooms: identity.rooms)])
+            return try json(["token": try await tokens.issue(for: identity.user, rooms: identity.rooms, lifetime: identity.lifetime)])
         }
         struct AccessRequest: Decodable { let username: String }
         let body = try await readBody(request)
@@ -74,7 +76,7 @@ struct SignalingAPI: Sendable {
         guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
             throw APIError.notEventStream
         }
-        return EventStreamResponse(
+        return await EventStreamResponse(
             coordinator: coordinator, user: identity.user, rooms: identity.rooms, lastEvent: lastEvent(of: request), logger: context.logger)
             .response(to: request, on: context.channel)
     }

@@ -34,10 +34,12 @@ public struct TokenAuthority: Sendable {
         }
     }
 
-    /// Who a valid token speaks for, and the rooms it grants.
+    /// Who a valid token speaks for, the rooms it grants, and how long it was issued for.
     public struct Identity: Sendable {
         public let user: PeerUser
         public let rooms: RoomGrants
+        /// `exp - iat`: a renewal lasts as long as the original did.
+        public let lifetime: TimeInterval
     }
 
     /// - Parameters:
@@ -68,6 +70,24 @@ public struct TokenAuthority: Sendable {
         var nbf: NotBeforeClaim?
         var rooms: [String]?
 
+        init(id: PeerID, username: String, iat: IssuedAtClaim, exp: ExpirationClaim, nbf: NotBeforeClaim? = nil, rooms: [String]? = nil) {
+            (self.id, self.username, self.iat, self.exp, self.nbf, self.rooms) = (id, username, iat, exp, nbf, rooms)
+        }
+
+        private enum CodingKeys: String, CodingKey { case id, username, iat, exp, nbf, rooms }
+
+        init(from decoder: Decoder) throws {
+            let claims = try decoder.container(keyedBy: CodingKeys.self)
+            id = try claims.decode(PeerID.self, forKey: .id)
+            username = try claims.decode(String.self, forKey: .username)
+            iat = try claims.decode(IssuedAtClaim.self, forKey: .iat)
+            exp = try claims.decode(ExpirationClaim.self, forKey: .exp)
+            nbf = try claims.decodeIfPresent(NotBeforeClaim.self, forKey: .nbf)
+            // Present, the claim must be a list: `"rooms": null` granting every room would turn
+            // a backend's missing value into access everywhere.
+            rooms = claims.contains(.rooms) ? try claims.decode([String].self, forKey: .rooms) : nil
+        }
+
         func verify(using algorithm: some JWTAlgorithm) throws {
             let now = Date()
             try exp.verifyNotExpired(currentDate: now - TokenAuthority.clockLeeway)
@@ -85,7 +105,7 @@ public struct TokenAuthority: Sendable {
     }
 
     /// A token for `user`, valid for `lifetime` (or this node's) from now: a renewal keeps the
-    /// peer's id, and so its session, and its room grants.
+    /// peer's id, and so its session, its room grants and its lifetime.
     public func issue(for user: PeerUser, rooms: RoomGrants = .all, lifetime: TimeInterval? = nil, now: Date = Date()) async throws -> String {
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))  // whole seconds, as JWTs usually carry
         let payload = Payload(
@@ -101,7 +121,8 @@ public struct TokenAuthority: Sendable {
         if verified == nil, let previous { verified = try? await previous.verify(token, as: Payload.self) }
         guard let payload = verified, PeerUser.isValidUsername(payload.username) else { return nil }
         let identity = Identity(
-            user: PeerUser(id: payload.id, username: payload.username), rooms: payload.rooms.flatMap(RoomGrants.init(claim:)) ?? .all)
+            user: PeerUser(id: payload.id, username: payload.username), rooms: payload.rooms.flatMap(RoomGrants.init(claim:)) ?? .all,
+            lifetime: max(1, payload.exp.value.timeIntervalSince(payload.iat.value)))
         // Remembered until it expires (with the leeway); a token not valid yet never got here.
         self.verified.remember(token, identity: identity, until: payload.exp.value + Self.clockLeeway)
         return identity

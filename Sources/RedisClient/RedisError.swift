@@ -10,6 +10,10 @@ public struct RedisServerError: Error, Sendable, Equatable, CustomStringConverti
     public var code: Substring { message.prefix { $0 != " " } }
 
     public var description: String { "Redis error: \(message)" }
+
+    /// A refusal that passes by itself: the server is loading its data, its primary is down,
+    /// it was just demoted to a replica, or a cluster slot is moving or down.
+    public var isTransient: Bool { ["LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN"].contains(code) }
 }
 
 /// The command may not have reached Redis, or its reply was lost: the connection is gone or unusable.

@@ -38,6 +38,10 @@ public final class RedisSubscriber: Sendable {
     private struct State {
         var connection: RedisConnection?
         var channels: [String: Channel] = [:]
+        /// SUBSCRIBEs sent on this connection whose confirmation has not come back, by channel.
+        /// Only the confirmation of the last one counts: after SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE
+        /// the first confirmation comes before the channel is dropped again.
+        var subscribesInFlight: [String: Int] = [:]
         var connectedWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         /// A PING follows the SUBSCRIBEs sent after a reconnect: its reply says they all took.
         var awaitingResubscription = false
@@ -46,6 +50,11 @@ public final class RedisSubscriber: Sendable {
         mutating func waiterID() -> UInt64 {
             defer { nextWaiter += 1 }
             return nextWaiter
+        }
+
+        mutating func sendSubscribe(_ channel: String, on connection: RedisConnection) {
+            subscribesInFlight[channel, default: 0] += 1
+            connection.sendWithoutReply(["SUBSCRIBE", channel])
         }
     }
 
@@ -91,7 +100,7 @@ public final class RedisSubscriber: Sendable {
                     defer { state.channels[channel] = entry }
                     if entry.confirmed { return .subscribed }
                     entry.waiters[id] = waiter
-                    if entry.count == 1 { connection.sendWithoutReply(["SUBSCRIBE", channel]) }
+                    if entry.count == 1 { state.sendSubscribe(channel, on: connection) }
                     return .waiting
                 }
                 switch outcome {
@@ -190,10 +199,11 @@ public final class RedisSubscriber: Sendable {
     private func resubscribe(on connection: RedisConnection) {
         let waiters = state.withLockedValue { state in
             state.connection = connection
+            state.subscribesInFlight = [:]
             for (name, var entry) in state.channels {
                 entry.confirmed = false
                 state.channels[name] = entry
-                connection.sendWithoutReply(["SUBSCRIBE", name])
+                state.sendSubscribe(name, on: connection)
             }
             state.awaitingResubscription = true
             connection.sendWithoutReply(["PING"])
@@ -206,6 +216,7 @@ public final class RedisSubscriber: Sendable {
     private func connectionLost() {
         let waiters = state.withLockedValue { state in
             state.connection = nil
+            state.subscribesInFlight = [:]
             var waiters: [Waiter] = []
             for (name, var entry) in state.channels {
                 // A failed subscribe holds no reference: its caller was told it failed.
@@ -233,7 +244,9 @@ public final class RedisSubscriber: Sendable {
         case "subscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
             let waiters = state.withLockedValue { state -> [Waiter] in
-                guard var entry = state.channels[channel] else { return [] }
+                let inFlight = (state.subscribesInFlight[channel] ?? 1) - 1
+                state.subscribesInFlight[channel] = inFlight > 0 ? inFlight : nil
+                guard inFlight <= 0, var entry = state.channels[channel] else { return [] }
                 entry.confirmed = true
                 defer { entry.waiters = [:]; state.channels[channel] = entry }
                 return Array(entry.waiters.values)

@@ -84,7 +84,7 @@ public final class BrowserEventSource: Sendable {
                 if case .end = part { break }
                 guard case .body(let buffer) = part else { continue }
                 for event in parser.feed(buffer.readableBytesView) {
-                    lastEventIDString.withLockedValue { $0 = event.id ?? "" }
+                    if let id = event.id { lastEventIDString.withLockedValue { $0 = id } }
                     sink.yield(.message(event))
                 }
                 if let time = parser.reconnectionTime { reconnectionTime = time }

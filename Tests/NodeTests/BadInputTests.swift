@@ -27,7 +27,7 @@ struct BadInputTests {
         }
 
         enum Minted: Sendable {
-            case rooms([String]), roomsNotAList(String), notBefore(TimeInterval), signedWith(String)
+            case rooms([String]), roomsNotAList(String), roomsNull, notBefore(TimeInterval), signedWith(String)
         }
 
         init(
@@ -84,6 +84,7 @@ struct BadInputTests {
         Row("join with an empty grant", "POST", "/x/join", token: .minted(.rooms([])), status: 403),
         Row("rooms claim with a bad room id", "POST", "/x/join", token: .minted(.rooms(["x", "a{b}"])), status: 403),
         Row("rooms claim not a list", "POST", "/x/join", token: .minted(.roomsNotAList("x")), status: 403),
+        Row("rooms claim null", "POST", "/x/join", token: .minted(.roomsNull), status: 403),
         Row("token not valid yet (nbf)", "POST", "/x/join", token: .minted(.notBefore(300)), status: 403),
         Row("token signed with a secret the node does not know", "POST", "/x/join", token: .minted(.signedWith(unknownSecret)), status: 403),
         Row("token signed with the previous secret, on a node without --previous-token-secret", "POST", "/x/join",
@@ -108,6 +109,7 @@ struct BadInputTests {
             case .literal(let text): text
             case .minted(.rooms(let rooms)): try await TestTokens.mint(id: ann.id, rooms: rooms, secret: Fleet.secret)
             case .minted(.roomsNotAList(let rooms)): try await TestTokens.mint(id: ann.id, rooms: rooms, secret: Fleet.secret)
+            case .minted(.roomsNull): try await TestTokens.mint(id: ann.id, rooms: TestTokens.ExplicitNull(), secret: Fleet.secret)
             case .minted(.notBefore(let seconds)): try await TestTokens.mint(id: ann.id, notBefore: Date() + seconds, secret: Fleet.secret)
             case .minted(.signedWith(let secret)): try await TestTokens.mint(id: ann.id, secret: secret)
             }

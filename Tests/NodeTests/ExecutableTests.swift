@@ -35,7 +35,7 @@ struct ExecutableTests {
             try process.run()
         }
 
-        var client: SignalingClient { SignalingClient(port: port) }
+        var client: SignalingClient { SignalingClient(port: port, idleTimeout: .seconds(60)) }
 
         func waitUntilHealthy() async throws {
             for _ in 0..<200 {
@@ -396,7 +396,7 @@ struct ExecutableTests {
                 if reading { readers.append(try await node.client.connect(token: token)) } else {
                     sockets.append(try SlowClientTests.openUnreadStream(port: node.port, token: token))
                 }
-                for _ in 0..<50 {
+                for _ in 0..<250 {
                     if try await connection.request(.POST, "/big/join", token: token).status == 200 { break }
                     try await Task.sleep(for: .milliseconds(20))  // the raw socket's stream is still opening
                 }
@@ -433,9 +433,11 @@ struct ExecutableTests {
             print("memory: \(total) streams, \(stalled) stop reading; node RSS \(baseline) MiB at start, \(open) MiB with \(total - stalled) streams open, at most \(first.peak) MiB while \(stalled) silent streams filled up and were cut off (\(first.rounds) rounds of relays), at most \(second.peak) MiB while \(stalled) more did (\(second.rounds) rounds), \(after) MiB after")
             #expect(cutOff == 2 * stalled)
             // The readers were not cut off: a last relay reaches one of them.
-            _ = try await connection.request(.POST, "/relay/\(readerIDs[0])/last", token: senderToken, body: "{}")
+            let last = try await connection.request(.POST, "/relay/\(readerIDs[0])/last", token: senderToken, body: "{}")
+            #expect(last.status == 200, "\(last.body)")
             var sawLast = false
-            while let event = await readers[0].next() {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline, let event = await nextSignal(readers[0]) {
                 if event.event == "last" { sawLast = true; break }
             }
             #expect(sawLast)

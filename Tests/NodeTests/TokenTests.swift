@@ -84,6 +84,7 @@ struct TokenTests {
             #expect(try await grants(bad) == nil, "\(bad)")
         }
         #expect(try await grants("lobby") == nil)
+        #expect(try await grants(TestTokens.ExplicitNull()) == nil)
         #expect(try await grants([1, 2]) == nil)
     }
 
@@ -104,6 +105,16 @@ struct TokenTests {
 
 /// Tokens minted by hand, as an application's backend would, with any claims.
 enum TestTokens {
+    /// Encodes as JSON `null` (a claim present, but null).
+    struct ExplicitNull: Codable, Sendable {
+        init() {}
+        init(from decoder: Decoder) throws {}
+        func encode(to encoder: Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encodeNil()
+        }
+    }
+
     struct Claims<Rooms: Codable & Sendable>: JWTPayload {
         var id: String
         var username: String

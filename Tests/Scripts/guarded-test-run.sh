@@ -13,7 +13,8 @@ bin=${BIN:-$(swift build --show-bin-path)}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-"$bin/switchboardPackageTests.xctest" --testing-library swift-testing "$@" >"$log" 2>&1 &
+# In a process group of its own, so that a stopped run takes its redis-servers and nodes with it.
+setsid "$bin/switchboardPackageTests.xctest" --testing-library swift-testing "$@" >"$log" 2>&1 &
 pid=$!
 tail -n +1 -f "$log" --pid "$pid" &
 follower=$!
@@ -27,8 +28,10 @@ if kill -0 "$pid" 2>/dev/null; then
   echo
   echo "STALL: the test run was still going after ${limit} s."
   echo "Tests that started and never finished:"
-  grep -o 'Test [^ ]* started' "$log" | sed 's/^Test //; s/ started$//' | sort -u >"$log.started"
-  grep -oE 'Test [^ ]* (passed|failed|skipped)' "$log" | sed -E 's/^Test //; s/ (passed|failed|skipped)$//' | sort -u >"$log.ended"
+  grep -oE 'Test [^ ]+ started' "$log" | grep -v '^Test run started' | sed 's/^Test //; s/ started$//' | sort -u >"$log.started"
+  # "Test f() passed after …", "Test f(x:) with 3 test cases passed after …", "… failed after …"
+  grep -oE 'Test [^ ]*( with [0-9]+ test cases?)? (passed|failed|skipped)' "$log" |
+    sed -E 's/^Test //; s/ with [0-9]+ test cases?//; s/ (passed|failed|skipped)$//' | sort -u >"$log.ended"
   comm -23 "$log.started" "$log.ended" | sed 's/^/  /'
   rm -f "$log.started" "$log.ended"
   echo "Every thread's stack:"
@@ -37,7 +40,7 @@ if kill -0 "$pid" 2>/dev/null; then
   else
     echo "  (gdb is not installed)"
   fi
-  kill -9 "$pid" 2>/dev/null
+  kill -9 -- "-$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
   exit 124
 fi

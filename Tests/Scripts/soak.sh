@@ -21,7 +21,7 @@ echo "soak: $runs runs, CPUS=${CPUS:-all} HOG=${HOG:-0}, logs in $logs"
 passed=0
 for run in $(seq "$runs"); do
   start=$(date +%s)
-  "${pin[@]}" Tests/Scripts/guarded-test-run.sh >"$logs/run-$run.log" 2>&1
+  ${pin[@]+"${pin[@]}"} Tests/Scripts/guarded-test-run.sh >"$logs/run-$run.log" 2>&1
   status=$?
   seconds=$(( $(date +%s) - start ))
   summary=$(grep -E 'Test run with [0-9]+ tests' "$logs/run-$run.log" | tail -1 | sed 's/^[^T]*//')
