@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both install what is missing first.
-.PHONY: deps browser-deps build run test test-swift test-browser model soak
+.PHONY: deps browser-deps build run test test-swift test-browser model soak lua
 
 APT_PACKAGES := redis-server libhiredis-dev pkg-config
 BROWSER_PACKAGES := chromium chromium-driver iproute2
@@ -27,9 +27,15 @@ build: deps
 run: deps
 	swift run switchboard serve $(ARGS)
 
-# Every test: Lua scripts, Redis client, multi-node HTTP, join storms, the binary itself
-# (each starts its own redis-server in a temporary directory), then two real browsers.
+# Every test: Lua scripts (and that Lua/expanded/ matches them), Redis client, multi-node HTTP,
+# join storms, the binary itself (each starts its own redis-server in a temporary directory);
+# then real browsers.
 test: test-swift test-browser
+
+# Lua/expanded/: each script with its includes written out, to run by hand with
+# `redis-cli --eval` (the nodes embed the same text at build time; a test checks they match).
+lua:
+	swift run -q FileEmbedder --expand Lua/expanded Lua/*.lua
 
 # A run takes 2-4 minutes; one still going after 10 has stalled, which is a defect: the run
 # fails and prints the tests that never finished and every thread's stack.

@@ -46,6 +46,8 @@ let package = Package(
         .target(
             name: "LuaScripts",
             path: "Lua",
+            // The scripts with their includes written out, for `redis-cli --eval` (`make lua`).
+            exclude: ["expanded"],
             plugins: ["EmbedFiles"]
         ),
         // The demo web client (HTML, CSS, JS), embedded the same way.

@@ -1,3 +1,4 @@
+#!lua
 --[[
   Registers a peer's new event stream and makes it the peer's only stream.
 

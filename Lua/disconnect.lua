@@ -1,3 +1,4 @@
+#!lua
 --[[
   Ends a peer's session: deletes the peer's keys and hands back the rooms it was in, which
   the node then leaves one by one with leave.lua (each room's keys hash to their own slot,

@@ -1,3 +1,4 @@
+#!lua
 --[[
   Adds a peer to a room and introduces it to every member, in one atomic step, so two
   peers joining at once always learn of each other exactly once.
@@ -32,6 +33,8 @@
   member's channel and to the joiner's; the position is "<entry id>-<n>", n counting the
   entry's messages from 1.
 ]]
+--- @include "log-and-publish.lua"
+
 local members, log = KEYS[1], KEYS[2]
 local room, joiner, joinerUser, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
@@ -52,24 +55,11 @@ for i = 1, #entries, 2 do
   messages[#messages + 1] = {member, "add-peer", toMembers}
   messages[#messages + 1] = {joiner, "add-peer", '{"peer":' .. memberUser .. ',"roomId":' .. roomJSON .. ',"offer":true}'}
 end
--- Logs then publishes the messages {recipient, event, json}, at most 500 per log entry. An
--- empty room still gets an entry: resume.lua finds where the joiner's membership began.
-for first = 1, math.max(#messages, 1), 500 do
-  local fields = {"!", "join " .. joiner}
-  local last = math.min(first + 499, #messages)
-  for i = first, last do
-    fields[#fields + 1] = messages[i][1]
-    fields[#fields + 1] = messages[i][2] .. "\n" .. messages[i][3]
-  end
-  local id = redis.call("XADD", log, "MAXLEN", "~", ARGV[6], "*", unpack(fields))
-  if first == 1 then
-    redis.call("PUBLISH", prefix .. joiner, "!joined\n" .. room .. "=" .. id .. "-0\n")
-  end
-  for i = first, last do
-    local m = messages[i]
-    redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
-  end
-end
+-- An empty room still gets an entry: resume.lua finds where the joiner's membership began.
+-- The joiner's node learns of the membership before any add-peer of it.
+logAndPublish(log, ARGV[6], room, prefix, "join " .. joiner, messages, true, function(id)
+  redis.call("PUBLISH", prefix .. joiner, "!joined\n" .. room .. "=" .. id .. "-0\n")
+end)
 redis.call("PEXPIRE", log, ARGV[7])
 redis.call("HSET", members, joiner, joinerUser)
 return #entries / 2

@@ -1,3 +1,4 @@
+#!lua
 --[[
   Removes a peer from a room and tells every remaining member, in one atomic step. The
   last member to leave deletes the room's members key (Redis drops an empty hash); the log
@@ -23,6 +24,8 @@
   (and the leaver's), then "!left\n<room>=<entry id>-0\n" to the leaver's, so the node holding its
   stream stops tracking the room in its event ids.
 ]]
+--- @include "log-and-publish.lua"
+
 local members, log = KEYS[1], KEYS[2]
 local room, leaver, prefix, tellLeaver = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == "1"
 
@@ -44,21 +47,7 @@ for i = 1, #entries, 2 do
   end
 end
 
--- Logs then publishes the messages {recipient, event, json}, at most 500 per log entry.
-local id = "0-0"
-for first = 1, #messages, 500 do
-  local fields = {"!", "leave " .. leaver}
-  local last = math.min(first + 499, #messages)
-  for i = first, last do
-    fields[#fields + 1] = messages[i][1]
-    fields[#fields + 1] = messages[i][2] .. "\n" .. messages[i][3]
-  end
-  id = redis.call("XADD", log, "MAXLEN", "~", ARGV[5], "*", unpack(fields))
-  for i = first, last do
-    local m = messages[i]
-    redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
-  end
-end
+local id = logAndPublish(log, ARGV[5], room, prefix, "leave " .. leaver, messages, false)
 if #messages > 0 then
   redis.call("PEXPIRE", log, ARGV[6])
 end

@@ -1,3 +1,4 @@
+#!lua
 --[[
   Puts back a peer's session after Redis lost its data (a restart without persistence, a
   failover to a replica that was behind), as the node holding the peer's stream knows it.

@@ -1,3 +1,4 @@
+#!lua
 --[[
   Routes a relayed message to the peer it is addressed to, if that peer has a session and
   shares a room with the sender (a stranger cannot message anyone by id).

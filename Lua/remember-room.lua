@@ -1,3 +1,4 @@
+#!lua
 --[[
   Records, after join.lua added a peer to a room, that the peer is in that room, so the
   disconnect clean-up knows to take it out again. Runs on the peer's keys (join.lua runs

@@ -1,3 +1,4 @@
+#!lua
 --[[
   Reads back, from one event log, the messages a peer was sent after a given position: what
   a resuming client missed while its stream was down. Run once per room the peer is (or

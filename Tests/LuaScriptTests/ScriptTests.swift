@@ -364,10 +364,23 @@ struct ScriptTests {
         }
     }
 
+    /// `Lua/expanded/` holds what the nodes run: each script with its includes written out.
+    @Test func theExpandedScriptsAreWhatTheNodesRun() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Lua/expanded")
+        for script in LuaScript.all {
+            let file = folder.appendingPathComponent("\(script.name).lua").standardizedFileURL
+            let text = try? String(contentsOf: file, encoding: .utf8)
+            // (An embedded constant ends without the file's last newline.)
+            #expect(text?.trimmingCharacters(in: .newlines) == script.source.trimmingCharacters(in: .newlines), "Lua/expanded/\(script.name).lua is out of date: run make lua")
+            #expect(script.source.hasPrefix("#!lua\n"), "\(script.name).lua: the shebang makes a cluster refuse keys of other slots")
+            #expect(!script.source.contains("--- @include"))
+        }
+    }
+
     /// The files run by hand with `redis-cli --eval`, as the README shows.
     @Test func scriptsRunByHandWithRedisCli() async throws {
         try await ScriptHarness.with { h in
-            let lua = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Lua/join.lua")
+            let lua = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Lua/expanded/join.lua")
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = [

@@ -1,0 +1,26 @@
+#!lua
+--[[
+  Ends a peer's session: deletes the peer's keys and hands back the rooms it was in, which
+  the node then leaves one by one with leave.lua (each room's keys hash to their own slot,
+  so one script cannot touch them all). Does nothing if a newer stream has taken over the
+  session: the rooms then belong to the newer stream.
+
+    KEYS[1] peer hash            sb:peer:{P}
+    KEYS[2] peer rooms set       sb:peer:{P}:rooms
+    KEYS[3] peer event log       sb:peer:{P}:log
+
+    ARGV[1] session id to end, or "" for whatever session the peer has (a fresh start)
+
+  Returns the room ids the peer was in (a flat array; empty if the session was replaced), or
+  0 if the peer has no session at all (ended before, or Redis lost it: the node checks).
+]]
+local session = redis.call("HGET", KEYS[1], "session")
+if not session then
+  return 0
+end
+if ARGV[1] ~= "" and session ~= ARGV[1] then
+  return {}
+end
+local rooms = redis.call("SMEMBERS", KEYS[2])
+redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
+return rooms

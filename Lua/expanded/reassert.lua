@@ -1,0 +1,26 @@
+#!lua
+--[[
+  Puts back a peer's session after Redis lost its data (a restart without persistence, a
+  failover to a replica that was behind), as the node holding the peer's stream knows it.
+  Nothing is published: the peer and the members of its rooms still have the views they
+  had, and the node restores each room's membership next (HSETNX, silently too).
+
+    KEYS[1] peer hash            sb:peer:{P}
+    KEYS[2] peer rooms set       sb:peer:{P}:rooms
+
+    ARGV[1] session id           (the stream the node holds)
+    ARGV[2] node id
+    ARGV[3] user JSON
+    ARGV[4..] the rooms the peer is in
+
+  Returns 1 if the session was put back, 0 if Redis still has a session for the peer (this
+  one or a newer one: nothing to do).
+]]
+if redis.call("EXISTS", KEYS[1]) == 1 then
+  return 0
+end
+redis.call("HSET", KEYS[1], "session", ARGV[1], "node", ARGV[2], "user", ARGV[3])
+for i = 4, #ARGV do
+  redis.call("SADD", KEYS[2], ARGV[i])
+end
+return 1

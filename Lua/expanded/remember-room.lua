@@ -1,0 +1,27 @@
+#!lua
+--[[
+  Records, after join.lua added a peer to a room, that the peer is in that room, so the
+  disconnect clean-up knows to take it out again. Runs on the peer's keys (join.lua runs
+  on the room's), and only while the peer still has a stream: if the stream ended while
+  the join was in flight, this returns 0 and the node undoes the join with leave.lua.
+  Either this runs before disconnect.lua (which then sees the room) or after it (and
+  refuses), so no peer is left in a room without a stream.
+
+    KEYS[1] peer hash            sb:peer:{P}
+    KEYS[2] peer rooms set       sb:peer:{P}:rooms
+
+    ARGV[1] room id
+    ARGV[2] maximum rooms per peer (optional; missing or 0: no limit)
+
+  Returns 1 if recorded, 0 if the peer has no stream, -1 if the peer is already in the
+  maximum number of rooms (for 0 and -1 the caller must undo the join).
+]]
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  return 0
+end
+local maxRooms = tonumber(ARGV[2]) or 0
+if maxRooms > 0 and redis.call("SISMEMBER", KEYS[2], ARGV[1]) == 0 and redis.call("SCARD", KEYS[2]) >= maxRooms then
+  return -1
+end
+redis.call("SADD", KEYS[2], ARGV[1])
+return 1
