@@ -12,11 +12,14 @@
     ARGV[1] session id to end, or "" for whatever session the peer has (a fresh start)
 
   Returns the room ids the peer was in (a flat array; empty if the session was replaced), or
-  0 if the peer has no session at all (ended before, or Redis lost it: the node checks).
+  NO_SESSION if the peer has no session at all (ended before, or Redis lost it: the node
+  checks; codes in include/codes.lua).
 ]]
+--- @include "codes.lua"
+
 local session = redis.call("HGET", KEYS[1], "session")
 if not session then
-  return 0
+  return NO_SESSION
 end
 if ARGV[1] ~= "" and session ~= ARGV[1] then
   return {}

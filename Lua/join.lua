@@ -26,24 +26,25 @@
   Log entry: "!" = "join <joiner>", then one field per message: recipient peer id ->
   "<event>\n<JSON>" (several entries if the room is very large).
 
-  Returns the number of members the joiner was introduced to, -1 if it was already a member,
-  or -2 if the room is full (then nothing changes, nothing is logged or published).
+  Returns the number of members the joiner was introduced to, ALREADY_MEMBER, or ROOM_FULL
+  (for those two nothing changes, nothing is logged or published; codes in include/codes.lua).
   Publishes "!joined\n<room>=<entry id>-0\n" to the joiner's channel (the node holding its
   stream keeps track of its rooms), then "add-peer\n<room>=<position>\n<JSON>" to each
   member's channel and to the joiner's; the position is "<entry id>-<n>", n counting the
   entry's messages from 1.
 ]]
+--- @include "codes.lua"
 --- @include "log-and-publish.lua"
 
 local members, log = KEYS[1], KEYS[2]
 local room, joiner, joinerUser, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 if redis.call("HEXISTS", members, joiner) == 1 then
-  return -1
+  return ALREADY_MEMBER
 end
 local maxMembers = tonumber(ARGV[5]) or 0
 if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
-  return -2
+  return ROOM_FULL
 end
 
 local roomJSON = cjson.encode(room)

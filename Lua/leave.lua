@@ -18,12 +18,13 @@
     ARGV[5] log length kept      (entries, approximate)
     ARGV[6] log retention        (milliseconds since the last write)
 
-  Returns the number of remaining members told, or -1 if the peer was not a member
-  (then nothing changes and nothing is published).
+  Returns the number of remaining members told, or NOT_MEMBER (then nothing changes and
+  nothing is published; codes in include/codes.lua).
   Publishes "remove-peer\n<room>=<position>\n<JSON>" to each remaining member's channel
   (and the leaver's), then "!left\n<room>=<entry id>-0\n" to the leaver's, so the node holding its
   stream stops tracking the room in its event ids.
 ]]
+--- @include "codes.lua"
 --- @include "log-and-publish.lua"
 
 local members, log = KEYS[1], KEYS[2]
@@ -31,7 +32,7 @@ local room, leaver, prefix, tellLeaver = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == "
 
 local leaverUser = redis.call("HGET", members, leaver)
 if not leaverUser then
-  return -1
+  return NOT_MEMBER
 end
 redis.call("HDEL", members, leaver)
 

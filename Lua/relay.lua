@@ -22,13 +22,16 @@
     ARGV[7..] the sender's room ids
 
   Log entry: <target peer id> -> "<event>\n<JSON>".
-  Returns -1 if the target has no session, -2 if it shares no room with the sender, else the
-  number of nodes that received the message (0: no stream right now; kept in the log).
+  Returns NO_SESSION if the target has no session, NO_SHARED_ROOM if it shares no room with
+  the sender (codes in include/codes.lua), else the number of nodes that received the message
+  (0: no stream right now; kept in the log).
   Publishes "<event>\n=<log entry id>-1\n<JSON>" to the target's channel (the position of
   the entry's one message, as join.lua numbers them).
 ]]
+--- @include "codes.lua"
+
 if redis.call("EXISTS", KEYS[1]) == 0 then
-  return -1
+  return NO_SESSION
 end
 for i = 7, #ARGV do
   if redis.call("SISMEMBER", KEYS[2], ARGV[i]) == 1 then
@@ -37,4 +40,4 @@ for i = 7, #ARGV do
     return redis.call("PUBLISH", ARGV[2], ARGV[3] .. "\n=" .. id .. "-1\n" .. ARGV[4])
   end
 end
-return -2
+return NO_SHARED_ROOM

@@ -14,10 +14,12 @@
             peer's latest join" (a room it joined after the last event it saw)
 
   Returns a flat array {position, "<event>\n<JSON>", ...} in log order (for "", starting
-  with {"<join entry id>-0", "!joined\n"}: where the membership began), or -1 when the log
-  no longer holds everything after that point (trimmed, or the join is gone): then the
-  session cannot be resumed exactly.
+  with {"<join entry id>-0", "!joined\n"}: where the membership began), or LOG_TRIMMED when
+  the log no longer holds everything after that point (trimmed, or the join is gone): then
+  the session cannot be resumed exactly (codes in include/codes.lua).
 ]]
+--- @include "codes.lua"
+
 local log, peer, after = KEYS[1], ARGV[1], ARGV[2]
 
 local function isAfter(a, b)
@@ -28,7 +30,7 @@ local function isAfter(a, b)
 end
 
 if redis.call("EXISTS", log) == 0 then
-  if after == "" then return -1 end
+  if after == "" then return LOG_TRIMMED end
   return {}
 end
 
@@ -51,7 +53,7 @@ if after == "" then
     end
     if #batch < 100 then done = true else upper = "(" .. batch[#batch][1] end
   end
-  if not start then return -1 end
+  if not start then return LOG_TRIMMED end
   skip = 0
   -- Tells the node where the membership began, so the room enters the stream's cursor even
   -- if nothing was sent to the peer from it yet.
@@ -69,7 +71,7 @@ else
     elseif info[i] == "first-entry" then first = info[i + 1] and info[i + 1][1] end
   end
   if added > length and first and isAfter(first, start) then
-    return -1
+    return LOG_TRIMMED
   end
 end
 

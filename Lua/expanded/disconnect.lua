@@ -12,11 +12,22 @@
     ARGV[1] session id to end, or "" for whatever session the peer has (a fresh start)
 
   Returns the room ids the peer was in (a flat array; empty if the session was replaced), or
-  0 if the peer has no session at all (ended before, or Redis lost it: the node checks).
+  NO_SESSION if the peer has no session at all (ended before, or Redis lost it: the node
+  checks; codes in include/codes.lua).
 ]]
+-- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
+-- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
+local NO_SESSION = -1      -- the peer has no session: it never connected, or it is gone
+local NOT_MEMBER = -2      -- the peer is not in the room
+local ALREADY_MEMBER = -3  -- the peer is in the room already
+local ROOM_FULL = -4       -- the room holds its maximum of members
+local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
+local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
+local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
+
 local session = redis.call("HGET", KEYS[1], "session")
 if not session then
-  return 0
+  return NO_SESSION
 end
 if ARGV[1] ~= "" and session ~= ARGV[1] then
   return {}

@@ -26,13 +26,22 @@
   Log entry: "!" = "join <joiner>", then one field per message: recipient peer id ->
   "<event>\n<JSON>" (several entries if the room is very large).
 
-  Returns the number of members the joiner was introduced to, -1 if it was already a member,
-  or -2 if the room is full (then nothing changes, nothing is logged or published).
+  Returns the number of members the joiner was introduced to, ALREADY_MEMBER, or ROOM_FULL
+  (for those two nothing changes, nothing is logged or published; codes in include/codes.lua).
   Publishes "!joined\n<room>=<entry id>-0\n" to the joiner's channel (the node holding its
   stream keeps track of its rooms), then "add-peer\n<room>=<position>\n<JSON>" to each
   member's channel and to the joiner's; the position is "<entry id>-<n>", n counting the
   entry's messages from 1.
 ]]
+-- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
+-- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
+local NO_SESSION = -1      -- the peer has no session: it never connected, or it is gone
+local NOT_MEMBER = -2      -- the peer is not in the room
+local ALREADY_MEMBER = -3  -- the peer is in the room already
+local ROOM_FULL = -4       -- the room holds its maximum of members
+local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
+local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
+local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
 -- Shared by join.lua and leave.lua, which include it.
 --
 -- Writes messages {recipient, event, json} to a room's event log, at most 500 per entry
@@ -64,11 +73,11 @@ local members, log = KEYS[1], KEYS[2]
 local room, joiner, joinerUser, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 if redis.call("HEXISTS", members, joiner) == 1 then
-  return -1
+  return ALREADY_MEMBER
 end
 local maxMembers = tonumber(ARGV[5]) or 0
 if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
-  return -2
+  return ROOM_FULL
 end
 
 local roomJSON = cjson.encode(room)

@@ -18,12 +18,21 @@
     ARGV[5] log length kept      (entries, approximate)
     ARGV[6] log retention        (milliseconds since the last write)
 
-  Returns the number of remaining members told, or -1 if the peer was not a member
-  (then nothing changes and nothing is published).
+  Returns the number of remaining members told, or NOT_MEMBER (then nothing changes and
+  nothing is published; codes in include/codes.lua).
   Publishes "remove-peer\n<room>=<position>\n<JSON>" to each remaining member's channel
   (and the leaver's), then "!left\n<room>=<entry id>-0\n" to the leaver's, so the node holding its
   stream stops tracking the room in its event ids.
 ]]
+-- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
+-- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
+local NO_SESSION = -1      -- the peer has no session: it never connected, or it is gone
+local NOT_MEMBER = -2      -- the peer is not in the room
+local ALREADY_MEMBER = -3  -- the peer is in the room already
+local ROOM_FULL = -4       -- the room holds its maximum of members
+local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
+local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
+local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
 -- Shared by join.lua and leave.lua, which include it.
 --
 -- Writes messages {recipient, event, json} to a room's event log, at most 500 per entry
@@ -56,7 +65,7 @@ local room, leaver, prefix, tellLeaver = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == "
 
 local leaverUser = redis.call("HGET", members, leaver)
 if not leaverUser then
-  return -1
+  return NOT_MEMBER
 end
 redis.call("HDEL", members, leaver)
 

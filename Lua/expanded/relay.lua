@@ -22,13 +22,24 @@
     ARGV[7..] the sender's room ids
 
   Log entry: <target peer id> -> "<event>\n<JSON>".
-  Returns -1 if the target has no session, -2 if it shares no room with the sender, else the
-  number of nodes that received the message (0: no stream right now; kept in the log).
+  Returns NO_SESSION if the target has no session, NO_SHARED_ROOM if it shares no room with
+  the sender (codes in include/codes.lua), else the number of nodes that received the message
+  (0: no stream right now; kept in the log).
   Publishes "<event>\n=<log entry id>-1\n<JSON>" to the target's channel (the position of
   the entry's one message, as join.lua numbers them).
 ]]
+-- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
+-- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
+local NO_SESSION = -1      -- the peer has no session: it never connected, or it is gone
+local NOT_MEMBER = -2      -- the peer is not in the room
+local ALREADY_MEMBER = -3  -- the peer is in the room already
+local ROOM_FULL = -4       -- the room holds its maximum of members
+local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
+local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
+local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
+
 if redis.call("EXISTS", KEYS[1]) == 0 then
-  return -1
+  return NO_SESSION
 end
 for i = 7, #ARGV do
   if redis.call("SISMEMBER", KEYS[2], ARGV[i]) == 1 then
@@ -37,4 +48,4 @@ for i = 7, #ARGV do
     return redis.call("PUBLISH", ARGV[2], ARGV[3] .. "\n=" .. id .. "-1\n" .. ARGV[4])
   end
 end
-return -2
+return NO_SHARED_ROOM

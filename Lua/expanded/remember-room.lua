@@ -13,15 +13,26 @@
     ARGV[1] room id
     ARGV[2] maximum rooms per peer (optional; missing or 0: no limit)
 
-  Returns 1 if recorded, 0 if the peer has no stream, -1 if the peer is already in the
-  maximum number of rooms (for 0 and -1 the caller must undo the join).
+  Returns 1 if recorded, NO_SESSION if the peer has no stream, TOO_MANY_ROOMS if it is in
+  the maximum number of rooms already (for those two the caller must undo the join; codes in
+  include/codes.lua).
 ]]
+-- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
+-- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
+local NO_SESSION = -1      -- the peer has no session: it never connected, or it is gone
+local NOT_MEMBER = -2      -- the peer is not in the room
+local ALREADY_MEMBER = -3  -- the peer is in the room already
+local ROOM_FULL = -4       -- the room holds its maximum of members
+local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
+local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
+local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
+
 if redis.call("EXISTS", KEYS[1]) == 0 then
-  return 0
+  return NO_SESSION
 end
 local maxRooms = tonumber(ARGV[2]) or 0
 if maxRooms > 0 and redis.call("SISMEMBER", KEYS[2], ARGV[1]) == 0 and redis.call("SCARD", KEYS[2]) >= maxRooms then
-  return -1
+  return TOO_MANY_ROOMS
 end
 redis.call("SADD", KEYS[2], ARGV[1])
 return 1

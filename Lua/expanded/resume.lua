@@ -14,10 +14,20 @@
             peer's latest join" (a room it joined after the last event it saw)
 
   Returns a flat array {position, "<event>\n<JSON>", ...} in log order (for "", starting
-  with {"<join entry id>-0", "!joined\n"}: where the membership began), or -1 when the log
-  no longer holds everything after that point (trimmed, or the join is gone): then the
-  session cannot be resumed exactly.
+  with {"<join entry id>-0", "!joined\n"}: where the membership began), or LOG_TRIMMED when
+  the log no longer holds everything after that point (trimmed, or the join is gone): then
+  the session cannot be resumed exactly (codes in include/codes.lua).
 ]]
+-- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
+-- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
+local NO_SESSION = -1      -- the peer has no session: it never connected, or it is gone
+local NOT_MEMBER = -2      -- the peer is not in the room
+local ALREADY_MEMBER = -3  -- the peer is in the room already
+local ROOM_FULL = -4       -- the room holds its maximum of members
+local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
+local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
+local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
+
 local log, peer, after = KEYS[1], ARGV[1], ARGV[2]
 
 local function isAfter(a, b)
@@ -28,7 +38,7 @@ local function isAfter(a, b)
 end
 
 if redis.call("EXISTS", log) == 0 then
-  if after == "" then return -1 end
+  if after == "" then return LOG_TRIMMED end
   return {}
 end
 
@@ -51,7 +61,7 @@ if after == "" then
     end
     if #batch < 100 then done = true else upper = "(" .. batch[#batch][1] end
   end
-  if not start then return -1 end
+  if not start then return LOG_TRIMMED end
   skip = 0
   -- Tells the node where the membership began, so the room enters the stream's cursor even
   -- if nothing was sent to the peer from it yet.
@@ -69,7 +79,7 @@ else
     elseif info[i] == "first-entry" then first = info[i + 1] and info[i + 1][1] end
   end
   if added > length and first and isAfter(first, start) then
-    return -1
+    return LOG_TRIMMED
   end
 end
 

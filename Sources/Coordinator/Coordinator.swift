@@ -42,10 +42,9 @@ public final class Coordinator: Service, Sendable {
     let probe = SubscriptionProbe()
     let catchUp: CoalescedRequests
     let continuity = SubscriptionContinuity()
-    /// The last two arguments of every script that writes an event log: entries kept, and
-    /// milliseconds kept after the last write (the grace period plus a minute for readers
-    /// that were behind when they dropped).
-    private let logArguments: [String]
+    /// How long event logs are kept: the grace period plus a minute for readers that were
+    /// behind when they dropped.
+    private let logLimits: EventLogLimits
 
     /// How long joins, leaves and session ends wait after a node notices that Redis lost its
     /// data: every other node notices within one heartbeat, and puts back what it holds.
@@ -115,7 +114,7 @@ public final class Coordinator: Service, Sendable {
         self.heartbeatInterval = heartbeatInterval
         self.gracePeriod = gracePeriod
         self.gracePeriods = GracePeriods(duration: gracePeriod)
-        self.logArguments = [String(Self.eventLogLength), String((gracePeriod + .seconds(60)).inMilliseconds)]
+        self.logLimits = EventLogLimits(entries: Self.eventLogLength, retention: gracePeriod + .seconds(60))
         self.limits = limits
         self.redis = redis
         self.keys = keys
@@ -330,11 +329,7 @@ public final class Coordinator: Service, Sendable {
 
     /// Runs connect.lua for `stream`; true if it took over the peer's existing session.
     private func connect(_ stream: PeerStream, resume: Bool) async throws -> Bool {
-        let peer = stream.user.id
-        let reply = try await scripts.run(
-            .connect, keys: [keys.peer(peer), keys.peerLog(peer)],
-            arguments: [stream.session, nodeID, stream.user.json, keys.channel(peer), resume ? "resume" : "fresh"])
-        return reply.array?.first?.int == 1
+        try await scripts.run(ConnectCall(keys, user: stream.user, session: stream.session, node: nodeID, resume: resume))
     }
 
     /// `connected {"user": …}`, the first event of every stream (with `"resumed": true` when
@@ -347,17 +342,12 @@ public final class Coordinator: Service, Sendable {
     /// in or was in, in time order; nil if some log no longer holds all of it.
     func missedEvents(of peer: PeerID, after cursor: EventCursor, rooms: Set<RoomID>) async throws -> [RoutedEvent]? {
         let sources: [RoomID?] = [nil] + rooms.union(cursor.rooms.keys).map { $0 }
-        let replies = try await scripts.run(sources.map { source in
-            ScriptRegistry.Call(
-                .resume, keys: [source.map(keys.roomLog) ?? keys.peerLog(peer)],
-                arguments: [peer.rawValue, cursor.position(in: source)?.description ?? ""])
-        })
+        let replies = try await scripts.run(sources.map { ResumeCall(keys, peer: peer, source: $0, after: cursor.position(in: $0)) })
         var missed: [(order: Int, event: RoutedEvent)] = []
         for (order, (source, reply)) in zip(sources, replies).enumerated() {
-            guard let fields = reply.array else { return nil }
-            for index in stride(from: 0, to: fields.count - 1, by: 2) {
-                guard let position = fields[index].string.flatMap(LogPosition.init), case .bulkString(var message) = fields[index + 1],
-                    let newline = message.readableBytesView.firstIndex(of: UInt8(ascii: "\n")),
+            guard case .missed(let messages) = reply else { return nil }
+            for (position, var message) in messages {
+                guard let newline = message.readableBytesView.firstIndex(of: UInt8(ascii: "\n")),
                     let name = message.readString(length: newline - message.readerIndex)
                 else { continue }
                 message.moveReaderIndex(forwardBy: 1)
@@ -445,13 +435,8 @@ public final class Coordinator: Service, Sendable {
     @discardableResult
     func endSession(_ session: String?, of peer: PeerID) async throws -> Bool {
         try await refuseWhileRecovering()
-        let rooms = try await scripts.run(
-            .disconnect, keys: [keys.peer(peer), keys.peerRooms(peer), keys.peerLog(peer)], arguments: [session ?? ""])
-        guard let rooms = rooms.array else { return false }
-        for room in rooms {
-            guard let room = room.string.flatMap(RoomID.init) else { continue }
-            try await leaveRoom(room, peer: peer, tellLeaver: false)
-        }
+        guard case .ended(let rooms) = try await scripts.run(DisconnectCall(keys, peer: peer, session: session)) else { return false }
+        for room in rooms { try await leaveRoom(room, peer: peer, tellLeaver: false) }
         return true
     }
 
@@ -489,7 +474,6 @@ public final class Coordinator: Service, Sendable {
 
     private func joinOnce(_ user: PeerUser, room: RoomID) async throws -> JoinOutcome {
         let peer = user.id
-        let (maxSize, maxRooms) = (String(limits.maxRoomSize), String(limits.maxRoomsPerPeer))
         // Refuse early what would be refused anyway, so members see no add-peer/remove-peer flicker.
         let known = knownEpoch
         let checks = try await redis.pipeline([
@@ -507,31 +491,31 @@ public final class Coordinator: Service, Sendable {
         // join.lua on the room's keys, then remember-room.lua on the peer's, in one round trip.
         // The join is recorded on the peer only while it still has a stream (and room to
         // spare); otherwise it is undone below, so no ghost stays behind.
-        let replies = try await scripts.run([
-            .init(
-                .join, keys: [keys.roomMembers(room), keys.roomLog(room)],
-                arguments: [room.rawValue, peer.rawValue, user.json, keys.channelPrefix, maxSize] + logArguments),
-            .init(.rememberRoom, keys: [keys.peer(peer), keys.peerRooms(peer)], arguments: [room.rawValue, maxRooms]),
-        ])
-        let members = replies[0].int ?? -1
-        let recorded = replies[1].int ?? 0
-        if members == -2 {
-            // The room was full: join.lua changed nothing; take back what remember-room recorded.
-            if recorded == 1, checks[2].int == 0 { try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue]) }
+        let (joined, recorded) = try await scripts.run(
+            JoinCall(keys, room: room, user: user, maxRoomSize: limits.maxRoomSize, log: logLimits),
+            then: RememberRoomCall(keys, peer: peer, room: room, maxRooms: limits.maxRoomsPerPeer))
+        if joined == .roomFull {
+            // join.lua changed nothing; take back what remember-room recorded.
+            if recorded == .recorded, checks[2].int == 0 { try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue]) }
             metrics.refused("room_full")
             throw RoomFull()
         }
-        guard recorded == 1 else {
-            if members >= 0 { try await leaveRoom(room, peer: peer, tellLeaver: false) }
-            if recorded == -1 {
+        switch (joined, recorded) {
+        case (.joined(let members), .recorded):
+            metrics.joined("joined")
+            return .joined(members: members)
+        case (_, .recorded):
+            metrics.joined("already_member")
+            return .alreadyMember
+        case (_, let refusal):
+            if case .joined = joined { try await leaveRoom(room, peer: peer, tellLeaver: false) }
+            if refusal == .tooManyRooms {
                 metrics.refused("too_many_rooms")
                 throw TooManyRooms()
             }
             metrics.joined("no_stream")
             throw NoOpenStream()
         }
-        metrics.joined(members < 0 ? "already_member" : "joined")
-        return members < 0 ? .alreadyMember : .joined(members: members)
     }
 
     /// Takes the peer out of the room: every remaining member gets `remove-peer` for it, and
@@ -549,12 +533,9 @@ public final class Coordinator: Service, Sendable {
 
     @discardableResult
     private func leaveRoom(_ room: RoomID, peer: PeerID, tellLeaver: Bool) async throws -> Bool {
-        let told = try await scripts.run(
-            .leave, keys: [keys.roomMembers(room), keys.roomLog(room)],
-            arguments: [room.rawValue, peer.rawValue, keys.channelPrefix, tellLeaver ? "1" : "0"] + logArguments
-        ).int ?? -1
+        let left = try await scripts.run(LeaveCall(keys, room: room, peer: peer, tellLeaver: tellLeaver, log: logLimits))
         try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue])
-        return told >= 0
+        return left != .notMember
     }
 
     // MARK: Relays
@@ -575,15 +556,13 @@ public final class Coordinator: Service, Sendable {
     public func relay(from sender: PeerUser, to target: PeerID, event: EventName, body: String) async throws -> RelayOutcome {
         let data = "{\"peer\":\(sender.json),\"data\":\(body)}"
         let senderRooms = (try await redis.send(["SMEMBERS", keys.peerRooms(sender.id)]).array ?? []).compactMap(\.string)
-        let receivers = try await scripts.run(
-            .relay, keys: [keys.peer(target), keys.peerRooms(target), keys.peerLog(target)],
-            arguments: [target.rawValue, keys.channel(target), event.rawValue, data] + logArguments + senderRooms
-        ).int ?? -1
-        let outcome: RelayOutcome = switch receivers {
-        case -2: .notInSharedRoom
-        case ..<0: .noSuchPeer
-        case 0: .held
-        default: .delivered
+        let outcome: RelayOutcome = switch try await scripts.run(
+            RelayCall(keys, target: target, event: event, data: data, senderRooms: senderRooms, log: logLimits)
+        ) {
+        case .noSharedRoom: .notInSharedRoom
+        case .noSession: .noSuchPeer
+        case .published(receivers: 0): .held
+        case .published: .delivered
         }
         metrics.relayed("\(outcome)")
         return outcome

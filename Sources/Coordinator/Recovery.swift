@@ -90,15 +90,12 @@ extension Coordinator {
         let streams = heldStreams
         logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
         do {
-            let replies = try await scripts.run(streams.map { stream in
-                let peer = stream.user.id
-                return ScriptRegistry.Call(
-                    .reassert, keys: [keys.peer(peer), keys.peerRooms(peer)],
-                    arguments: [stream.session, nodeID, stream.user.json] + stream.rooms.map(\.rawValue))
+            let putBack = try await scripts.run(streams.map { stream in
+                ReassertCall(keys, user: stream.user, session: stream.session, node: nodeID, rooms: stream.rooms)
             })
             var commands = streams.map { ["SADD", keys.nodeStreams(nodeID), Self.streamEntry($0)] }
             var restored = 0
-            for (stream, reply) in zip(streams, replies) where reply.int == 1 {
+            for (stream, wasPutBack) in zip(streams, putBack) where wasPutBack {
                 restored += 1
                 for room in stream.rooms { commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
             }

@@ -1,4 +1,4 @@
-import Coordinator
+@testable import Coordinator
 import Foundation
 import LuaScripts
 import NIOConcurrencyHelpers
@@ -92,42 +92,43 @@ final class ScriptHarness: Sendable {
         try await scripts.run(script, keys: keys, arguments: arguments)
     }
 
-    // The scripts with the arguments a node passes (logs kept 1,000 entries, 70 s).
+    // The scripts with the arguments a node passes (logs kept 1,000 entries, 70 s), built by
+    // the same types the node uses; the replies raw, as the scripts' headers describe them.
 
-    func connect(_ peer: String, session: String, node: String = "n", resume: Bool = false) async throws -> RESPValue {
-        try await scripts.run(
-            .connect, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:log"],
-            arguments: [session, node, Self.user(peer), "sb:to:\(peer)", resume ? "resume" : "fresh"])
+    static let logLimits = EventLogLimits(entries: 1000, retention: .seconds(70))
+
+    private func raw(_ call: some ScriptCall) async throws -> RESPValue {
+        try await scripts.run(type(of: call).script, keys: call.keys, arguments: call.arguments)
     }
 
-    func join(_ room: String, _ peer: String, maxSize: String = "0") async throws -> RESPValue {
-        try await scripts.run(
-            .join, keys: ["sb:room:{\(room)}:members", "sb:room:{\(room)}:log"],
-            arguments: [room, peer, Self.user(peer), "sb:to:", maxSize, "1000", "70000"])
+    func connect(_ peer: String, session: String, node: String = "n", resume: Bool = false) async throws -> RESPValue {
+        try await raw(ConnectCall(keys, user: Self.peerUser(peer), session: session, node: node, resume: resume))
+    }
+
+    func join(_ room: String, _ peer: String, maxSize: Int = 0) async throws -> RESPValue {
+        try await raw(JoinCall(keys, room: RoomID(room)!, user: Self.peerUser(peer), maxRoomSize: maxSize, log: Self.logLimits))
     }
 
     func leave(_ room: String, _ peer: String, tellLeaver: Bool) async throws -> RESPValue {
-        try await scripts.run(
-            .leave, keys: ["sb:room:{\(room)}:members", "sb:room:{\(room)}:log"],
-            arguments: [room, peer, "sb:to:", tellLeaver ? "1" : "0", "1000", "70000"])
+        try await raw(LeaveCall(keys, room: RoomID(room)!, peer: PeerID(peer)!, tellLeaver: tellLeaver, log: Self.logLimits))
     }
 
-    func rememberRoom(_ peer: String, _ room: String, maxRooms: String = "0") async throws -> RESPValue {
-        try await scripts.run(.rememberRoom, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:rooms"], arguments: [room, maxRooms])
+    func rememberRoom(_ peer: String, _ room: String, maxRooms: Int = 0) async throws -> RESPValue {
+        try await raw(RememberRoomCall(keys, peer: PeerID(peer)!, room: RoomID(room)!, maxRooms: maxRooms))
     }
 
+    /// - Parameter session: "" for whatever session the peer has.
     func disconnect(_ peer: String, session: String) async throws -> RESPValue {
-        try await scripts.run(
-            .disconnect, keys: ["sb:peer:{\(peer)}", "sb:peer:{\(peer)}:rooms", "sb:peer:{\(peer)}:log"], arguments: [session])
+        try await raw(DisconnectCall(keys, peer: PeerID(peer)!, session: session.isEmpty ? nil : session))
     }
 
     static let relayData = #"{"peer":{"id":"a","username":"user-a"},"data":{"candidate":"x"}}"#
 
     /// relay.lua: an `ice-candidate` from `a` to `target`.
-    func relay(to target: String, senderRooms: [String], logLength: String = "1000") async throws -> RESPValue {
-        try await scripts.run(
-            .relay, keys: ["sb:peer:{\(target)}", "sb:peer:{\(target)}:rooms", "sb:peer:{\(target)}:log"],
-            arguments: [target, "sb:to:\(target)", "ice-candidate", Self.relayData, logLength, "70000"] + senderRooms)
+    func relay(to target: String, senderRooms: [String], logLength: Int = 1000) async throws -> RESPValue {
+        try await raw(RelayCall(
+            keys, target: PeerID(target)!, event: EventName("ice-candidate")!, data: Self.relayData, senderRooms: senderRooms,
+            log: EventLogLimits(entries: logLength, retention: .seconds(70))))
     }
 
     func resume(_ log: String, peer: String, after position: String) async throws -> RESPValue {
@@ -158,6 +159,7 @@ final class ScriptHarness: Sendable {
     }
 
     static func user(_ id: String) -> String { #"{"id":"\#(id)","username":"user-\#(id)"}"# }
+    static func peerUser(_ id: String) -> PeerUser { PeerUser(id: PeerID(id)!, username: "user-\(id)") }
 }
 
 /// Messages received so far, shared with the task that receives them.

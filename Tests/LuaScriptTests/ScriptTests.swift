@@ -1,4 +1,4 @@
-import Coordinator
+@testable import Coordinator
 import Foundation
 import LuaScripts
 import NIOCore
@@ -116,7 +116,7 @@ struct ScriptTests {
             _ = try await h.join("r1", "b")
             _ = try await h.published()
             let logged = try await h.log("sb:room:{r1}:log").count
-            #expect(try await h.join("r1", "b").int == -1)
+            #expect(try await h.join("r1", "b").int == ScriptCode.alreadyMember.rawValue)
             #expect(try await h.published() == [])
             #expect(try await h.hash(room) == ["a": user("a"), "b": user("b")])
             #expect(try await h.log("sb:room:{r1}:log").count == logged)
@@ -126,10 +126,10 @@ struct ScriptTests {
     @Test func aFullRoomRefusesTheJoiner() async throws {
         try await ScriptHarness.with { h in
             try await h.watch("a", "b", "c")
-            _ = try await h.join("r1", "a", maxSize: "2")
-            _ = try await h.join("r1", "b", maxSize: "2")
+            _ = try await h.join("r1", "a", maxSize: 2)
+            _ = try await h.join("r1", "b", maxSize: 2)
             _ = try await h.published()
-            #expect(try await h.join("r1", "c", maxSize: "2").int == -2)
+            #expect(try await h.join("r1", "c", maxSize: 2).int == ScriptCode.roomFull.rawValue)
             #expect(try await h.published() == [])
             #expect(try await h.hash("sb:room:{r1}:members").keys.sorted() == ["a", "b"])
         }
@@ -166,10 +166,10 @@ struct ScriptTests {
             let room = "sb:room:{r1}:members"
             _ = try await h.join("r1", "a")
             _ = try await h.published()
-            #expect(try await h.leave("r1", "z", tellLeaver: true).int == -1)
+            #expect(try await h.leave("r1", "z", tellLeaver: true).int == ScriptCode.notMember.rawValue)
             #expect(try await h.published() == [])
             #expect(try await h.hash(room) == ["a": user("a")])
-            #expect(try await h.leave("empty", "z", tellLeaver: true).int == -1)
+            #expect(try await h.leave("empty", "z", tellLeaver: true).int == ScriptCode.notMember.rawValue)
             #expect(try await h.allKeys() == ["sb:room:{r1}:log", room])
         }
     }
@@ -190,14 +190,14 @@ struct ScriptTests {
 
     @Test func rememberRoomOnlyWhileThePeerHasAStream() async throws {
         try await ScriptHarness.with { h in
-            #expect(try await h.rememberRoom("a", "r1").int == 0)
+            #expect(try await h.rememberRoom("a", "r1").int == ScriptCode.noSession.rawValue)
             #expect(try await h.allKeys() == [])
             _ = try await h.connect("a", session: "s1")
             #expect(try await h.rememberRoom("a", "r1").int == 1)
             #expect(try await h.rememberRoom("a", "r2").int == 1)
             #expect(try await h.set("sb:peer:{a}:rooms") == ["r1", "r2"])
-            #expect(try await h.rememberRoom("a", "r3", maxRooms: "2").int == -1)
-            #expect(try await h.rememberRoom("a", "r2", maxRooms: "2").int == 1)  // already in it: not one more
+            #expect(try await h.rememberRoom("a", "r3", maxRooms: 2).int == ScriptCode.tooManyRooms.rawValue)
+            #expect(try await h.rememberRoom("a", "r2", maxRooms: 2).int == 1)  // already in it: not one more
         }
     }
 
@@ -216,7 +216,7 @@ struct ScriptTests {
             let handedBack = try await h.disconnect("a", session: "s1").array?.compactMap(\.string)
             #expect(Set(handedBack ?? []) == ["r1", "r2"])
             #expect(try await h.allKeys() == [])
-            #expect(try await h.disconnect("a", session: "s1") == .integer(0))  // no session at all
+            #expect(try await h.disconnect("a", session: "s1") .int == ScriptCode.noSession.rawValue)  // no session at all
         }
     }
 
@@ -250,13 +250,13 @@ struct ScriptTests {
 
     @Test func relayRoutesOnlyToAStreamThatSharesARoom() async throws {
         try await ScriptHarness.with { h in
-            #expect(try await h.relay(to: "b", senderRooms: ["r1"]).int == -1)
+            #expect(try await h.relay(to: "b", senderRooms: ["r1"]).int == ScriptCode.noSession.rawValue)
             _ = try await h.connect("b", session: "s1")
             _ = try await h.rememberRoom("b", "r1")
             try await h.watch("b")
             // A stranger (no room, or other rooms) is refused and nothing is published or logged.
-            #expect(try await h.relay(to: "b", senderRooms: []).int == -2)
-            #expect(try await h.relay(to: "b", senderRooms: ["r2", "r3"]).int == -2)
+            #expect(try await h.relay(to: "b", senderRooms: []).int == ScriptCode.noSharedRoom.rawValue)
+            #expect(try await h.relay(to: "b", senderRooms: ["r2", "r3"]).int == ScriptCode.noSharedRoom.rawValue)
             #expect(try await h.published() == [])
             #expect(try await h.redis.send(["EXISTS", "sb:peer:{b}:log"]).int == 0)
 
@@ -303,7 +303,7 @@ struct ScriptTests {
                 .bulkString(ByteBuffer(string: "\(entries[1].id)-0")), .bulkString(ByteBuffer(string: "!joined\n")),
                 .bulkString(ByteBuffer(string: "\(entries[1].id)-2")),
             ])
-            #expect(try await h.resume("sb:room:{r1}:log", peer: "z", after: "") == .integer(-1))
+            #expect(try await h.resume("sb:room:{r1}:log", peer: "z", after: "") .int == ScriptCode.logTrimmed.rawValue)
             #expect(try await h.resume("sb:room:{gone}:log", peer: "a", after: "\(entries[0].id)-0") == .array([]))
         }
     }
@@ -312,11 +312,11 @@ struct ScriptTests {
         try await ScriptHarness.with { h in
             _ = try await h.connect("b", session: "s1")
             _ = try await h.rememberRoom("b", "r1")
-            _ = try await h.relay(to: "b", senderRooms: ["r1"], logLength: "10")
+            _ = try await h.relay(to: "b", senderRooms: ["r1"], logLength: 10)
             let first = try await h.log("sb:peer:{b}:log")[0].id
-            for _ in 0..<300 { _ = try await h.relay(to: "b", senderRooms: ["r1"], logLength: "10") }
+            for _ in 0..<300 { _ = try await h.relay(to: "b", senderRooms: ["r1"], logLength: 10) }
             #expect(try await h.redis.send(["XLEN", "sb:peer:{b}:log"]).int ?? 0 < 301)
-            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: "\(first)-1") == .integer(-1))
+            #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: "\(first)-1") .int == ScriptCode.logTrimmed.rawValue)
             let kept = try await h.log("sb:peer:{b}:log")
             #expect(try await h.resume("sb:peer:{b}:log", peer: "b", after: "\(kept[0].id)-1").array?.count == 2 * (kept.count - 1))
         }
