@@ -46,7 +46,7 @@ echo "redis-benchmark PUBLISH, 1 client (one round trip at a time):"
 redis-benchmark -p $REDIS_PORT -c 1 -n 50000 -q PUBLISH sb:to:bench "$(printf 'x%.0s' {1..150})" | last | sed 's/x\{20,\}/…/'
 echo "redis-benchmark EVALSHA relay.lua (checks, log entry, PUBLISH), 1 client:"
 redis-benchmark -p $REDIS_PORT -c 1 -n 50000 -q EVALSHA "$(cat "$WORK/sha")" 3 'sb:peer:{bench}' 'sb:peer:{bench}:rooms' 'sb:peer:{bench}:log' \
-  bench sb:to:bench note "$(printf 'x%.0s' {1..150})" 1000 70000 room | last | sed 's/x\{20,\}/…/'
+  bench "sb:peer:{bench}:events" note "$(printf 'x%.0s' {1..150})" 1000 70000 room | last | sed 's/x\{20,\}/…/'
 echo "redis-benchmark PUBLISH, 16 clients:"
 redis-benchmark -p $REDIS_PORT -c 16 -n 200000 -q PUBLISH sb:to:bench "$(printf 'x%.0s' {1..150})" | last | sed 's/x\{20,\}/…/'
 echo "wrk GET /healthz on one node (HTTP on the same stack), 16 connections, 2 threads:"

@@ -17,7 +17,7 @@
     ARGV[1] session id           (new stream)
     ARGV[2] node id              (node holding the stream)
     ARGV[3] user JSON            {"id":P,"username":...}
-    ARGV[4] peer channel         sb:to:P
+    ARGV[4] peer channel         sb:peer:{P}:events   (sharded pub/sub)
     ARGV[5] "resume" to take over an existing session, "fresh" not to
 
   Returns {1 if the session was resumed else 0, the session id this one replaced or ""}.
@@ -29,5 +29,5 @@ if not resumed then
   redis.call("DEL", KEYS[2])
 end
 redis.call("HSET", KEYS[1], "session", ARGV[1], "node", ARGV[2], "user", ARGV[3])
-redis.call("PUBLISH", ARGV[4], "!session\n" .. ARGV[1])
+redis.call("SPUBLISH", ARGV[4], "!session\n" .. ARGV[1])
 return {resumed and 1 or 0, previous}

@@ -18,7 +18,7 @@
     ARGV[1] room id
     ARGV[2] joiner's peer id
     ARGV[3] joiner's user JSON   {"id":P,"username":...}
-    ARGV[4] channel prefix       sb:to:   (a peer's channel is prefix .. peer id)
+    ARGV[4] channel prefix       sb:peer:{   (a peer's channel is prefix .. id .. "}:events")
     ARGV[5] maximum room size    (0: no limit)
     ARGV[6] log length kept      (entries, approximate)
     ARGV[7] log retention        (milliseconds since the last write)
@@ -34,6 +34,7 @@
   entry's messages from 1.
 ]]
 --- @include "codes.lua"
+--- @include "names.lua"
 --- @include "log-and-publish.lua"
 
 local members, log = KEYS[1], KEYS[2]
@@ -59,7 +60,7 @@ end
 -- An empty room still gets an entry: resume.lua finds where the joiner's membership began.
 -- The joiner's node learns of the membership before any add-peer of it.
 logAndPublish(log, ARGV[6], room, prefix, "join " .. joiner, messages, true, function(id)
-  redis.call("PUBLISH", prefix .. joiner, "!joined\n" .. room .. "=" .. id .. "-0\n")
+  redis.call("SPUBLISH", peerChannel(prefix, joiner), "!joined\n" .. room .. "=" .. id .. "-0\n")
 end)
 redis.call("PEXPIRE", log, ARGV[7])
 redis.call("HSET", members, joiner, joinerUser)

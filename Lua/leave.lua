@@ -13,7 +13,7 @@
 
     ARGV[1] room id
     ARGV[2] leaver's peer id
-    ARGV[3] channel prefix       sb:to:
+    ARGV[3] channel prefix       sb:peer:{   (a peer's channel is prefix .. id .. "}:events")
     ARGV[4] "1" to tell the leaver about the remaining members, "0" not to
     ARGV[5] log length kept      (entries, approximate)
     ARGV[6] log retention        (milliseconds since the last write)
@@ -25,6 +25,7 @@
   stream stops tracking the room in its event ids.
 ]]
 --- @include "codes.lua"
+--- @include "names.lua"
 --- @include "log-and-publish.lua"
 
 local members, log = KEYS[1], KEYS[2]
@@ -52,5 +53,5 @@ local id = logAndPublish(log, ARGV[5], room, prefix, "leave " .. leaver, message
 if #messages > 0 then
   redis.call("PEXPIRE", log, ARGV[6])
 end
-redis.call("PUBLISH", prefix .. leaver, "!left\n" .. room .. "=" .. id .. "-0\n")
+redis.call("SPUBLISH", peerChannel(prefix, leaver), "!left\n" .. room .. "=" .. id .. "-0\n")
 return #entries / 2

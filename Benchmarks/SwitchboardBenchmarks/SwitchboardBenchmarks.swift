@@ -129,20 +129,20 @@ let benchmarks: @Sendable () -> Void = {
 enum Wire {
     static let addPeerJSON = #"{"peer":{"id":"6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55","username":"ann"},"roomId":"demo","offer":false}"#
 
-    /// 1,000 `message` pushes as a subscriber connection receives them.
+    /// 1,000 `smessage` pushes as a subscriber connection receives them.
     static let messages: ByteBuffer = {
         var buffer = ByteBuffer()
-        let channel = "sb:to:6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55"
+        let channel = "sb:peer:{6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55}:events"
         let payload = "add-peer\n" + addPeerJSON
         for _ in 0..<1000 {
-            buffer.writeString("*3\r\n$7\r\nmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(payload.utf8.count)\r\n\(payload)\r\n")
+            buffer.writeString("*3\r\n$8\r\nsmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(payload.utf8.count)\r\n\(payload)\r\n")
         }
         return buffer
     }()
 
     static let joinCommand = [
         "EVALSHA", String(repeating: "a", count: 40), "1", "sb:room:{demo}:members", "demo",
-        "6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55", #"{"id":"6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55","username":"ann"}"#, "sb:to:",
+        "6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55", #"{"id":"6f1c1b1e-5d6a-4a35-9a43-1c1f0d8f2e55","username":"ann"}"#, "sb:peer:{",
     ]
 
     static let joinCommandBytes: Int = {

@@ -18,7 +18,7 @@
     ARGV[1] room id
     ARGV[2] joiner's peer id
     ARGV[3] joiner's user JSON   {"id":P,"username":...}
-    ARGV[4] channel prefix       sb:to:   (a peer's channel is prefix .. peer id)
+    ARGV[4] channel prefix       sb:peer:{   (a peer's channel is prefix .. id .. "}:events")
     ARGV[5] maximum room size    (0: no limit)
     ARGV[6] log length kept      (entries, approximate)
     ARGV[7] log retention        (milliseconds since the last write)
@@ -42,10 +42,16 @@ local ROOM_FULL = -4       -- the room holds its maximum of members
 local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
 local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
 local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
--- Shared by join.lua and leave.lua, which include it.
+-- The name of a peer's channel (sharded pub/sub, in the slot of the peer's keys), built from
+-- the prefix a node passes: "sb:peer:{" .. id .. "}:events". Mirrors KeySpace.channel in
+-- Sources/Coordinator/KeySpace.swift; the Lua tests check that the two agree.
+local function peerChannel(prefix, peer)
+  return prefix .. peer .. "}:events"
+end
+-- Shared by join.lua and leave.lua, which include it (after names.lua).
 --
 -- Writes messages {recipient, event, json} to a room's event log, at most 500 per entry
--- (field "!" = `marker`, then recipient -> "<event>\n<JSON>"), and PUBLISHes each to its
+-- (field "!" = `marker`, then recipient -> "<event>\n<JSON>"), and SPUBLISHes each to its
 -- recipient's channel as "<event>\n<room>=<entry id>-<n>\n<JSON>", n counting the entry's
 -- messages from 1. With `always`, an empty list still writes one entry. `onFirstEntry(id)`
 -- runs once the first entry is written, before anything is published. Returns the id of the
@@ -63,7 +69,7 @@ local function logAndPublish(log, maxLength, room, prefix, marker, messages, alw
     if first == 1 and onFirstEntry then onFirstEntry(id) end
     for i = first, last do
       local m = messages[i]
-      redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
+      redis.call("SPUBLISH", peerChannel(prefix, m[1]), m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
     end
   end
   return id
@@ -92,7 +98,7 @@ end
 -- An empty room still gets an entry: resume.lua finds where the joiner's membership began.
 -- The joiner's node learns of the membership before any add-peer of it.
 logAndPublish(log, ARGV[6], room, prefix, "join " .. joiner, messages, true, function(id)
-  redis.call("PUBLISH", prefix .. joiner, "!joined\n" .. room .. "=" .. id .. "-0\n")
+  redis.call("SPUBLISH", peerChannel(prefix, joiner), "!joined\n" .. room .. "=" .. id .. "-0\n")
 end)
 redis.call("PEXPIRE", log, ARGV[7])
 redis.call("HSET", members, joiner, joinerUser)

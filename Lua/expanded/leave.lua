@@ -13,7 +13,7 @@
 
     ARGV[1] room id
     ARGV[2] leaver's peer id
-    ARGV[3] channel prefix       sb:to:
+    ARGV[3] channel prefix       sb:peer:{   (a peer's channel is prefix .. id .. "}:events")
     ARGV[4] "1" to tell the leaver about the remaining members, "0" not to
     ARGV[5] log length kept      (entries, approximate)
     ARGV[6] log retention        (milliseconds since the last write)
@@ -33,10 +33,16 @@ local ROOM_FULL = -4       -- the room holds its maximum of members
 local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
 local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
 local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
--- Shared by join.lua and leave.lua, which include it.
+-- The name of a peer's channel (sharded pub/sub, in the slot of the peer's keys), built from
+-- the prefix a node passes: "sb:peer:{" .. id .. "}:events". Mirrors KeySpace.channel in
+-- Sources/Coordinator/KeySpace.swift; the Lua tests check that the two agree.
+local function peerChannel(prefix, peer)
+  return prefix .. peer .. "}:events"
+end
+-- Shared by join.lua and leave.lua, which include it (after names.lua).
 --
 -- Writes messages {recipient, event, json} to a room's event log, at most 500 per entry
--- (field "!" = `marker`, then recipient -> "<event>\n<JSON>"), and PUBLISHes each to its
+-- (field "!" = `marker`, then recipient -> "<event>\n<JSON>"), and SPUBLISHes each to its
 -- recipient's channel as "<event>\n<room>=<entry id>-<n>\n<JSON>", n counting the entry's
 -- messages from 1. With `always`, an empty list still writes one entry. `onFirstEntry(id)`
 -- runs once the first entry is written, before anything is published. Returns the id of the
@@ -54,7 +60,7 @@ local function logAndPublish(log, maxLength, room, prefix, marker, messages, alw
     if first == 1 and onFirstEntry then onFirstEntry(id) end
     for i = first, last do
       local m = messages[i]
-      redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
+      redis.call("SPUBLISH", peerChannel(prefix, m[1]), m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
     end
   end
   return id
@@ -85,5 +91,5 @@ local id = logAndPublish(log, ARGV[5], room, prefix, "leave " .. leaver, message
 if #messages > 0 then
   redis.call("PEXPIRE", log, ARGV[6])
 end
-redis.call("PUBLISH", prefix .. leaver, "!left\n" .. room .. "=" .. id .. "-0\n")
+redis.call("SPUBLISH", peerChannel(prefix, leaver), "!left\n" .. room .. "=" .. id .. "-0\n")
 return #entries / 2

@@ -14,7 +14,7 @@
     KEYS[3] target's event log   sb:peer:{P}:log      stream
 
     ARGV[1] target's peer id
-    ARGV[2] target's channel     sb:to:P
+    ARGV[2] target's channel     sb:peer:{P}:events   (sharded pub/sub)
     ARGV[3] event name
     ARGV[4] JSON data            {"peer":...,"data":...}
     ARGV[5] log length kept      (entries, approximate)
@@ -45,7 +45,7 @@ for i = 7, #ARGV do
   if redis.call("SISMEMBER", KEYS[2], ARGV[i]) == 1 then
     local id = redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*", ARGV[1], ARGV[3] .. "\n" .. ARGV[4])
     redis.call("PEXPIRE", KEYS[3], ARGV[6])
-    return redis.call("PUBLISH", ARGV[2], ARGV[3] .. "\n=" .. id .. "-1\n" .. ARGV[4])
+    return redis.call("SPUBLISH", ARGV[2], ARGV[3] .. "\n=" .. id .. "-1\n" .. ARGV[4])
   end
 end
 return NO_SHARED_ROOM

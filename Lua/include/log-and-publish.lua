@@ -1,7 +1,7 @@
--- Shared by join.lua and leave.lua, which include it.
+-- Shared by join.lua and leave.lua, which include it (after names.lua).
 --
 -- Writes messages {recipient, event, json} to a room's event log, at most 500 per entry
--- (field "!" = `marker`, then recipient -> "<event>\n<JSON>"), and PUBLISHes each to its
+-- (field "!" = `marker`, then recipient -> "<event>\n<JSON>"), and SPUBLISHes each to its
 -- recipient's channel as "<event>\n<room>=<entry id>-<n>\n<JSON>", n counting the entry's
 -- messages from 1. With `always`, an empty list still writes one entry. `onFirstEntry(id)`
 -- runs once the first entry is written, before anything is published. Returns the id of the
@@ -19,7 +19,7 @@ local function logAndPublish(log, maxLength, room, prefix, marker, messages, alw
     if first == 1 and onFirstEntry then onFirstEntry(id) end
     for i = first, last do
       local m = messages[i]
-      redis.call("PUBLISH", prefix .. m[1], m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
+      redis.call("SPUBLISH", peerChannel(prefix, m[1]), m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
     end
   end
   return id

@@ -122,7 +122,7 @@ public final class Coordinator: Service, Sendable {
         self.scripts = ScriptRegistry(redis: redis, metrics: metrics)
         self.streamLimits = streamLimits
         self.logger = logger
-        let localStreams = LocalStreams(channelPrefix: keys.channelPrefix)
+        let localStreams = LocalStreams(keys: keys)
         self.localStreams = localStreams
         // Messages are routed on the subscriber's event loop, straight into the streams' queues.
         let probeChannel = keys.nodeProbe(nodeID)

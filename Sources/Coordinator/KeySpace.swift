@@ -42,10 +42,19 @@ public struct KeySpace: Sendable {
     /// data. Joins, leaves and session ends wait (503) until it expires, so none of them sees a
     /// room only partly put back.
     public var recovering: String { "\(prefix)recovering" }
-    /// Pub/sub: a node's own channel, on which it checks that its subscription is alive.
+    /// Sharded pub/sub: a node's own channel, on which it checks that its subscription is alive.
     public func nodeProbe(_ id: String) -> String { "\(prefix)node:{\(id)}:probe" }
 
-    /// Pub/sub: a peer's channel is this followed by its id; only the node holding its stream listens.
-    public var channelPrefix: String { "\(prefix)to:" }
-    public func channel(_ id: PeerID) -> String { channelPrefix + id.rawValue }
+    /// Sharded pub/sub: everything addressed to one peer, `sb:peer:{P}:events`, in the slot of
+    /// the peer's keys; only the node holding its stream listens. Scripts that tell several
+    /// peers build each channel from `channelPrefix` and `channelSuffix` (Lua/include/names.lua).
+    public func channel(_ id: PeerID) -> String { channelPrefix + id.rawValue + Self.channelSuffix }
+    public var channelPrefix: String { "\(prefix)peer:{" }
+    public static let channelSuffix = "}:events"
+
+    /// The peer a channel of `channel(_:)` belongs to.
+    public func peer(onChannel channel: String) -> PeerID? {
+        guard channel.hasPrefix(channelPrefix), channel.hasSuffix(Self.channelSuffix) else { return nil }
+        return PeerID(channel.dropFirst(channelPrefix.count).dropLast(Self.channelSuffix.count))
+    }
 }

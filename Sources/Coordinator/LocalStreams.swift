@@ -6,11 +6,11 @@ import RedisClient
 /// Normally one stream per peer; two while a newer stream waits for Redis to confirm that it
 /// replaces the older.
 final class LocalStreams: Sendable {
-    private let channelPrefixLength: Int
+    private let keys: KeySpace
     private let streams = NIOLockedValueBox<[PeerID: [PeerStream]]>([:])
 
-    init(channelPrefix: String) {
-        channelPrefixLength = channelPrefix.utf8.count
+    init(keys: KeySpace) {
+        self.keys = keys
     }
 
     func add(_ stream: PeerStream) {
@@ -33,7 +33,7 @@ final class LocalStreams: Sendable {
     /// `<event>\n<room>=<log position>\n<JSON>` (no room for a relay, from the peer's own log),
     /// or `!session\n<id>` marking where a peer's new stream begins.
     func route(_ message: PubSubMessage) {
-        guard let peer = PeerID(Substring(message.channel.utf8.dropFirst(channelPrefixLength))) else { return }
+        guard let peer = keys.peer(onChannel: message.channel) else { return }
         var payload = message.payload
         guard let name = payload.readLine() else { return }
         let local = streams.withLockedValue { $0[peer] ?? [] }

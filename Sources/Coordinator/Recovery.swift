@@ -156,7 +156,7 @@ extension Coordinator {
         guard subscriber.isConnected else { return }
         let lost = probe.outstanding
         let sent = probe.next()
-        let receivers = (try? await redis.send(["PUBLISH", channel, String(sent)]).int) ?? -1
+        let receivers = (try? await redis.send(["SPUBLISH", channel, String(sent)]).int) ?? -1
         if receivers == 0 || lost {
             metrics.subscriptionProbesFailed.increment()
             logger.warning("subscription is dead though its connection is open: reconnecting", metadata: ["node": "\(nodeID)"])

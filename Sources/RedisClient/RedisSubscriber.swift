@@ -9,10 +9,11 @@ public struct PubSubMessage: Sendable {
     public var payload: ByteBuffer
 }
 
-/// One pub/sub connection shared by everything on a node. Channels are reference-counted:
-/// the first `subscribe` of a channel sends SUBSCRIBE and waits for Redis to confirm it, the
-/// last `unsubscribe` sends UNSUBSCRIBE. `run()` keeps the connection up, and after a reconnect
-/// subscribes to every channel still wanted. Messages arrive on `messages`.
+/// One sharded pub/sub connection shared by everything on a node (`SSUBSCRIBE`, Redis 7: a
+/// channel belongs to a slot like a key, and a single Redis serves it too). Channels are
+/// reference-counted: the first `subscribe` of a channel sends SSUBSCRIBE and waits for Redis to
+/// confirm it, the last `unsubscribe` sends SUNSUBSCRIBE. `run()` keeps the connection up, and
+/// after a reconnect subscribes to every channel still wanted. Messages arrive on `messages`.
 public final class RedisSubscriber: Sendable {
     public let endpoint: RedisEndpoint
     /// Every message on every subscribed channel, in the order Redis sent them (unless an
@@ -38,10 +39,13 @@ public final class RedisSubscriber: Sendable {
     private struct State {
         var connection: RedisConnection?
         var channels: [String: Channel] = [:]
-        /// SUBSCRIBEs sent on this connection whose confirmation has not come back, by channel.
-        /// Only the confirmation of the last one counts: after SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE
-        /// the first confirmation comes before the channel is dropped again.
+        /// SSUBSCRIBEs sent on this connection whose confirmation has not come back, by channel.
+        /// Only the confirmation of the last one counts: after SSUBSCRIBE, SUNSUBSCRIBE,
+        /// SSUBSCRIBE the first confirmation comes before the channel is dropped again.
         var subscribesInFlight: [String: Int] = [:]
+        /// SUNSUBSCRIBEs sent and not confirmed, by channel: a `sunsubscribe` beyond these is
+        /// the server dropping the channel (its slot moved away).
+        var unsubscribesInFlight: [String: Int] = [:]
         var connectedWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         /// A PING follows the SUBSCRIBEs sent after a reconnect: its reply says they all took.
         var awaitingResubscription = false
@@ -54,7 +58,13 @@ public final class RedisSubscriber: Sendable {
 
         mutating func sendSubscribe(_ channel: String, on connection: RedisConnection) {
             subscribesInFlight[channel, default: 0] += 1
-            connection.sendWithoutReply(["SUBSCRIBE", channel])
+            connection.sendWithoutReply(["SSUBSCRIBE", channel])
+        }
+
+        mutating func sendUnsubscribe(_ channel: String) {
+            guard let connection else { return }
+            unsubscribesInFlight[channel, default: 0] += 1
+            connection.sendWithoutReply(["SUNSUBSCRIBE", channel])
         }
     }
 
@@ -118,7 +128,7 @@ public final class RedisSubscriber: Sendable {
                 state.channels[channel]?.count -= 1
                 if state.channels[channel]?.count == 0 {
                     state.channels[channel] = nil
-                    state.connection?.sendWithoutReply(["UNSUBSCRIBE", channel])
+                    state.sendUnsubscribe(channel)
                 }
                 return waiter
             }?.resume(throwing: CancellationError())
@@ -135,7 +145,7 @@ public final class RedisSubscriber: Sendable {
                 return
             }
             state.channels[channel] = nil
-            state.connection?.sendWithoutReply(["UNSUBSCRIBE", channel])
+            state.sendUnsubscribe(channel)
         }
     }
 
@@ -200,6 +210,7 @@ public final class RedisSubscriber: Sendable {
         let waiters = state.withLockedValue { state in
             state.connection = connection
             state.subscribesInFlight = [:]
+            state.unsubscribesInFlight = [:]
             for (name, var entry) in state.channels {
                 entry.confirmed = false
                 state.channels[name] = entry
@@ -217,6 +228,7 @@ public final class RedisSubscriber: Sendable {
         let waiters = state.withLockedValue { state in
             state.connection = nil
             state.subscribesInFlight = [:]
+            state.unsubscribesInFlight = [:]
             var waiters: [Waiter] = []
             for (name, var entry) in state.channels {
                 // A failed subscribe holds no reference: its caller was told it failed.
@@ -237,11 +249,11 @@ public final class RedisSubscriber: Sendable {
         switch kind {
         case "pong":
             resubscribed()
-        case "message":
+        case "smessage":
             guard parts.count == 3, let channel = parts[1].string, case .bulkString(let payload) = parts[2] else { return }
             let message = PubSubMessage(channel: channel, payload: payload)
             if let onMessage { onMessage(message) } else { messageSink.yield(message) }
-        case "subscribe":
+        case "ssubscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
             let waiters = state.withLockedValue { state -> [Waiter] in
                 let inFlight = (state.subscribesInFlight[channel] ?? 1) - 1
@@ -252,8 +264,21 @@ public final class RedisSubscriber: Sendable {
                 return Array(entry.waiters.values)
             }
             waiters.forEach { $0.resume() }
+        case "sunsubscribe":
+            guard parts.count == 3, let channel = parts[1].string else { return }
+            let dropped = state.withLockedValue { state -> Bool in
+                let ours = state.unsubscribesInFlight[channel] ?? 0
+                state.unsubscribesInFlight[channel] = ours > 1 ? ours - 1 : nil
+                return ours == 0 && state.channels[channel] != nil
+            }
+            if dropped {
+                // Redis dropped a channel still wanted (its slot moved to another shard): a new
+                // connection subscribes to everything again, and the streams catch up.
+                logger.warning("Redis dropped a subscribed channel: reconnecting", metadata: ["channel": "\(channel)"])
+                reconnect()
+            }
         default:
-            break  // unsubscribe confirmations
+            break
         }
     }
 

@@ -66,13 +66,13 @@ final class ScriptHarness: Sendable {
 
     /// Records messages on these peers' channels from now on.
     func watch(_ peers: String...) async throws {
-        for peer in peers { try await subscriber.subscribe(keys.channelPrefix + peer) }
+        for peer in peers { try await subscriber.subscribe(keys.channel(PeerID(peer)!)) }
     }
 
     /// Everything published on watched channels since the last call, in publish order.
     func published() async throws -> [Published] {
         let marker = UUID().uuidString
-        try await redis.send(["PUBLISH", Self.endOfCapture, marker])
+        try await redis.send(["SPUBLISH", Self.endOfCapture, marker])
         for _ in 0..<500 {
             let done = inbox.messages.withLockedValue { messages -> [Published]? in
                 guard let end = messages.firstIndex(where: { $0.channel == Self.endOfCapture && $0.payload == marker }) else {

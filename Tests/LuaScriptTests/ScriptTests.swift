@@ -10,19 +10,19 @@ private let user = ScriptHarness.user
 
 /// What join.lua publishes to `to`, with the log position left out (`Published.withoutPosition`).
 private func addPeer(_ to: String, about: String, room: String, offer: Bool) -> Published {
-    Published(channel: "sb:to:\(to)", payload: "add-peer\n\(room)=*\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\",\"offer\":\(offer)}")
+    Published(channel: "sb:peer:{\(to)}:events", payload: "add-peer\n\(room)=*\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\",\"offer\":\(offer)}")
 }
 
 private func removePeer(_ to: String, about: String, room: String) -> Published {
-    Published(channel: "sb:to:\(to)", payload: "remove-peer\n\(room)=*\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\"}")
+    Published(channel: "sb:peer:{\(to)}:events", payload: "remove-peer\n\(room)=*\n{\"peer\":\(user(about)),\"roomId\":\"\(room)\"}")
 }
 
 private func joined(_ peer: String, room: String) -> Published {
-    Published(channel: "sb:to:\(peer)", payload: "!joined\n\(room)=*\n")
+    Published(channel: "sb:peer:{\(peer)}:events", payload: "!joined\n\(room)=*\n")
 }
 
 private func left(_ peer: String, room: String) -> Published {
-    Published(channel: "sb:to:\(peer)", payload: "!left\n\(room)=*\n")
+    Published(channel: "sb:peer:{\(peer)}:events", payload: "!left\n\(room)=*\n")
 }
 
 @Suite("Lua scripts against a live redis-server")
@@ -35,11 +35,11 @@ struct ScriptTests {
             let peer = "sb:peer:{a}"
             #expect(try await h.connect("a", session: "s1", node: "node-1") == .array([.integer(0), .bulkString(ByteBuffer(string: ""))]))
             #expect(try await h.hash(peer) == ["session": "s1", "node": "node-1", "user": user("a")])
-            #expect(try await h.published() == [Published(channel: "sb:to:a", payload: "!session\ns1")])
+            #expect(try await h.published() == [Published(channel: "sb:peer:{a}:events", payload: "!session\ns1")])
 
             #expect(try await h.connect("a", session: "s2", node: "node-2") == .array([.integer(0), .bulkString(ByteBuffer(string: "s1"))]))
             #expect(try await h.hash(peer)["session"] == "s2")
-            #expect(try await h.published() == [Published(channel: "sb:to:a", payload: "!session\ns2")])
+            #expect(try await h.published() == [Published(channel: "sb:peer:{a}:events", payload: "!session\ns2")])
         }
     }
 
@@ -264,7 +264,7 @@ struct ScriptTests {
             let entries = try await h.log("sb:peer:{b}:log")
             #expect(entries.map(\.fields) == [["b", "ice-candidate\n" + ScriptHarness.relayData]])
             #expect(try await h.published() == [
-                Published(channel: "sb:to:b", payload: "ice-candidate\n=\(entries[0].id)-1\n" + ScriptHarness.relayData)
+                Published(channel: "sb:peer:{b}:events", payload: "ice-candidate\n=\(entries[0].id)-1\n" + ScriptHarness.relayData)
             ])
         }
     }
@@ -385,7 +385,7 @@ struct ScriptTests {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = [
                 "redis-cli", "-s", h.server.socketPath, "--eval", lua.standardizedFileURL.path,
-                "sb:room:{demo}:members", "sb:room:{demo}:log", ",", "demo", "ann", user("ann"), "sb:to:", "100", "1000", "70000",
+                "sb:room:{demo}:members", "sb:room:{demo}:log", ",", "demo", "ann", user("ann"), "sb:peer:{", "100", "1000", "70000",
             ]
             // Output to a file and an exit awaited by polling: a blocking read or wait would
             // hold one of the few threads every test in this process shares.

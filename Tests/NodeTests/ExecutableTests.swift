@@ -45,6 +45,9 @@ struct ExecutableTests {
             Issue.record("node did not become healthy: \((try? String(contentsOf: log, encoding: .utf8)) ?? "")")
         }
 
+        /// What the node logged.
+        var logText: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
         /// SIGTERM, then the exit status (nil if it did not exit within 10 s).
         func terminate() async -> Int32? {
             process.terminate()
@@ -68,7 +71,7 @@ struct ExecutableTests {
         let bobID = await connectedPeerID(bob)
         for (node, token) in [(second, annToken), (first, bobToken)] {
             let joined = try await node.client.request(.POST, "/call/join", token: token)
-            #expect(joined.status == 200, "\(joined.body)")
+            #expect(joined.status == 200, "\(joined.body)\nfirst node:\n\(first.logText)\nsecond node:\n\(second.logText)")
         }
         #expect(json(await nextSignal(ann)?.data ?? "")["offer"] as? Bool == false)
         #expect(json(await nextSignal(bob)?.data ?? "")["offer"] as? Bool == true)

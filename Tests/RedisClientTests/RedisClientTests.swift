@@ -183,7 +183,7 @@ struct RedisClientTests {
             try await subscriber.subscribe("news")  // a second reference: no second SUBSCRIBE needed
             var messages = subscriber.messages.makeAsyncIterator()
 
-            #expect(try await client.send(["PUBLISH", "news", "first"]) == .integer(1))
+            #expect(try await client.send(["SPUBLISH", "news", "first"]) == .integer(1))
             let first = await messages.next()
             #expect(first?.channel == "news")
             #expect(first.map { String(buffer: $0.payload) } == "first")
@@ -193,17 +193,17 @@ struct RedisClientTests {
             var receivers = 0
             for _ in 0..<100 where receivers == 0 {
                 try await Task.sleep(for: .milliseconds(50))
-                receivers = (try? await client.send(["PUBLISH", "news", "again"]).int) ?? 0
+                receivers = (try? await client.send(["SPUBLISH", "news", "again"]).int) ?? 0
             }
             #expect(receivers == 1)
             #expect(await messages.next().map { String(buffer: $0.payload) } == "again")
 
             subscriber.unsubscribe("news")
-            #expect(try await client.send(["PUBSUB", "NUMSUB", "news"]).array?[1] == .integer(1))
+            #expect(try await client.send(["PUBSUB", "SHARDNUMSUB", "news"]).array?[1] == .integer(1))
             subscriber.unsubscribe("news")
             var remaining = 1
             for _ in 0..<50 where remaining != 0 {
-                remaining = try await client.send(["PUBSUB", "NUMSUB", "news"]).array?[1].int ?? -1
+                remaining = try await client.send(["PUBSUB", "SHARDNUMSUB", "news"]).array?[1].int ?? -1
                 if remaining != 0 { try await Task.sleep(for: .milliseconds(20)) }
             }
             #expect(remaining == 0)
