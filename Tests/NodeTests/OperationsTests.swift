@@ -1,4 +1,5 @@
 import Foundation
+import HTTPServer
 import SignalingClient
 import Testing
 
@@ -13,7 +14,9 @@ struct OperationsTests {
     }
 
     @Test func metricsMoveWithTraffic() async throws {
-        try await Fleet.with(nodes: 2) { fleet in
+        // No pings while it counts events (on a loaded machine the test can outlast 10 s).
+        let quiet = NodeConfiguration(host: "127.0.0.1", port: 0, pingInterval: .seconds(3600), relayRate: 0, joinRate: 0)
+        try await Fleet.with(nodes: 2, configuration: quiet) { fleet in
             let scrape = { (node: Int) in try await fleet.client(node).request(.GET, "/metrics").body }
             let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
             let bob = try await Participant.connect("bob", fleet: fleet, node: 0)
