@@ -90,7 +90,7 @@ struct SlowClientTests {
 
     /// A stream replaced by a newer one while a write to its client is stuck (the client
     /// stopped reading): its final `replaced` event cannot go out, so the node closes the
-    /// connection after `replacedStreamDeadline` rather than keep it until the client goes.
+    /// connection after `finalWriteDeadline` rather than keep it until the client goes.
     @Test func aReplacedStreamWhoseClientStoppedReadingIsClosed() async throws {
         // A queue far larger than the socket buffers: the write gets stuck, but the stream is
         // never cut off for falling behind.
