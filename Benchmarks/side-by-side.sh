@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Two builds of Switchboard side by side, to see what a change does end to end: each build
 # gets two nodes on a redis-server of its own, and the load tool's join and relay runs go to
-# one build, then the other, ROUNDS times (default 2), so both see the same machine.
+# one build, then the other, ROUNDS times (default 2), so both see the same machine. The join
+# run also reports, per join, the publishes and Redis CPU (from INFO) and the nodes' CPU (from
+# /proc), over windows from each POST until every member has its add-peer.
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && swift build -c release --product switchboard)
 #   swift build -c release
 #   Benchmarks/side-by-side.sh /tmp/before/.build/release .build/release
@@ -32,10 +34,12 @@ for i in 0 1; do
   PIDS+=($!)
 done
 sleep 0.5
+NODE_PIDS=("" "")
 for i in 0 1; do
   for n in 1 2; do
     "${BINS[$i]}/switchboard" serve --port $((18100 + 100 * i + n)) --redis redis://127.0.0.1:$((16391 + i)) --node-id "${NAMES[$i]}$n" &
     PIDS+=($!)
+    NODE_PIDS[$i]+=" --pid $!"
   done
 done
 sleep 1
@@ -45,7 +49,8 @@ for round in $(seq 1 "$ROUNDS"); do
   for i in 0 1; do
     echo "== round $round: ${NAMES[$i]} (${BINS[$i]})"
     NODES=(--node http://127.0.0.1:$((18101 + 100 * i)) --node http://127.0.0.1:$((18102 + 100 * i)))
-    "$LOAD" join "${NODES[@]}" --sizes 2,10,100 --repetitions 50 2>/dev/null
+    # shellcheck disable=SC2086
+    "$LOAD" join "${NODES[@]}" --sizes 2,10,100 --repetitions 50 --redis redis://127.0.0.1:$((16391 + i)) ${NODE_PIDS[$i]} 2>/dev/null
     "$LOAD" relay "${NODES[@]}" --pairs 16 --duration "$DURATION" 2>/dev/null
   done
 done

@@ -6,12 +6,13 @@
   had, and the node restores each room's membership next (HSETNX, silently too).
 
     KEYS[1] peer hash            sb:peer:{P}
-    KEYS[2] peer rooms set       sb:peer:{P}:rooms
+    KEYS[2] peer rooms hash      sb:peer:{P}:rooms    field room id -> its join's entry id
 
     ARGV[1] session id           (the stream the node holds)
     ARGV[2] node id
     ARGV[3] user JSON
-    ARGV[4..] the rooms the peer is in
+    ARGV[4..] the rooms the peer is in, each followed by where the stream is in its log
+              (room id, entry id, room id, entry id, ...)
 
   Returns 1 if the session was put back, 0 if Redis still has a session for the peer (this
   one or a newer one: nothing to do).
@@ -20,7 +21,7 @@ if redis.call("EXISTS", KEYS[1]) == 1 then
   return 0
 end
 redis.call("HSET", KEYS[1], "session", ARGV[1], "node", ARGV[2], "user", ARGV[3])
-for i = 4, #ARGV do
-  redis.call("SADD", KEYS[2], ARGV[i])
+for i = 4, #ARGV - 1, 2 do
+  redis.call("HSET", KEYS[2], ARGV[i], ARGV[i + 1])
 end
 return 1

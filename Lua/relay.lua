@@ -3,41 +3,38 @@
   Routes a relayed message to the peer it is addressed to, if that peer has a session and
   shares a room with the sender (a stranger cannot message anyone by id).
 
-  The message is written to the target's event log and published to the target's channel in
+  The message is written to the target's event log and published on the target's channel in
   one step. Only the node holding the peer's stream subscribes to that channel; if the peer
-  is between streams (it dropped and may resume), the log keeps the message for resume.lua.
+  is between streams (it dropped and may resume), the log keeps the message for read-log.lua.
   The sender's rooms are read by the node just before (they live in the sender's slot); the
   check against the target's rooms is atomic with the delivery.
 
     KEYS[1] target's peer hash   sb:peer:{P}
-    KEYS[2] target's rooms set   sb:peer:{P}:rooms
-    KEYS[3] target's event log   sb:peer:{P}:log      stream
+    KEYS[2] target's rooms hash  sb:peer:{P}:rooms    field room id -> its join's entry id
+    KEYS[3] target's event log   sb:peer:{P}:log      stream, field m
 
-    ARGV[1] target's peer id
-    ARGV[2] target's channel     sb:peer:{P}:events   (sharded pub/sub)
-    ARGV[3] event name
-    ARGV[4] JSON data            {"peer":...,"data":...}
-    ARGV[5] log length kept      (entries, approximate)
-    ARGV[6] log retention        (milliseconds since the last write)
-    ARGV[7..] the sender's room ids
+    ARGV[1] target's channel     sb:peer:{P}:events   (sharded pub/sub)
+    ARGV[2] event name
+    ARGV[3] JSON data            {"peer":...,"data":...}
+    ARGV[4] log length kept      (entries, approximate)
+    ARGV[5] log retention        (milliseconds since the last write)
+    ARGV[6..] the sender's room ids
 
-  Log entry: <target peer id> -> "<event>\n<JSON>".
+  Log entry "relay\n<event>\n<JSON>", published as "<entry id>\n" .. entry.
   Returns NO_SESSION if the target has no session, NO_SHARED_ROOM if it shares no room with
   the sender (codes in include/codes.lua), else the number of nodes that received the message
   (0: no stream right now; kept in the log).
-  Publishes "<event>\n=<log entry id>-1\n<JSON>" to the target's channel (the position of
-  the entry's one message, as join.lua numbers them).
 ]]
 --- @include "codes.lua"
+--- @include "log.lua"
 
 if redis.call("EXISTS", KEYS[1]) == 0 then
   return NO_SESSION
 end
-for i = 7, #ARGV do
-  if redis.call("SISMEMBER", KEYS[2], ARGV[i]) == 1 then
-    local id = redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*", ARGV[1], ARGV[3] .. "\n" .. ARGV[4])
-    redis.call("PEXPIRE", KEYS[3], ARGV[6])
-    return redis.call("SPUBLISH", ARGV[2], ARGV[3] .. "\n=" .. id .. "-1\n" .. ARGV[4])
+for i = 6, #ARGV do
+  if redis.call("HEXISTS", KEYS[2], ARGV[i]) == 1 then
+    local _, receivers = appendAndPublish(KEYS[3], ARGV[1], "relay\n" .. ARGV[2] .. "\n" .. ARGV[3], ARGV[4], ARGV[5])
+    return receivers
   end
 end
 return NO_SHARED_ROOM

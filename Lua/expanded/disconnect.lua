@@ -6,7 +6,7 @@
   session: the rooms then belong to the newer stream.
 
     KEYS[1] peer hash            sb:peer:{P}
-    KEYS[2] peer rooms set       sb:peer:{P}:rooms
+    KEYS[2] peer rooms hash      sb:peer:{P}:rooms    field room id -> its join's entry id
     KEYS[3] peer event log       sb:peer:{P}:log
 
     ARGV[1] session id to end, or "" for whatever session the peer has (a fresh start)
@@ -32,6 +32,6 @@ end
 if ARGV[1] ~= "" and session ~= ARGV[1] then
   return {}
 end
-local rooms = redis.call("SMEMBERS", KEYS[2])
+local rooms = redis.call("HKEYS", KEYS[2])
 redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
 return rooms

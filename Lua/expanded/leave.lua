@@ -1,28 +1,29 @@
 #!lua
 --[[
-  Removes a peer from a room and tells every remaining member, in one atomic step. The
-  last member to leave deletes the room's members key (Redis drops an empty hash); the log
-  expires by itself.
+  Takes a peer out of a room and tells the remaining members, atomically with a snapshot of
+  who remains. The last member to leave deletes the room's members key (Redis drops an empty
+  hash); the log expires by itself.
 
-  On an explicit leave the leaver is also told "remove-peer" about each remaining member,
-  so its own view of the room empties too. When the peer's stream is gone there is nobody
-  to tell, and ARGV[4] is "0". Messages are logged as in join.lua.
+  Writes one entry to the room's event log and publishes it once, on the room's channel: each
+  node holding streams of members turns it into "remove-peer" for them. On an explicit leave
+  the leaver is told "remove-peer" about each remaining member too: forget-room.lua, run next
+  on the leaver's keys, is given the snapshot this returns. When the peer's stream is gone
+  there is nobody to tell, and ARGV[3] is "0".
 
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
-    KEYS[2] room event log       sb:room:{R}:log        stream
+    KEYS[2] room event log       sb:room:{R}:log        stream, field m
 
-    ARGV[1] room id
+    ARGV[1] room channel         sb:room:{R}:events     (sharded pub/sub)
     ARGV[2] leaver's peer id
-    ARGV[3] channel prefix       sb:peer:{   (a peer's channel is prefix .. id .. "}:events")
-    ARGV[4] "1" to tell the leaver about the remaining members, "0" not to
-    ARGV[5] log length kept      (entries, approximate)
-    ARGV[6] log retention        (milliseconds since the last write)
+    ARGV[3] "1" to return the remaining members' user JSON, "0" not to
+    ARGV[4] log length kept      (entries, approximate)
+    ARGV[5] log retention        (milliseconds since the last write)
 
-  Returns the number of remaining members told, or NOT_MEMBER (then nothing changes and
-  nothing is published; codes in include/codes.lua).
-  Publishes "remove-peer\n<room>=<position>\n<JSON>" to each remaining member's channel
-  (and the leaver's), then "!left\n<room>=<entry id>-0\n" to the leaver's, so the node holding its
-  stream stops tracking the room in its event ids.
+  Log entry "leave\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
+  Returns {number of remaining members, the leave's entry id, [each one's user JSON...]}; or
+  {NOT_MEMBER, the log's newest entry id ("0-0" if none), [each member's user JSON...]}:
+  nothing changes, and the snapshot lets the caller finish an earlier attempt that stopped
+  before forget-room.lua (codes in include/codes.lua).
 ]]
 -- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
 -- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
@@ -33,63 +34,32 @@ local ROOM_FULL = -4       -- the room holds its maximum of members
 local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
 local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
 local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
--- The name of a peer's channel (sharded pub/sub, in the slot of the peer's keys), built from
--- the prefix a node passes: "sb:peer:{" .. id .. "}:events". Mirrors KeySpace.channel in
--- Sources/Coordinator/KeySpace.swift; the Lua tests check that the two agree.
-local function peerChannel(prefix, peer)
-  return prefix .. peer .. "}:events"
+-- Shared by every script that writes an event log (a Redis stream, one message per entry in
+-- field "m"), and by read-log.lua.
+
+-- Appends `message` to `log`, keeps the log `retention` milliseconds past this write (and
+-- about `maxLength` entries), and SPUBLISHes "<entry id>\n<message>" on `channel`, in the
+-- slot of the log's key. Returns the entry id and the number of nodes that received it.
+local function appendAndPublish(log, channel, message, maxLength, retention)
+  local id = redis.call("XADD", log, "MAXLEN", "~", maxLength, "*", "m", message)
+  redis.call("PEXPIRE", log, retention)
+  return id, redis.call("SPUBLISH", channel, id .. "\n" .. message)
 end
--- Shared by join.lua and leave.lua, which include it (after names.lua).
---
--- Writes messages {recipient, event, json} to a room's event log, at most 500 per entry
--- (field "!" = `marker`, then recipient -> "<event>\n<JSON>"), and SPUBLISHes each to its
--- recipient's channel as "<event>\n<room>=<entry id>-<n>\n<JSON>", n counting the entry's
--- messages from 1. With `always`, an empty list still writes one entry. `onFirstEntry(id)`
--- runs once the first entry is written, before anything is published. Returns the id of the
--- last entry written, or "0-0" if none was.
-local function logAndPublish(log, maxLength, room, prefix, marker, messages, always, onFirstEntry)
-  local id = "0-0"
-  for first = 1, math.max(#messages, always and 1 or 0), 500 do
-    local fields = {"!", marker}
-    local last = math.min(first + 499, #messages)
-    for i = first, last do
-      fields[#fields + 1] = messages[i][1]
-      fields[#fields + 1] = messages[i][2] .. "\n" .. messages[i][3]
-    end
-    id = redis.call("XADD", log, "MAXLEN", "~", maxLength, "*", unpack(fields))
-    if first == 1 and onFirstEntry then onFirstEntry(id) end
-    for i = first, last do
-      local m = messages[i]
-      redis.call("SPUBLISH", peerChannel(prefix, m[1]), m[2] .. "\n" .. room .. "=" .. id .. "-" .. (i - first + 1) .. "\n" .. m[3])
-    end
-  end
-  return id
+
+-- The id of the newest entry in `log`, or "0-0" if it has none (it expired).
+local function latestEntry(log)
+  local newest = redis.call("XREVRANGE", log, "+", "-", "COUNT", 1)
+  return newest[1] and newest[1][1] or "0-0"
 end
 
 local members, log = KEYS[1], KEYS[2]
-local room, leaver, prefix, tellLeaver = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == "1"
+local channel, leaver, snapshotWanted = ARGV[1], ARGV[2], ARGV[3] == "1"
 
 local leaverUser = redis.call("HGET", members, leaver)
 if not leaverUser then
-  return NOT_MEMBER
+  return {NOT_MEMBER, latestEntry(log), unpack(snapshotWanted and redis.call("HVALS", members) or {})}
 end
 redis.call("HDEL", members, leaver)
-
-local roomJSON = cjson.encode(room)
-local toMembers = '{"peer":' .. leaverUser .. ',"roomId":' .. roomJSON .. '}'
-local messages = {}
-local entries = redis.call("HGETALL", members)
-for i = 1, #entries, 2 do
-  local member, memberUser = entries[i], entries[i + 1]
-  messages[#messages + 1] = {member, "remove-peer", toMembers}
-  if tellLeaver then
-    messages[#messages + 1] = {leaver, "remove-peer", '{"peer":' .. memberUser .. ',"roomId":' .. roomJSON .. '}'}
-  end
-end
-
-local id = logAndPublish(log, ARGV[5], room, prefix, "leave " .. leaver, messages, false)
-if #messages > 0 then
-  redis.call("PEXPIRE", log, ARGV[6])
-end
-redis.call("SPUBLISH", peerChannel(prefix, leaver), "!left\n" .. room .. "=" .. id .. "-0\n")
-return #entries / 2
+local id = appendAndPublish(log, channel, "leave\n" .. leaver .. "\n" .. leaverUser, ARGV[4], ARGV[5])
+local remaining = redis.call("HVALS", members)
+return {#remaining, id, unpack(snapshotWanted and remaining or {})}

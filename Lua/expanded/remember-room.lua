@@ -1,21 +1,33 @@
 #!lua
 --[[
-  Records, after join.lua added a peer to a room, that the peer is in that room, so the
-  disconnect clean-up knows to take it out again. Runs on the peer's keys (join.lua runs
-  on the room's), and only while the peer still has a stream: if the stream ended while
-  the join was in flight, this returns 0 and the node undoes the join with leave.lua.
-  Either this runs before disconnect.lua (which then sees the room) or after it (and
-  refuses), so no peer is left in a room without a stream.
+  After join.lua added a peer to a room: records the room on the peer, so that the disconnect
+  clean-up knows to take it out again, and introduces the peer to every member it found there
+  (join.lua's snapshot), as one message on the peer's channel and in its log. Runs on the
+  peer's keys (join.lua runs on the room's), and only while the peer still has a session: if
+  it ended while the join was in flight, this returns NO_SESSION and the node undoes the join
+  with leave.lua. Either this runs before disconnect.lua (which then sees the room) or after
+  it (and refuses), so no peer is left in a room without a stream.
+
+  The introductions are sent only when the room enters the peer's rooms hash: a join that is
+  repeated (its first reply was lost) records nothing and sends nothing twice.
 
     KEYS[1] peer hash            sb:peer:{P}
-    KEYS[2] peer rooms set       sb:peer:{P}:rooms
+    KEYS[2] peer rooms hash      sb:peer:{P}:rooms    field room id -> its join's entry id
+    KEYS[3] peer event log       sb:peer:{P}:log      stream, field m
 
     ARGV[1] room id
-    ARGV[2] maximum rooms per peer (optional; missing or 0: no limit)
+    ARGV[2] maximum rooms per peer (0: no limit)
+    ARGV[3] peer channel         sb:peer:{P}:events   (sharded pub/sub)
+    ARGV[4] the room log's entry id the snapshot is as of (join.lua's reply)
+    ARGV[5] log length kept      (entries, approximate)
+    ARGV[6] log retention        (milliseconds since the last write)
+    ARGV[7..] each member's user JSON at that entry
 
-  Returns 1 if recorded, NO_SESSION if the peer has no stream, TOO_MANY_ROOMS if it is in
-  the maximum number of rooms already (for those two the caller must undo the join; codes in
-  include/codes.lua).
+  Log entry "joined\n<room id>\n<entry id>\n<user JSON>\n<user JSON>..." (one line per
+  member, none for an empty room), published as "<peer log entry id>\n" .. entry.
+  Returns 1 if recorded and sent, 0 if the room was recorded already, NO_SESSION if the peer
+  has no session, TOO_MANY_ROOMS if it is in the maximum number of rooms already (for those
+  two the caller must undo the join; codes in include/codes.lua).
 ]]
 -- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
 -- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
@@ -26,13 +38,39 @@ local ROOM_FULL = -4       -- the room holds its maximum of members
 local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
 local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
 local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
+-- Shared by every script that writes an event log (a Redis stream, one message per entry in
+-- field "m"), and by read-log.lua.
 
-if redis.call("EXISTS", KEYS[1]) == 0 then
+-- Appends `message` to `log`, keeps the log `retention` milliseconds past this write (and
+-- about `maxLength` entries), and SPUBLISHes "<entry id>\n<message>" on `channel`, in the
+-- slot of the log's key. Returns the entry id and the number of nodes that received it.
+local function appendAndPublish(log, channel, message, maxLength, retention)
+  local id = redis.call("XADD", log, "MAXLEN", "~", maxLength, "*", "m", message)
+  redis.call("PEXPIRE", log, retention)
+  return id, redis.call("SPUBLISH", channel, id .. "\n" .. message)
+end
+
+-- The id of the newest entry in `log`, or "0-0" if it has none (it expired).
+local function latestEntry(log)
+  local newest = redis.call("XREVRANGE", log, "+", "-", "COUNT", 1)
+  return newest[1] and newest[1][1] or "0-0"
+end
+
+local peer, rooms, log = KEYS[1], KEYS[2], KEYS[3]
+local room, channel, position = ARGV[1], ARGV[3], ARGV[4]
+
+if redis.call("EXISTS", peer) == 0 then
   return NO_SESSION
 end
+if redis.call("HEXISTS", rooms, room) == 1 then
+  return 0
+end
 local maxRooms = tonumber(ARGV[2]) or 0
-if maxRooms > 0 and redis.call("SISMEMBER", KEYS[2], ARGV[1]) == 0 and redis.call("SCARD", KEYS[2]) >= maxRooms then
+if maxRooms > 0 and redis.call("HLEN", rooms) >= maxRooms then
   return TOO_MANY_ROOMS
 end
-redis.call("SADD", KEYS[2], ARGV[1])
+redis.call("HSET", rooms, room, position)
+local lines = {"joined", room, position}
+for i = 7, #ARGV do lines[#lines + 1] = ARGV[i] end
+appendAndPublish(log, channel, table.concat(lines, "\n"), ARGV[5], ARGV[6])
 return 1

@@ -147,6 +147,7 @@ public final class Coordinator: Service, Sendable {
                 continuity.resubscribed()
                 catchingUp.trigger()
             })
+        localStreams.attach(subscriber)
     }
 
     // MARK: Running
@@ -171,6 +172,13 @@ public final class Coordinator: Service, Sendable {
                 }
             }
             group.addTask { await cancelWhenGracefulShutdown { await self.gracePeriods.run { await self.endSession(of: $0) } } }
+            group.addTask {
+                await cancelWhenGracefulShutdown {
+                    await withDiscardingTaskGroup { catchUps in
+                        for await request in self.localStreams.catchUps { catchUps.addTask { await self.catchUp(request) } }
+                    }
+                }
+            }
             await cancelWhenGracefulShutdown { await self.subscriber.run() }
             group.cancelAll()
         }
@@ -221,7 +229,7 @@ public final class Coordinator: Service, Sendable {
             metrics.localMemberships.record(0)
             return
         }
-        let replies = try await redis.pipeline(peers.map { ["SMEMBERS", keys.peerRooms($0)] })
+        let replies = try await redis.pipeline(peers.map { ["HKEYS", keys.peerRooms($0)] })
         var rooms = Set<String>()
         var memberships = 0
         for reply in replies {
@@ -247,7 +255,7 @@ public final class Coordinator: Service, Sendable {
         for user: PeerUser, granted: RoomGrants = .all, resumingAfter lastEvent: EventCursor? = nil,
         onEnd: (@Sendable (PeerStream.EndReason) -> Void)? = nil
     ) async throws -> PeerStream {
-        let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits, cursor: lastEvent ?? EventCursor(), onEnd: onEnd)
+        let stream = PeerStream(user: user, session: UUID().uuidString, limits: streamLimits, observer: localStreams, onEnd: onEnd)
         localStreams.add(stream)
         // Everything for the peer comes on its channel from the moment Redis confirms the
         // subscription, unless the subscription is lost again before the stream starts.
@@ -291,9 +299,9 @@ public final class Coordinator: Service, Sendable {
         let peer = stream.user.id
         /// Lets the stream's events through, unless the subscription was lost since the peer's
         /// channel was confirmed: then it holds them until a catch-up has read the logs.
-        func start(resumed: Bool, replay: [RoutedEvent] = [], cursor: EventCursor? = nil, rooms: Set<RoomID>? = nil) {
+        func start(resumed: Bool, replay: [Inbound] = []) {
             let released = stream.start(
-                connected: connectedEvent(stream, resumed: resumed), replay: replay, cursor: cursor, rooms: rooms,
+                connected: connectedEvent(stream, resumed: resumed), replay: replay, fresh: !resumed,
                 stillLive: { continuity.unbroken(since: losses) })
             if !released { catchUp.trigger() }
         }
@@ -303,18 +311,16 @@ public final class Coordinator: Service, Sendable {
             claimed.withLockedValue { $0 = true }
             guard try await connect(stream, resume: true) else {
                 metrics.resumed("expired")
-                start(resumed: false, cursor: EventCursor())
+                start(resumed: false)
                 return
             }
-            var rooms = Set(try await redis.send(["SMEMBERS", keys.peerRooms(peer)]).array?.compactMap { $0.string.flatMap(RoomID.init) } ?? [])
+            let joinedAt = try await roomsJoined(by: peer)
             // A token renewed with fewer rooms: the peer leaves the others, and is told so.
-            let revoked = rooms.filter { !granted.allows($0) }
-            for room in revoked { try await leaveRoom(room, peer: peer, tellLeaver: true) }
-            rooms.subtract(revoked)
-            if let missed = try await missedEvents(of: peer, after: lastEvent, rooms: rooms) {
+            for room in joinedAt.keys where !granted.allows(room) { try await leaveRoom(room, peer: peer, tellLeaver: true) }
+            if let missed = try await replay(for: stream, resumingFrom: lastEvent, joinedAt: joinedAt) {
                 metrics.resumed("resumed")
                 metrics.eventsReplayed.increment(by: missed.count)
-                start(resumed: true, replay: missed, rooms: rooms)
+                start(resumed: true, replay: missed)
                 return
             }
             // The logs no longer hold all it missed: its session ends as if it had gone for good.
@@ -324,7 +330,17 @@ public final class Coordinator: Service, Sendable {
         try await endSession(nil, of: peer)
         claimed.withLockedValue { $0 = true }
         _ = try await connect(stream, resume: false)
-        start(resumed: false, cursor: EventCursor())
+        start(resumed: false)
+    }
+
+    /// The rooms the peer is in, each with the entry of its room's log its membership began at.
+    private func roomsJoined(by peer: PeerID) async throws -> [RoomID: EntryID] {
+        let fields = (try await redis.send(["HGETALL", keys.peerRooms(peer)]).array ?? []).compactMap(\.string)
+        var rooms: [RoomID: EntryID] = [:]
+        for index in stride(from: 0, to: fields.count - 1, by: 2) {
+            if let room = RoomID(fields[index]), let entry = EntryID(fields[index + 1]) { rooms[room] = entry }
+        }
+        return rooms
     }
 
     /// Runs connect.lua for `stream`; true if it took over the peer's existing session.
@@ -338,24 +354,74 @@ public final class Coordinator: Service, Sendable {
         StreamEvent(name: "connected", data: ByteBuffer(string: "{\"user\":\(stream.user.json)\(resumed ? ",\"resumed\":true" : "")}"))
     }
 
-    /// What the peer was sent after `cursor`, from its own log and the log of every room it is
-    /// in or was in, in time order; nil if some log no longer holds all of it.
-    func missedEvents(of peer: PeerID, after cursor: EventCursor, rooms: Set<RoomID>) async throws -> [RoutedEvent]? {
-        let sources: [RoomID?] = [nil] + rooms.union(cursor.rooms.keys).map { $0 }
-        let replies = try await scripts.run(sources.map { ResumeCall(keys, peer: peer, source: $0, after: cursor.position(in: $0)) })
-        var missed: [(order: Int, event: RoutedEvent)] = []
-        for (order, (source, reply)) in zip(sources, replies).enumerated() {
-            guard case .missed(let messages) = reply else { return nil }
-            for (position, var message) in messages {
-                guard let newline = message.readableBytesView.firstIndex(of: UInt8(ascii: "\n")),
-                    let name = message.readString(length: newline - message.readerIndex)
-                else { continue }
-                message.moveReaderIndex(forwardBy: 1)
-                missed.append((order, RoutedEvent(name: name, source: source, position: position, data: message)))
+    /// What a resuming client missed after its `Last-Event-ID`, from its own log and the log of
+    /// each room in its cursor; nil if some log no longer holds all of it. Takes up the cursor
+    /// on `stream` first, following the rooms the peer may see: those it is in, and those it
+    /// left since (their farewells are in what it missed), each read from no earlier than the
+    /// join it belongs to. (The id comes from the client: a room it names and was never in is
+    /// dropped, and none is read from before the peer joined it.)
+    func replay(for stream: PeerStream, resumingFrom cursor: EventCursor, joinedAt: [RoomID: EntryID]) async throws -> [Inbound]? {
+        guard let own = try await readLogs(of: stream.user.id, own: cursor.own.entry, rooms: [:]) else { return nil }
+        var earliest = joinedAt
+        var farewells: Set<RoomID> = []
+        for item in own {
+            if case .farewells(let room, _, let joined, _) = item.message, farewells.insert(room).inserted { earliest[room] = joined }
+        }
+        let rooms = cursor.rooms.compactMap { room, position in
+            earliest[room].map { (room, max(position, $0)) }
+        }
+        stream.resume(from: EventCursor(own: cursor.own, rooms: Dictionary(uniqueKeysWithValues: rooms)))
+        for (room, _) in rooms { _ = try await subscriber.waitUntilSubscribed(keys.channel(room)) }
+        guard let missed = try await readLogs(of: stream.user.id, own: nil, rooms: Dictionary(uniqueKeysWithValues: rooms)) else { return nil }
+        return Self.interleaved(own + missed)
+    }
+
+    /// A started stream's logs after its cursor, for the catch-up after the subscription came
+    /// back; nil if some log no longer holds all of it.
+    func missedEvents(of stream: PeerStream) async throws -> [Inbound]? {
+        let cursor = stream.cursor
+        return try await readLogs(of: stream.user.id, own: cursor.own.entry, rooms: cursor.rooms).map(Self.interleaved)
+    }
+
+    /// Reads the peer's own log from `own` on (its entry included: it may hold events not all
+    /// delivered) and each room's log after its entry, in one round trip; nil if one is trimmed.
+    private func readLogs(of peer: PeerID, own: EntryID?, rooms: [RoomID: EntryID]) async throws -> [Inbound]? {
+        var calls = rooms.map { ReadLogCall(keys, peer: peer, source: .room($0.key), after: $0.value) }
+        if let own { calls.append(ReadLogCall(keys, peer: peer, source: .own, after: own, including: true)) }
+        guard !calls.isEmpty else { return [] }
+        var entries: [Inbound] = []
+        for (call, reply) in zip(calls, try await scripts.run(calls)) {
+            guard let read = call.inbound(reply) else { return nil }
+            entries += read
+        }
+        return entries
+    }
+
+    /// Entries of several logs in the order Redis wrote them, as near as their ids tell (each
+    /// log keeps its own order; the stream orders what depends on another log itself).
+    static func interleaved(_ entries: [Inbound]) -> [Inbound] {
+        entries.enumerated().sorted { ($0.element.entry, $0.offset) < ($1.element.entry, $1.offset) }.map(\.element)
+    }
+
+    /// Reads a room's log after a stream's join once the node listens on the room's channel,
+    /// and hands it to the stream. Retried through a short outage; if the log cannot be read,
+    /// the stream ends and its client resumes.
+    func catchUp(_ request: LocalStreams.RoomCatchUp) async {
+        let (stream, room, after) = (request.stream, request.room, request.after)
+        let deadline = ContinuousClock.now + membershipWait
+        while stream.isCatchingUp(in: room, from: after) {
+            do {
+                guard try await subscriber.waitUntilSubscribed(keys.channel(room)) else { return }
+                let call = ReadLogCall(keys, peer: stream.user.id, source: .room(room), after: after)
+                guard let entries = call.inbound(try await scripts.run(call)) else {
+                    logger.warning("a room's log was trimmed before a joiner read it", metadata: ["peer": "\(stream.user.id)", "room": "\(room)"])
+                    return stream.end(.closed)
+                }
+                return stream.caughtUp(in: room, from: after, with: entries)
+            } catch {
+                guard ContinuousClock.now < deadline, (try? await Task.sleep(for: .milliseconds(200))) != nil else { return stream.end(.closed) }
             }
         }
-        // Each log is in order; interleave them by the time Redis wrote them.
-        return missed.sorted { ($0.event.position, $0.order) < ($1.event.position, $1.order) }.map(\.event)
     }
 
     /// Closes a stream. Unless a newer stream replaced it, the peer leaves every room (with
@@ -477,7 +543,7 @@ public final class Coordinator: Service, Sendable {
         // Refuse early what would be refused anyway, so members see no add-peer/remove-peer flicker.
         let known = knownEpoch
         let checks = try await redis.pipeline([
-            ["EXISTS", keys.peer(peer)], ["SCARD", keys.peerRooms(peer)], ["SISMEMBER", keys.peerRooms(peer), room.rawValue],
+            ["EXISTS", keys.peer(peer)], ["HLEN", keys.peerRooms(peer)], ["HEXISTS", keys.peerRooms(peer), room.rawValue],
         ] + recoveryChecks)
         try refuseWhileRecovering(checks.suffix(recoveryChecks.count), knownEpoch: known)
         guard checks[0].int == 1 else {
@@ -488,28 +554,37 @@ public final class Coordinator: Service, Sendable {
             metrics.refused("too_many_rooms")
             throw TooManyRooms()
         }
-        // join.lua on the room's keys, then remember-room.lua on the peer's, in one round trip.
-        // The join is recorded on the peer only while it still has a stream (and room to
-        // spare); otherwise it is undone below, so no ghost stays behind.
-        let (joined, recorded) = try await scripts.run(
-            JoinCall(keys, room: room, user: user, maxRoomSize: limits.maxRoomSize, log: logLimits),
-            then: RememberRoomCall(keys, peer: peer, room: room, maxRooms: limits.maxRoomsPerPeer))
-        if joined == .roomFull {
-            // join.lua changed nothing; take back what remember-room recorded.
-            if recorded == .recorded, checks[2].int == 0 { try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue]) }
+        // join.lua on the room's keys, then remember-room.lua on the peer's with the snapshot
+        // join.lua took. The join is recorded on the peer only while it still has a stream (and
+        // room to spare); otherwise it is undone below, so no ghost stays behind.
+        let joined = try await scripts.run(JoinCall(keys, room: room, user: user, maxRoomSize: limits.maxRoomSize, log: logLimits))
+        let snapshot: RoomSnapshot
+        switch joined {
+        case .roomFull:
             metrics.refused("room_full")
             throw RoomFull()
+        case .joined(let taken), .alreadyMember(let taken):
+            snapshot = taken
         }
-        switch (joined, recorded) {
-        case (.joined(let members), .recorded):
+        var recorded = try await scripts.run(RememberRoomCall(keys, peer: peer, room: room, maxRooms: limits.maxRoomsPerPeer, snapshot: snapshot, log: logLimits))
+        if case .joined = joined, recorded == .recordedBefore {
+            // The peer still had the room recorded from a leave that stopped before
+            // forget-room.lua: this join is new, and its introductions must go out.
+            try await redis.send(["HDEL", keys.peerRooms(peer), room.rawValue])
+            recorded = try await scripts.run(RememberRoomCall(keys, peer: peer, room: room, maxRooms: limits.maxRoomsPerPeer, snapshot: snapshot, log: logLimits))
+        }
+        switch recorded {
+        case .recorded:
+            // (After `alreadyMember`: an earlier attempt stopped before remember-room.lua.)
             metrics.joined("joined")
-            return .joined(members: members)
-        case (_, .recorded):
+            return .joined(members: snapshot.members.count)
+        case .recordedBefore:
             metrics.joined("already_member")
             return .alreadyMember
-        case (_, let refusal):
-            if case .joined = joined { try await leaveRoom(room, peer: peer, tellLeaver: false) }
-            if refusal == .tooManyRooms {
+        case .noSession, .tooManyRooms:
+            // Not recorded on the peer, so no disconnect would take it out: undo the membership.
+            try await leaveRoom(room, peer: peer, tellLeaver: false)
+            if recorded == .tooManyRooms {
                 metrics.refused("too_many_rooms")
                 throw TooManyRooms()
             }
@@ -531,11 +606,23 @@ public final class Coordinator: Service, Sendable {
         return left
     }
 
+    /// leave.lua on the room's keys, then, for an explicit leave (`tellLeaver`), forget-room.lua
+    /// on the peer's with the snapshot leave.lua took; else the room is just forgotten on the
+    /// peer (its stream is gone). Safe to repeat: a repeat finishes what an earlier attempt
+    /// left undone. Returns false if the peer was not a member.
     @discardableResult
     private func leaveRoom(_ room: RoomID, peer: PeerID, tellLeaver: Bool) async throws -> Bool {
-        let left = try await scripts.run(LeaveCall(keys, room: room, peer: peer, tellLeaver: tellLeaver, log: logLimits))
-        try await redis.send(["SREM", keys.peerRooms(peer), room.rawValue])
-        return left != .notMember
+        let left = try await scripts.run(LeaveCall(keys, room: room, peer: peer, snapshot: tellLeaver, log: logLimits))
+        let (wasMember, snapshot) = switch left {
+        case .left(let snapshot): (true, snapshot)
+        case .notMember(let snapshot): (false, snapshot)
+        }
+        guard tellLeaver else {
+            try await redis.send(["HDEL", keys.peerRooms(peer), room.rawValue])
+            return wasMember
+        }
+        let forgotten = try await scripts.run(ForgetRoomCall(keys, peer: peer, room: room, snapshot: snapshot, log: logLimits))
+        return wasMember || forgotten == .forgotten
     }
 
     // MARK: Relays
@@ -555,7 +642,7 @@ public final class Coordinator: Service, Sendable {
     /// share a room. `body` must be compact JSON text (no newline).
     public func relay(from sender: PeerUser, to target: PeerID, event: EventName, body: String) async throws -> RelayOutcome {
         let data = "{\"peer\":\(sender.json),\"data\":\(body)}"
-        let senderRooms = (try await redis.send(["SMEMBERS", keys.peerRooms(sender.id)]).array ?? []).compactMap(\.string)
+        let senderRooms = (try await redis.send(["HKEYS", keys.peerRooms(sender.id)]).array ?? []).compactMap(\.string)
         let outcome: RelayOutcome = switch try await scripts.run(
             RelayCall(keys, target: target, event: event, data: data, senderRooms: senderRooms, log: logLimits)
         ) {

@@ -19,13 +19,16 @@ public struct KeySpace: Sendable {
 
     /// Hash: the peer's current stream (`session`, `node`, `user`).
     public func peer(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}" }
-    /// Set: the rooms the peer is in.
+    /// Hash: the rooms the peer is in, room id → the entry id of its join in the room's log
+    /// (a resuming stream reads no room log from earlier than its join).
     public func peerRooms(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:rooms" }
-    /// Stream: the events sent to the peer that come from no room (relays), for resume.
+    /// Stream: what was sent to the peer alone (relays, its introductions to a room it joined,
+    /// its farewells from one it left), for resume.
     public func peerLog(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:log" }
     /// Hash: member peer id → member's user JSON.
     public func roomMembers(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:members" }
-    /// Stream: the room's membership events, with who was told what, for resume.
+    /// Stream: the room's joins and leaves, one entry each, for resume and for the catch-up
+    /// of a stream that just joined.
     public func roomLog(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:log" }
 
     /// String: a node's heartbeat record (JSON), expiring unless renewed. Pass `*` for a pattern.
@@ -46,15 +49,23 @@ public struct KeySpace: Sendable {
     public func nodeProbe(_ id: String) -> String { "\(prefix)node:{\(id)}:probe" }
 
     /// Sharded pub/sub: everything addressed to one peer, `sb:peer:{P}:events`, in the slot of
-    /// the peer's keys; only the node holding its stream listens. Scripts that tell several
-    /// peers build each channel from `channelPrefix` and `channelSuffix` (Lua/include/names.lua).
-    public func channel(_ id: PeerID) -> String { channelPrefix + id.rawValue + Self.channelSuffix }
-    public var channelPrefix: String { "\(prefix)peer:{" }
-    public static let channelSuffix = "}:events"
+    /// the peer's keys; only the node holding its stream listens.
+    public func channel(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:events" }
+    /// Sharded pub/sub: a room's joins and leaves, `sb:room:{R}:events`, in the slot of the
+    /// room's keys; every node holding a stream of a member listens.
+    public func channel(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:events" }
 
-    /// The peer a channel of `channel(_:)` belongs to.
-    public func peer(onChannel channel: String) -> PeerID? {
-        guard channel.hasPrefix(channelPrefix), channel.hasSuffix(Self.channelSuffix) else { return nil }
-        return PeerID(channel.dropFirst(channelPrefix.count).dropLast(Self.channelSuffix.count))
+    /// Whose channel this is: a peer's or a room's.
+    public enum ChannelOwner: Sendable, Equatable {
+        case peer(PeerID)
+        case room(RoomID)
+    }
+
+    public func owner(ofChannel channel: String) -> ChannelOwner? {
+        guard channel.hasPrefix(prefix), channel.hasSuffix("}:events") else { return nil }
+        let name = channel.utf8.dropFirst(prefix.utf8.count).dropLast("}:events".utf8.count)
+        if name.starts(with: "peer:{".utf8) { return PeerID(Substring(name.dropFirst(6))).map(ChannelOwner.peer) }
+        if name.starts(with: "room:{".utf8) { return RoomID(Substring(name.dropFirst(6))).map(ChannelOwner.room) }
+        return nil
     }
 }

@@ -2,16 +2,40 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 
-/// The streams this node holds, by peer, and the routing of subscriber messages to them.
-/// Normally one stream per peer; two while a newer stream waits for Redis to confirm that it
-/// replaces the older.
-final class LocalStreams: Sendable {
+/// The streams this node holds, by peer and by room followed, and the routing of subscriber
+/// messages to them. Normally one stream per peer; two while a newer stream waits for Redis to
+/// confirm that it replaces the older.
+///
+/// A stream follows a room from its introductions to its farewells (or its end): the node
+/// listens on the room's channel while at least one of its streams follows the room, and the
+/// stream tells it so under its own lock, so a join and a leave of one stream stay in order.
+/// What a stream needs to read from a room's log when it joins goes to `catchUps`.
+final class LocalStreams: RoomFeedObserver {
     private let keys: KeySpace
+    private let subscriberBox = NIOLockedValueBox<RedisSubscriber?>(nil)
     private let streams = NIOLockedValueBox<[PeerID: [PeerStream]]>([:])
+    private let followers = NIOLockedValueBox<[RoomID: [ObjectIdentifier: PeerStream]]>([:])
+    /// Streams that joined a room and must read its log from the join on.
+    let catchUps: AsyncStream<RoomCatchUp>
+    private let catchUpSink: AsyncStream<RoomCatchUp>.Continuation
+
+    struct RoomCatchUp: Sendable {
+        let stream: PeerStream
+        let room: RoomID
+        let after: EntryID
+    }
 
     init(keys: KeySpace) {
         self.keys = keys
+        (catchUps, catchUpSink) = AsyncStream.makeStream()
     }
+
+    /// The node's subscriber, made after this since it routes here.
+    func attach(_ subscriber: RedisSubscriber) {
+        subscriberBox.withLockedValue { $0 = subscriber }
+    }
+
+    private func subscriber() -> RedisSubscriber? { subscriberBox.withLockedValue { $0 } }
 
     func add(_ stream: PeerStream) {
         streams.withLockedValue { $0[stream.user.id, default: []].append(stream) }
@@ -29,35 +53,52 @@ final class LocalStreams: Sendable {
     /// Every stream, for events the node itself sends to all (pings).
     var all: [PeerStream] { streams.withLockedValue { $0.values.flatMap { $0 } } }
 
-    /// Called on the subscriber's event loop for each message. Payloads are
-    /// `<event>\n<room>=<log position>\n<JSON>` (no room for a relay, from the peer's own log),
-    /// or `!session\n<id>` marking where a peer's new stream begins.
+    /// The rooms the node listens to, and how many of its streams follow each.
+    var followedRooms: [RoomID: Int] { followers.withLockedValue { $0.mapValues(\.count) } }
+
+    // MARK: Following rooms
+
+    func stream(_ stream: PeerStream, follows room: RoomID) {
+        let first = followers.withLockedValue { followers in
+            followers[room, default: [:]].updateValue(stream, forKey: ObjectIdentifier(stream)) == nil && followers[room]!.count == 1
+        }
+        if first { subscriber()?.retain(keys.channel(room)) }
+    }
+
+    func stream(_ stream: PeerStream, unfollows room: RoomID) {
+        let last = followers.withLockedValue { followers -> Bool in
+            guard followers[room]?.removeValue(forKey: ObjectIdentifier(stream)) != nil else { return false }
+            guard followers[room]!.isEmpty else { return false }
+            followers[room] = nil
+            return true
+        }
+        if last { subscriber()?.unsubscribe(keys.channel(room)) }
+    }
+
+    func stream(_ stream: PeerStream, catchesUpIn room: RoomID, after position: EntryID) {
+        catchUpSink.yield(RoomCatchUp(stream: stream, room: room, after: position))
+    }
+
+    // MARK: Routing
+
+    /// Called on the subscriber's event loop for each message: a peer's channel carries its
+    /// own log's entries and `!session` (where its newest stream begins), a room's channel its
+    /// log's entries.
     func route(_ message: PubSubMessage) {
-        guard let peer = keys.peer(onChannel: message.channel) else { return }
-        var payload = message.payload
-        guard let name = payload.readLine() else { return }
-        let local = streams.withLockedValue { $0[peer] ?? [] }
-        if name == "!session" {
-            let session = String(buffer: payload)
-            for stream in local {
+        guard let owner = keys.owner(ofChannel: message.channel), let decoded = ChannelMessage(message.payload) else { return }
+        switch (owner, decoded) {
+        case (.peer(let peer), .session(let session)):
+            for stream in streams.withLockedValue({ $0[peer] ?? [] }) {
                 if stream.session == session { stream.confirm() } else { stream.end(.replaced) }
             }
-            return
+        case (.peer(let peer), .entry(let entry, let logMessage)):
+            let item = Inbound(source: .own, entry: entry, message: logMessage)
+            for stream in streams.withLockedValue({ $0[peer] ?? [] }) { stream.deliver(item) }
+        case (.room(let room), .entry(let entry, let logMessage)):
+            let item = Inbound(source: .room(room), entry: entry, message: logMessage)
+            for stream in followers.withLockedValue({ $0[room].map { Array($0.values) } ?? [] }) { stream.deliver(item) }
+        case (.room, .session):
+            break
         }
-        guard let origin = payload.readLine(), let equals = origin.firstIndex(of: "="),
-            let position = LogPosition(origin[origin.index(after: equals)...])
-        else { return }
-        let source = equals == origin.startIndex ? nil : RoomID(origin[..<equals])
-        let event = RoutedEvent(name: name, source: source, position: position, data: payload)
-        for stream in local { stream.deliver(event) }
-    }
-}
-
-extension ByteBuffer {
-    /// Reads up to the next LF and skips it; nil if there is none.
-    fileprivate mutating func readLine() -> String? {
-        guard let newline = readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
-        defer { moveReaderIndex(forwardBy: 1) }
-        return readString(length: newline - readerIndex)
     }
 }

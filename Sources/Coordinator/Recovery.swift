@@ -97,7 +97,7 @@ extension Coordinator {
             var restored = 0
             for (stream, wasPutBack) in zip(streams, putBack) where wasPutBack {
                 restored += 1
-                for room in stream.rooms { commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
+                for room in stream.rooms.keys { commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
             }
             _ = try await redis.pipeline(commands)
             metrics.sessionsReasserted.increment(by: restored)
@@ -125,8 +125,7 @@ extension Coordinator {
             for attempt in 1...50 where stream.endReason == nil {
                 guard stillLive() else { return }
                 do {
-                    let cursor = stream.cursor
-                    if let missed = try await missedEvents(of: stream.user.id, after: cursor, rooms: Set(cursor.rooms.keys)) {
+                    if let missed = try await missedEvents(of: stream) {
                         stream.start(connected: nil, replay: missed, stillLive: stillLive)
                         caughtUp += missed.count
                     } else {

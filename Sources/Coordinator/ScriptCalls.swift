@@ -73,7 +73,24 @@ struct ConnectCall: ScriptCall {
     }
 }
 
-/// join.lua: adds a member to a room and introduces it to every member.
+/// A room's members as of one entry of its log: the snapshot join.lua and leave.lua return.
+struct RoomSnapshot: Sendable, Equatable {
+    let position: EntryID
+    /// Each member's user JSON.
+    let members: [String]
+
+    /// Decodes `{status, entry id, user JSON...}` into the status and the snapshot.
+    static func decode(_ reply: RESPValue) -> (status: Int, snapshot: RoomSnapshot)? {
+        guard let parts = reply.array, parts.count >= 2, let status = parts[0].int,
+            let position = parts[1].string.flatMap(EntryID.init)
+        else { return nil }
+        let members = parts.dropFirst(2).compactMap(\.string)
+        guard members.count == parts.count - 2 else { return nil }
+        return (status, RoomSnapshot(position: position, members: members))
+    }
+}
+
+/// join.lua: adds a member to a room, atomically with a snapshot of who was there.
 struct JoinCall: ScriptCall {
     static let script = LuaScript.join
     let keys: [String]
@@ -81,44 +98,52 @@ struct JoinCall: ScriptCall {
 
     init(_ space: KeySpace, room: RoomID, user: PeerUser, maxRoomSize: Int, log: EventLogLimits) {
         keys = [space.roomMembers(room), space.roomLog(room)]
-        arguments = [room.rawValue, user.id.rawValue, user.json, space.channelPrefix, String(maxRoomSize)] + log.arguments
+        arguments = [space.channel(room), user.id.rawValue, user.json, String(maxRoomSize)] + log.arguments
     }
 
     enum Reply: Sendable, Equatable {
-        case joined(members: Int)
-        case alreadyMember
+        /// Joined; the members it found, to introduce it to.
+        case joined(RoomSnapshot)
+        /// A member already; the other members now, in case an earlier attempt did not get to
+        /// remember-room.lua.
+        case alreadyMember(RoomSnapshot)
         case roomFull
     }
 
     static func decode(_ reply: RESPValue) -> Reply? {
-        if let members = reply.int, members >= 0 { return .joined(members: members) }
-        switch reply.code {
-        case .alreadyMember: return .alreadyMember
-        case .roomFull: return .roomFull
-        default: return nil
-        }
+        if reply.code == .roomFull { return .roomFull }
+        guard let (status, snapshot) = RoomSnapshot.decode(reply) else { return nil }
+        if status >= 0, status == snapshot.members.count { return .joined(snapshot) }
+        return ScriptCode(rawValue: status) == .alreadyMember ? .alreadyMember(snapshot) : nil
     }
 }
 
-/// remember-room.lua: records on the peer the room join.lua added it to.
+/// remember-room.lua: records on the peer the room join.lua added it to, and introduces it to
+/// the members join.lua found.
 struct RememberRoomCall: ScriptCall {
     static let script = LuaScript.rememberRoom
     let keys: [String]
     let arguments: [String]
 
-    init(_ space: KeySpace, peer: PeerID, room: RoomID, maxRooms: Int) {
-        keys = [space.peer(peer), space.peerRooms(peer)]
-        arguments = [room.rawValue, String(maxRooms)]
+    init(_ space: KeySpace, peer: PeerID, room: RoomID, maxRooms: Int, snapshot: RoomSnapshot, log: EventLogLimits) {
+        keys = [space.peer(peer), space.peerRooms(peer), space.peerLog(peer)]
+        arguments = [room.rawValue, String(maxRooms), space.channel(peer), snapshot.position.description] + log.arguments + snapshot.members
     }
 
     enum Reply: Sendable, Equatable {
         case recorded
+        /// An earlier attempt recorded it: nothing was sent again.
+        case recordedBefore
         case noSession
         case tooManyRooms
     }
 
     static func decode(_ reply: RESPValue) -> Reply? {
-        if reply.int == 1 { return .recorded }
+        switch reply.int {
+        case 1: return .recorded
+        case 0: return .recordedBefore
+        default: break
+        }
         switch reply.code {
         case .noSession: return .noSession
         case .tooManyRooms: return .tooManyRooms
@@ -133,19 +158,52 @@ struct LeaveCall: ScriptCall {
     let keys: [String]
     let arguments: [String]
 
-    init(_ space: KeySpace, room: RoomID, peer: PeerID, tellLeaver: Bool, log: EventLogLimits) {
+    /// - Parameter snapshot: whether to return the remaining members (to tell the leaver).
+    init(_ space: KeySpace, room: RoomID, peer: PeerID, snapshot: Bool, log: EventLogLimits) {
         keys = [space.roomMembers(room), space.roomLog(room)]
-        arguments = [room.rawValue, peer.rawValue, space.channelPrefix, tellLeaver ? "1" : "0"] + log.arguments
+        arguments = [space.channel(room), peer.rawValue, snapshot ? "1" : "0"] + log.arguments
     }
 
     enum Reply: Sendable, Equatable {
-        case left(remaining: Int)
-        case notMember
+        /// Left; the members that remain (empty unless asked for).
+        case left(RoomSnapshot)
+        /// Not a member; the members now (empty unless asked for), in case an earlier attempt
+        /// did not get to forget-room.lua.
+        case notMember(RoomSnapshot)
     }
 
     static func decode(_ reply: RESPValue) -> Reply? {
-        if let remaining = reply.int, remaining >= 0 { return .left(remaining: remaining) }
-        return reply.code == .notMember ? .notMember : nil
+        guard let (status, snapshot) = RoomSnapshot.decode(reply) else { return nil }
+        if status >= 0 { return .left(snapshot) }
+        return ScriptCode(rawValue: status) == .notMember ? .notMember(snapshot) : nil
+    }
+}
+
+/// forget-room.lua: forgets on the peer a room it left, and tells it who remained.
+struct ForgetRoomCall: ScriptCall {
+    static let script = LuaScript.forgetRoom
+    let keys: [String]
+    let arguments: [String]
+
+    init(_ space: KeySpace, peer: PeerID, room: RoomID, snapshot: RoomSnapshot, log: EventLogLimits) {
+        keys = [space.peer(peer), space.peerRooms(peer), space.peerLog(peer)]
+        arguments = [room.rawValue, space.channel(peer), snapshot.position.description] + log.arguments + snapshot.members
+    }
+
+    enum Reply: Sendable, Equatable {
+        case forgotten
+        /// The peer had no such room: nothing sent.
+        case notRecorded
+        /// The peer has no session: the room is forgotten, nobody was told.
+        case noSession
+    }
+
+    static func decode(_ reply: RESPValue) -> Reply? {
+        switch reply.int {
+        case 1: return .forgotten
+        case 0: return .notRecorded
+        default: return reply.code == .noSession ? .noSession : nil
+        }
     }
 }
 
@@ -184,7 +242,7 @@ struct RelayCall: ScriptCall {
 
     init(_ space: KeySpace, target: PeerID, event: EventName, data: String, senderRooms: [String], log: EventLogLimits) {
         keys = [space.peer(target), space.peerRooms(target), space.peerLog(target)]
-        arguments = [target.rawValue, space.channel(target), event.rawValue, data] + log.arguments + senderRooms
+        arguments = [space.channel(target), event.rawValue, data] + log.arguments + senderRooms
     }
 
     enum Reply: Sendable, Equatable {
@@ -205,37 +263,48 @@ struct RelayCall: ScriptCall {
     }
 }
 
-/// resume.lua: what a peer was sent in one log after a position.
-struct ResumeCall: ScriptCall {
-    static let script = LuaScript.resume
+/// read-log.lua: one event log from a position on.
+struct ReadLogCall: ScriptCall {
+    static let script = LuaScript.readLog
     let keys: [String]
     let arguments: [String]
+    let source: Inbound.Source
 
-    /// - Parameters:
-    ///   - source: the room whose log to read; nil for the peer's own.
-    ///   - position: the last position seen; nil for "since the peer's latest join".
-    init(_ space: KeySpace, peer: PeerID, source: RoomID?, after position: LogPosition?) {
-        keys = [source.map(space.roomLog) ?? space.peerLog(peer)]
-        arguments = [peer.rawValue, position?.description ?? ""]
+    /// Reads `source`'s log (a room's, or the peer's own) after `entry`, or from it on with
+    /// `including` (the peer's own log, where an entry may hold events not all delivered).
+    init(_ space: KeySpace, peer: PeerID, source: Inbound.Source, after entry: EntryID, including: Bool = false) {
+        switch source {
+        case .own: keys = [space.peerLog(peer)]
+        case .room(let room): keys = [space.roomLog(room)]
+        }
+        arguments = [(including ? "" : "(") + entry.description]
+        self.source = source
     }
 
     enum Reply: Sendable {
-        /// Each message's position and `<event>\n<JSON>`, in log order.
-        case missed([(position: LogPosition, message: ByteBuffer)])
+        /// Each entry's id and message, in log order (a message this node cannot read, say of
+        /// a newer version, is skipped).
+        case entries([(entry: EntryID, message: LogMessage)])
         case logTrimmed
     }
 
     static func decode(_ reply: RESPValue) -> Reply? {
         if reply.code == .logTrimmed { return .logTrimmed }
         guard let fields = reply.array, fields.count % 2 == 0 else { return nil }
-        var missed: [(LogPosition, ByteBuffer)] = []
+        var entries: [(EntryID, LogMessage)] = []
         for index in stride(from: 0, to: fields.count, by: 2) {
-            guard let position = fields[index].string.flatMap(LogPosition.init), case .bulkString(let message) = fields[index + 1] else {
+            guard let entry = fields[index].string.flatMap(EntryID.init), case .bulkString(let text) = fields[index + 1] else {
                 return nil
             }
-            missed.append((position, message))
+            if let message = LogMessage(text) { entries.append((entry, message)) }
         }
-        return .missed(missed)
+        return .entries(entries)
+    }
+
+    /// The entries as a stream takes them in.
+    func inbound(_ reply: Reply) -> [Inbound]? {
+        guard case .entries(let entries) = reply else { return nil }
+        return entries.map { Inbound(source: source, entry: $0.entry, message: $0.message) }
     }
 }
 
@@ -245,9 +314,10 @@ struct ReassertCall: ScriptCall {
     let keys: [String]
     let arguments: [String]
 
-    init(_ space: KeySpace, user: PeerUser, session: String, node: String, rooms: Set<RoomID>) {
+    /// - Parameter rooms: the rooms the stream follows, with its position in each.
+    init(_ space: KeySpace, user: PeerUser, session: String, node: String, rooms: [RoomID: EntryID]) {
         keys = [space.peer(user.id), space.peerRooms(user.id)]
-        arguments = [session, node, user.json] + rooms.map(\.rawValue)
+        arguments = [session, node, user.json] + rooms.flatMap { [$0.key.rawValue, $0.value.description] }
     }
 
     /// Whether the session was put back (false: Redis had one for the peer already).

@@ -28,12 +28,16 @@ public final class RedisSubscriber: Sendable {
     private let state = NIOLockedValueBox(State())
 
     private typealias Waiter = CheckedContinuation<Void, Error>
+    /// Waits for a channel's confirmation without holding a reference: false if the channel
+    /// stops being wanted first.
+    private typealias Watcher = CheckedContinuation<Bool, Error>
 
     private struct Channel {
         /// References held: confirmed subscribers, and `waiters` (which hold one each).
         var count = 0
         var confirmed = false
         var waiters: [UInt64: Waiter] = [:]
+        var watchers: [UInt64: Watcher] = [:]
     }
 
     private struct State {
@@ -123,30 +127,77 @@ public final class RedisSubscriber: Sendable {
         } onCancel: {
             // Gives back the reference the waiter held; the subscription itself, if Redis
             // confirms it later, stays until the last reference goes.
-            state.withLockedValue { state -> Waiter? in
-                guard let waiter = state.channels[channel]?.waiters.removeValue(forKey: id) else { return nil }
+            let (waiter, watchers) = state.withLockedValue { state -> (Waiter?, [Watcher]) in
+                guard let waiter = state.channels[channel]?.waiters.removeValue(forKey: id) else { return (nil, []) }
                 state.channels[channel]?.count -= 1
-                if state.channels[channel]?.count == 0 {
-                    state.channels[channel] = nil
-                    state.sendUnsubscribe(channel)
+                guard let entry = state.channels[channel], entry.count == 0 else { return (waiter, []) }
+                state.channels[channel] = nil
+                state.sendUnsubscribe(channel)
+                return (waiter, Array(entry.watchers.values))
+            }
+            waiter?.resume(throwing: CancellationError())
+            watchers.forEach { $0.resume(returning: false) }
+        }
+    }
+
+    /// Adds a reference to `channel` without waiting: SSUBSCRIBE goes out now if this is the
+    /// first one and the connection is up, else with the others after a reconnect. For callers
+    /// that must take the reference in order with other state (under their own lock), and
+    /// wait for the confirmation later with `waitUntilSubscribed`.
+    public func retain(_ channel: String) {
+        state.withLockedValue { state in
+            var entry = state.channels[channel, default: Channel()]
+            entry.count += 1
+            defer { state.channels[channel] = entry }
+            if entry.count == 1, let connection = state.connection, connection.isActive { state.sendSubscribe(channel, on: connection) }
+        }
+    }
+
+    /// Waits until Redis has confirmed `channel` on the live connection, so every message
+    /// published on it from then on is delivered. Returns false if nothing holds a reference to
+    /// the channel (any more). Throws `RedisConnectionError` while Redis is unreachable, and
+    /// `CancellationError` if the task is cancelled first.
+    public func waitUntilSubscribed(_ channel: String) async throws -> Bool {
+        enum Outcome { case unavailable, subscribed, unwanted, waiting, cancelled }
+        let id = state.withLockedValue { $0.waiterID() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (watcher: Watcher) in
+                let outcome: Outcome = state.withLockedValue { state in
+                    if Task.isCancelled { return .cancelled }
+                    guard var entry = state.channels[channel], entry.count > 0 else { return .unwanted }
+                    guard let connection = state.connection, connection.isActive else { return .unavailable }
+                    if entry.confirmed { return .subscribed }
+                    entry.watchers[id] = watcher
+                    state.channels[channel] = entry
+                    return .waiting
                 }
-                return waiter
-            }?.resume(throwing: CancellationError())
+                switch outcome {
+                case .unavailable: watcher.resume(throwing: RedisConnectionError.unavailable(retryAfterMilliseconds: 1000))
+                case .subscribed: watcher.resume(returning: true)
+                case .unwanted: watcher.resume(returning: false)
+                case .cancelled: watcher.resume(throwing: CancellationError())
+                case .waiting: break
+                }
+            }
+        } onCancel: {
+            state.withLockedValue { $0.channels[channel]?.watchers.removeValue(forKey: id) }?.resume(throwing: CancellationError())
         }
     }
 
     /// Drops one reference to `channel`; the last one unsubscribes.
     public func unsubscribe(_ channel: String) {
-        state.withLockedValue { state in
-            guard var entry = state.channels[channel] else { return }
+        let watchers = state.withLockedValue { state -> [Watcher] in
+            guard var entry = state.channels[channel] else { return [] }
             entry.count -= 1
             if entry.count > 0 {
                 state.channels[channel] = entry
-                return
+                return []
             }
             state.channels[channel] = nil
             state.sendUnsubscribe(channel)
+            return Array(entry.watchers.values)
         }
+        watchers.forEach { $0.resume(returning: false) }
     }
 
     /// Keeps the connection up until the task is cancelled.
@@ -225,22 +276,26 @@ public final class RedisSubscriber: Sendable {
     }
 
     private func connectionLost() {
-        let waiters = state.withLockedValue { state in
+        let (waiters, watchers) = state.withLockedValue { state in
             state.connection = nil
             state.subscribesInFlight = [:]
             state.unsubscribesInFlight = [:]
             var waiters: [Waiter] = []
+            var watchers: [Watcher] = []
             for (name, var entry) in state.channels {
                 // A failed subscribe holds no reference: its caller was told it failed.
                 waiters += entry.waiters.values
+                watchers += entry.watchers.values
                 entry.count -= entry.waiters.count
                 entry.waiters = [:]
+                entry.watchers = [:]
                 entry.confirmed = false
                 state.channels[name] = entry.count > 0 ? entry : nil
             }
-            return waiters
+            return (waiters, watchers)
         }
         waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
+        watchers.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
     }
 
     private func receive(_ reply: RESPValue) {
@@ -255,15 +310,16 @@ public final class RedisSubscriber: Sendable {
             if let onMessage { onMessage(message) } else { messageSink.yield(message) }
         case "ssubscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
-            let waiters = state.withLockedValue { state -> [Waiter] in
+            let (waiters, watchers) = state.withLockedValue { state -> ([Waiter], [Watcher]) in
                 let inFlight = (state.subscribesInFlight[channel] ?? 1) - 1
                 state.subscribesInFlight[channel] = inFlight > 0 ? inFlight : nil
-                guard inFlight <= 0, var entry = state.channels[channel] else { return [] }
+                guard inFlight <= 0, var entry = state.channels[channel] else { return ([], []) }
                 entry.confirmed = true
-                defer { entry.waiters = [:]; state.channels[channel] = entry }
-                return Array(entry.waiters.values)
+                defer { entry.waiters = [:]; entry.watchers = [:]; state.channels[channel] = entry }
+                return (Array(entry.waiters.values), Array(entry.watchers.values))
             }
             waiters.forEach { $0.resume() }
+            watchers.forEach { $0.resume(returning: true) }
         case "sunsubscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
             let dropped = state.withLockedValue { state -> Bool in

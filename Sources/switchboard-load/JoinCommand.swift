@@ -11,15 +11,21 @@ struct JoinCommand: AsyncParsableCommand {
     @Option(help: "Room sizes after the join, comma-separated.") var sizes = "2,10,100"
     @Option(help: "Joins measured per size (each by a fresh peer, which then leaves and disconnects).") var repetitions = 30
     @Option(help: "Seconds to wait for an expected event.") var timeout = 10.0
+    @Option(help: "The fleet's Redis URL: also report publishes and Redis CPU per join.") var redis: String?
+    @Option(name: .customLong("pid"), help: "A node's process id: also report node CPU per join (repeat per node).") var pids: [Int32] = []
 
     func run() async throws {
         let nodes = try options.fleet()
         let roomSizes = sizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !roomSizes.isEmpty, roomSizes.allSatisfy({ $0 >= 2 }) else { throw ValidationError("sizes must be numbers ≥ 2") }
         let wait = Duration.milliseconds(Int(timeout * 1000))
+        let meter = try CostMeter(redis: redis, pids: pids)
+        try await meter.calibrate()
         var report = Report(
-            title: "join: \(repetitions) joins per room size over \(nodes.count) node(s); ms from POST until…",
-            columns: ["size", "joiner_p50_ms", "joiner_p99_ms", "all_p50_ms", "all_p99_ms", "all_max_ms", "missing"])
+            title: "join: \(repetitions) joins per room size over \(nodes.count) node(s); ms from POST until…"
+                + (meter.isMeasuring ? "; per join, from POST until every member has its add-peer:" : ""),
+            columns: ["size", "joiner_p50_ms", "joiner_p99_ms", "all_p50_ms", "all_p99_ms", "all_max_ms", "missing"]
+                + (meter.isMeasuring ? ["publishes", "redis_cpu_us", "node_cpu_us"] : []))
         let progress = Progress()
         progress.start("join")
         for size in roomSizes {
@@ -33,9 +39,11 @@ struct JoinCommand: AsyncParsableCommand {
             var joinerTimes = Latencies()
             var allTimes = Latencies()
             var missing = 0
+            meter.reset()
             for repetition in 0..<repetitions {
                 let joiner = try await Peer.connect(name: "joiner", node: nodes[repetition % nodes.count])
                 let via = nodes[(repetition + 1) % nodes.count]
+                let costs = try await meter.sample()
                 let start = monotonicNanoseconds()
                 async let posted = joiner.post("/\(room)/join", via: via)
                 // (is the joiner, when its last expected add-peer arrived)
@@ -45,6 +53,7 @@ struct JoinCommand: AsyncParsableCommand {
                     return await group.reduce(into: [(Bool, UInt64?)]()) { $0.append($1) }
                 }
                 _ = try await posted
+                if meter.isMeasuring { try await meter.record(since: costs) }
                 if let joinerDone = arrivals.first(where: { $0.0 })?.1 { joinerTimes.record(nanoseconds: joinerDone - start) }
                 let times = arrivals.compactMap(\.1)
                 if times.count == arrivals.count {
@@ -64,9 +73,10 @@ struct JoinCommand: AsyncParsableCommand {
                 "size": size, "joiner_p50_ms": joinerTimes.milliseconds(at: 50), "joiner_p99_ms": joinerTimes.milliseconds(at: 99),
                 "all_p50_ms": allTimes.milliseconds(at: 50), "all_p99_ms": allTimes.milliseconds(at: 99),
                 "all_max_ms": allTimes.milliseconds(at: 100), "missing": missing,
-            ])
+            ].merging(meter.perWindow) { $1 })
         }
         progress.stop()
+        await meter.close()
         report.print(json: options.json)
     }
 

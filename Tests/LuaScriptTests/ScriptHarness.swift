@@ -25,11 +25,11 @@ final class ScriptHarness: Sendable {
         var description: String { "\(channel) ← \(payload.replacingOccurrences(of: "\n", with: "⏎"))" }
         static func < (a: Self, b: Self) -> Bool { (a.channel, a.payload) < (b.channel, b.payload) }
 
-        /// The message with its log position (`<room>=<entry id>`, second line) as `<room>=*`.
+        /// The message with its entry id (the first line) as `*`.
         var withoutPosition: Published {
-            var lines = payload.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
-            guard lines.count == 3, let equals = lines[1].firstIndex(of: "=") else { return self }
-            lines[1] = lines[1][...equals] + "*"
+            var lines = payload.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false)
+            guard lines.count == 2, EntryID(lines[0]) != nil else { return self }
+            lines[0] = "*"
             return Published(channel: channel, payload: lines.joined(separator: "\n"))
         }
     }
@@ -67,6 +67,11 @@ final class ScriptHarness: Sendable {
     /// Records messages on these peers' channels from now on.
     func watch(_ peers: String...) async throws {
         for peer in peers { try await subscriber.subscribe(keys.channel(PeerID(peer)!)) }
+    }
+
+    /// Records messages on these rooms' channels from now on.
+    func watch(rooms: String...) async throws {
+        for room in rooms { try await subscriber.subscribe(keys.channel(RoomID(room)!)) }
     }
 
     /// Everything published on watched channels since the last call, in publish order.
@@ -109,12 +114,30 @@ final class ScriptHarness: Sendable {
         try await raw(JoinCall(keys, room: RoomID(room)!, user: Self.peerUser(peer), maxRoomSize: maxSize, log: Self.logLimits))
     }
 
-    func leave(_ room: String, _ peer: String, tellLeaver: Bool) async throws -> RESPValue {
-        try await raw(LeaveCall(keys, room: RoomID(room)!, peer: PeerID(peer)!, tellLeaver: tellLeaver, log: Self.logLimits))
+    func leave(_ room: String, _ peer: String, snapshot: Bool) async throws -> RESPValue {
+        try await raw(LeaveCall(keys, room: RoomID(room)!, peer: PeerID(peer)!, snapshot: snapshot, log: Self.logLimits))
     }
 
-    func rememberRoom(_ peer: String, _ room: String, maxRooms: Int = 0) async throws -> RESPValue {
-        try await raw(RememberRoomCall(keys, peer: PeerID(peer)!, room: RoomID(room)!, maxRooms: maxRooms))
+    /// remember-room.lua with a snapshot as join.lua returns it (by default: nobody, as of "0-0").
+    func rememberRoom(_ peer: String, _ room: String, maxRooms: Int = 0, snapshot: RoomSnapshot = .init(position: .zero, members: []))
+        async throws -> RESPValue
+    {
+        try await raw(RememberRoomCall(keys, peer: PeerID(peer)!, room: RoomID(room)!, maxRooms: maxRooms, snapshot: snapshot, log: Self.logLimits))
+    }
+
+    func forgetRoom(_ peer: String, _ room: String, snapshot: RoomSnapshot) async throws -> RESPValue {
+        try await raw(ForgetRoomCall(keys, peer: PeerID(peer)!, room: RoomID(room)!, snapshot: snapshot, log: Self.logLimits))
+    }
+
+    /// join.lua then remember-room.lua with its snapshot, as a node joins a connected peer.
+    func joinFully(_ room: String, _ peer: String) async throws {
+        guard case .joined(let snapshot) = JoinCall.decode(try await join(room, peer)) else { throw ScriptHarnessError("join failed") }
+        #expect(try await rememberRoom(peer, room, snapshot: snapshot).int == 1)
+    }
+
+    struct ScriptHarnessError: Error {
+        let description: String
+        init(_ description: String) { self.description = description }
     }
 
     /// - Parameter session: "" for whatever session the peer has.
@@ -131,8 +154,9 @@ final class ScriptHarness: Sendable {
             log: EventLogLimits(entries: logLength, retention: .seconds(70))))
     }
 
-    func resume(_ log: String, peer: String, after position: String) async throws -> RESPValue {
-        try await scripts.run(.resume, keys: [log], arguments: [peer, position])
+    /// read-log.lua from `start` ("<id>" inclusive, "(<id>" exclusive).
+    func readLog(_ log: String, from start: String) async throws -> RESPValue {
+        try await scripts.run(.readLog, keys: [log], arguments: [start])
     }
 
     /// A stream's entries: id and flat field list.
@@ -150,8 +174,10 @@ final class ScriptHarness: Sendable {
         return result
     }
 
-    func set(_ key: String) async throws -> Set<String> {
-        Set((try await redis.send(["SMEMBERS", key]).array ?? []).compactMap(\.string))
+    /// A script reply `{status, entry id, user JSON...}` as its parts.
+    static func snapshot(_ reply: RESPValue) -> (status: Int, entry: String, members: [String])? {
+        guard let parts = reply.array, parts.count >= 2, let status = parts[0].int, let entry = parts[1].string else { return nil }
+        return (status, entry, parts.dropFirst(2).compactMap(\.string))
     }
 
     func allKeys() async throws -> [String] {

@@ -89,8 +89,8 @@ struct ArticleFlowTests {
                 retry = retry ?? event.retry
             }
             #expect(names == ["connected", "ping", "ping"])
-            // Nothing routed yet: every id is the empty cursor (before the relay log's first entry).
-            #expect(ids == ["0-0-0", "0-0-0", "0-0-0"])
+            // Nothing routed yet: every id is the empty cursor (before the own log's first entry).
+            #expect(ids == ["2;0-0-0", "2;0-0-0", "2;0-0-0"])
             // Browsers come back after about a second, not the default three; the jitter keeps
             // a fleet's browsers from coming back all at once.
             #expect((800...1200).contains(retry ?? 0), "retry: \(String(describing: retry))")

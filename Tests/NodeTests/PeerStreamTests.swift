@@ -2,50 +2,112 @@
 import NIOCore
 import Testing
 
-/// A stream's hold across subscription losses, without Redis: the order of events a node sees
-/// when its subscription drops again while it is reading the logs.
-@Suite("A stream held across subscription losses")
+/// How a stream orders what reaches it from its own log and its rooms' logs, without Redis:
+/// the orders a node can see when messages of two channels, log reads and subscription losses
+/// interleave.
+@Suite("A stream's order of events")
 struct PeerStreamTests {
     let room = RoomID("r")!
+    let ann = PeerUser(id: PeerID("ann")!, username: "ann")
 
-    func event(_ name: String, at milliseconds: UInt64) -> RoutedEvent {
-        RoutedEvent(
-            name: name, source: room, position: LogPosition(milliseconds: milliseconds, sequence: 0, message: 1),
-            data: ByteBuffer(string: "{}"))
+    func entry(_ milliseconds: UInt64) -> EntryID { EntryID(milliseconds: milliseconds, sequence: 0) }
+    func user(_ id: String) -> ByteBuffer { ByteBuffer(string: "{\"id\":\"\(id)\",\"username\":\"\(id)\"}") }
+
+    func joins(_ peer: String, at milliseconds: UInt64) -> Inbound {
+        Inbound(source: .room(room), entry: entry(milliseconds), message: .join(peer: PeerID(peer)!, user: user(peer)))
+    }
+    func leaves(_ peer: String, at milliseconds: UInt64) -> Inbound {
+        Inbound(source: .room(room), entry: entry(milliseconds), message: .leave(peer: PeerID(peer)!, user: user(peer)))
+    }
+    func introductions(at milliseconds: UInt64, asOf position: UInt64, _ members: [String]) -> Inbound {
+        Inbound(source: .own, entry: entry(milliseconds), message: .introductions(room: room, at: entry(position), members: members.map(user)))
+    }
+    func farewells(at milliseconds: UInt64, asOf position: UInt64, joinedAt: UInt64, _ members: [String]) -> Inbound {
+        Inbound(
+            source: .own, entry: entry(milliseconds),
+            message: .farewells(room: room, at: entry(position), joinedAt: entry(joinedAt), members: members.map(user)))
+    }
+    func relay(_ name: String, at milliseconds: UInt64) -> Inbound {
+        Inbound(source: .own, entry: entry(milliseconds), message: .relay(event: name, data: ByteBuffer(string: "{}")))
     }
 
+    /// A started stream that joined the room at entry 1 with bob there, its catch-up done.
     func makeStream() -> PeerStream {
-        let stream = PeerStream(
-            user: PeerUser(id: PeerID("ann")!, username: "ann"), session: "s", limits: .init(),
-            cursor: EventCursor(rooms: [room: LogPosition(milliseconds: 1, sequence: 0, message: 1)]))
+        let stream = PeerStream(user: ann, session: "s", limits: .init())
         stream.confirm()
         #expect(stream.start(connected: StreamEvent(name: "connected", data: ByteBuffer(string: "{}")), replay: [], stillLive: { true }))
+        stream.deliver(introductions(at: 1, asOf: 1, ["bob"]))
+        stream.caughtUp(in: room, from: entry(1), with: [])
         return stream
+    }
+
+    /// The events queued so far, as `name peer`.
+    func drain(_ stream: PeerStream, count: Int) async -> [String] {
+        var events: [String] = []
+        while events.count < count, let batch = await stream.nextBatch() {
+            for event in batch {
+                let data = String(buffer: event.data)
+                let peer = data.split(separator: "\"id\":\"").dropFirst().first?.split(separator: "\"").first.map(String.init)
+                events.append(peer.map { "\(event.name) \($0)" } ?? event.name)
+            }
+        }
+        return events
     }
 
     @Test func aCatchUpOvertakenByAnotherLossKeepsHolding() async {
         let stream = makeStream()
-        stream.hold()  // the subscription drops; "gap" is published meanwhile, only the log has it
+        stream.hold()  // the subscription drops; carl joins meanwhile, only the log has it
         // The catch-up reads the logs (nothing yet), but the subscription drops again before
         // it lets events through: the stream must go on holding.
         #expect(!stream.start(connected: nil, replay: [], stillLive: { false }))
         // Back: a live event after the gap arrives before the next catch-up has read the log.
-        stream.deliver(event("after", at: 3))
+        stream.deliver(joins("dave", at: 3))
         // The next catch-up reads the gap (and the live one) from the log.
-        #expect(stream.start(connected: nil, replay: [event("gap", at: 2), event("after", at: 3)], stillLive: { true }))
-        let names = (await stream.nextBatch() ?? []).map(\.name)
-        #expect(names == ["connected", "gap", "after"])
+        #expect(stream.start(connected: nil, replay: [joins("carl", at: 2), joins("dave", at: 3)], stillLive: { true }))
+        #expect(await drain(stream, count: 4) == ["connected", "add-peer bob", "add-peer carl", "add-peer dave"])
     }
 
-    @Test func aHeldStreamLetsLiveEventsThroughOnceCaughtUp() async {
+    @Test func liveEntriesWaitWhileTheJoinerReadsTheRoomsLog() async {
+        let stream = PeerStream(user: ann, session: "s", limits: .init())
+        stream.confirm()
+        stream.start(connected: StreamEvent(name: "connected", data: ByteBuffer(string: "{}")), replay: [], stillLive: { true })
+        stream.deliver(joins("carl", at: 2))  // before the introductions: not yet followed, dropped
+        stream.deliver(introductions(at: 1, asOf: 1, ["bob"]))
+        stream.deliver(leaves("bob", at: 3))  // live, while the log is read: waits
+        // The log after the join holds carl's join and bob's leave.
+        stream.caughtUp(in: room, from: entry(1), with: [joins("carl", at: 2), leaves("bob", at: 3)])
+        stream.deliver(joins("dave", at: 4))
+        #expect(await drain(stream, count: 5) == ["connected", "add-peer bob", "add-peer carl", "remove-peer bob", "add-peer dave"])
+    }
+
+    @Test func farewellsWaitUntilTheRoomReachesTheLeave() async {
         let stream = makeStream()
-        stream.hold()
-        stream.deliver(event("live", at: 3))
-        #expect(stream.start(connected: nil, replay: [event("missed", at: 2)], stillLive: { true }))
-        stream.deliver(event("later", at: 4))
-        stream.deliver(event("live", at: 3))  // already delivered: dropped
-        var names: [String] = []
-        while names.count < 4, let batch = await stream.nextBatch() { names += batch.map(\.name) }
-        #expect(names == ["connected", "missed", "live", "later"])
+        // Ann leaves at 5, when bob and carl (joined at 4) remain. Her farewells arrive on her
+        // own channel before carl's join and her leave arrive on the room's.
+        stream.deliver(farewells(at: 6, asOf: 5, joinedAt: 1, ["bob", "carl"]))
+        stream.deliver(relay("offer", at: 7))  // behind the farewells in her own log: waits too
+        stream.deliver(joins("carl", at: 4))
+        stream.deliver(leaves("ann", at: 5))
+        stream.deliver(joins("dave", at: 8))  // after her leave: not hers to see
+        #expect(
+            await drain(stream, count: 6) == ["connected", "add-peer bob", "add-peer carl", "remove-peer bob", "remove-peer carl", "offer"])
+        #expect(stream.followedRooms.isEmpty)
+    }
+
+    @Test func aResumeFromAnIdMidwayThroughIntroductionsDeliversTheRest() async {
+        let stream = PeerStream(user: ann, session: "s", limits: .init())
+        stream.confirm()
+        // The client saw the first of two introductions of entry 1, and nothing of the room after.
+        stream.resume(from: EventCursor(own: LogPosition(entry: entry(1), delivered: 1), rooms: [room: entry(1)]))
+        let replay = [introductions(at: 1, asOf: 1, ["bob", "carl"]), joins("dave", at: 2)]
+        #expect(stream.start(connected: StreamEvent(name: "connected", data: ByteBuffer(string: "{}")), replay: replay, stillLive: { true }))
+        stream.deliver(joins("dave", at: 2))  // live as well: delivered once
+        #expect(await drain(stream, count: 3) == ["connected", "add-peer carl", "add-peer dave"])
+    }
+
+    @Test func eventIDsParseBackAndTheFirstFormatDoesNot() {
+        let cursor = EventCursor(own: LogPosition(entry: entry(7), delivered: 2), rooms: [room: entry(5)])
+        #expect(EventCursor(lastEventID: cursor.description) == cursor)
+        #expect(EventCursor(lastEventID: "1700000000000-0-1;r=1700000000000-0-2") == nil)
     }
 }

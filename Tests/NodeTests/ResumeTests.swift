@@ -144,7 +144,7 @@ struct ResumeTests {
             #expect(waited >= .seconds(1))
             #expect(try await fleet.roomMembers("r") == [bob.id])
             // Too late: a fresh session, in no room.
-            let late = try await fleet.client(0).connect(token: ann.token, lastEventID: "0-0-0")
+            let late = try await fleet.client(0).connect(token: ann.token, lastEventID: "2;0-0-0")
             let connected = await late.next()
             #expect(connected?.event == "connected")
             #expect(json(connected?.data ?? "")["resumed"] == nil)
@@ -190,11 +190,12 @@ struct ResumeTests {
             let (ann, bob) = try await pair(fleet)
             _ = try await send(1, from: bob, to: ann, fleet: fleet)
             let id = try #require(await nextSignal(ann.stream)?.id)
-            // `<relay log position>;r=<room log position>`, each `<entry id>-<message>`
+            // `2;<own log position>;r=<room log entry>`: the format, `<entry id>-<events delivered>`, `<entry id>`
             let parts = id.split(separator: ";")
-            #expect(parts.count == 2)
-            #expect(parts[0].split(separator: "-").count == 3)
-            #expect(parts[1].hasPrefix("r="))
+            #expect(parts.count == 3)
+            #expect(parts[0] == "2")
+            #expect(parts[1].split(separator: "-").count == 3)
+            #expect(parts[2].hasPrefix("r=") && parts[2].split(separator: "-").count == 2)
             ann.stream.close()
             bob.stream.close()
         }
@@ -225,7 +226,7 @@ struct ResumeTests {
             // Ends after 2 minutes (about 20 s here) even if something was lost: the counts below say what.
             let deadline = ContinuousClock.now + .seconds(120)
             while received.count < total, ContinuousClock.now < deadline {
-                let stream = try await fleet.client(node).connect(token: ann.token, lastEventID: lastID ?? "0-0-0")
+                let stream = try await fleet.client(node).connect(token: ann.token, lastEventID: lastID ?? "2;0-0-0")
                 let readThisTime = Int.random(in: 1...40)
                 var read = 0
                 while read < readThisTime, received.count < total, let event = await nextSignal(stream) {

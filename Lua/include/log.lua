@@ -1,0 +1,17 @@
+-- Shared by every script that writes an event log (a Redis stream, one message per entry in
+-- field "m"), and by read-log.lua.
+
+-- Appends `message` to `log`, keeps the log `retention` milliseconds past this write (and
+-- about `maxLength` entries), and SPUBLISHes "<entry id>\n<message>" on `channel`, in the
+-- slot of the log's key. Returns the entry id and the number of nodes that received it.
+local function appendAndPublish(log, channel, message, maxLength, retention)
+  local id = redis.call("XADD", log, "MAXLEN", "~", maxLength, "*", "m", message)
+  redis.call("PEXPIRE", log, retention)
+  return id, redis.call("SPUBLISH", channel, id .. "\n" .. message)
+end
+
+-- The id of the newest entry in `log`, or "0-0" if it has none (it expired).
+local function latestEntry(log)
+  local newest = redis.call("XREVRANGE", log, "+", "-", "COUNT", 1)
+  return newest[1] and newest[1][1] or "0-0"
+end

@@ -1,0 +1,46 @@
+import Foundation
+import SignalingClient
+import Testing
+
+/// What one join costs Redis in publishes, counted by Redis itself (`INFO commandstats` counts
+/// the commands scripts run), across two nodes.
+@Suite("A join's fan-out")
+struct FanOutTests {
+    /// One publish on the room's channel and one on the joiner's, whatever the room's size:
+    /// the member nodes turn the room's one message into each member's add-peer.
+    @Test(arguments: [2, 10, 100]) func aJoinPublishesTwiceWhateverTheRoomsSize(size: Int) async throws {
+        // A heartbeat longer than the test: no subscription probe is published in the window.
+        try await Fleet.with(nodes: 2, limits: .init(maxRoomSize: 100), heartbeatInterval: .seconds(600)) { fleet in
+            var members: [Participant] = []
+            for index in 0..<(size - 1) {
+                let member = try await Participant.connect("m\(index)", fleet: fleet, node: index % 2)
+                #expect(try await fleet.client(index % 2).request(.POST, "/room/join", token: member.token).status == 200)
+                members.append(member)
+            }
+            let joiner = try await Participant.connect("joiner", fleet: fleet, node: 0)
+            _ = try await fleet.redis.send(["CONFIG", "RESETSTAT"])
+            #expect(try await fleet.client(1).request(.POST, "/room/join", token: joiner.token).status == 200)
+            // After the join has reached everyone: the joiner its introductions, each member its add-peer.
+            var introduced = 0
+            while introduced < size - 1, let event = await nextSignal(joiner.stream) {
+                if event.event == "add-peer" { introduced += 1 }
+            }
+            #expect(introduced == size - 1)
+            for member in members {
+                var told = false
+                while !told, let event = await nextSignal(member.stream) {
+                    told = event.event == "add-peer" && event.data.contains(joiner.id)
+                }
+                #expect(told)
+            }
+            let stats = try await fleet.redis.send(["INFO", "commandstats"]).string ?? ""
+            func calls(_ command: String) -> Int {
+                stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cmdstat_\(command):") }
+                    .flatMap { Int($0.split(separator: "=")[1].split(separator: ",")[0]) } ?? 0
+            }
+            #expect(calls("spublish") == 2, "\(stats)")
+            #expect(calls("publish") == 0)
+            for participant in members + [joiner] { participant.stream.close() }
+        }
+    }
+}
