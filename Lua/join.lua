@@ -21,10 +21,12 @@
     ARGV[6] log retention        (milliseconds since the last write)
 
   Log entry "join\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
-  Returns {number of members before the join, the join's entry id, each member's user JSON...};
-  {ALREADY_MEMBER, the log's newest entry id ("0-0" if none), each other member's user
-  JSON...}: nothing changes, and the snapshot lets the caller finish an earlier attempt that
-  stopped before remember-room.lua; or ROOM_FULL: nothing changes (codes in include/codes.lua).
+  Returns {number of members before the join, the join's entry id, the members' user JSON one
+  per line}; {ALREADY_MEMBER, the log's newest entry id ("0-0" if none), the other members'
+  user JSON one per line}: nothing changes, and the snapshot lets the caller finish an earlier
+  attempt that stopped before remember-room.lua; or ROOM_FULL: nothing changes (codes in
+  include/codes.lua). (One string, not one per member: it goes back into remember-room.lua as
+  one argument, and into its message as it is.)
 ]]
 --- @include "codes.lua"
 --- @include "log.lua"
@@ -38,7 +40,7 @@ if redis.call("HEXISTS", members, joiner) == 1 then
   for i = 1, #entries, 2 do
     if entries[i] ~= joiner then others[#others + 1] = entries[i + 1] end
   end
-  return {ALREADY_MEMBER, latestEntry(log), unpack(others)}
+  return {ALREADY_MEMBER, latestEntry(log), table.concat(others, "\n")}
 end
 local maxMembers = tonumber(ARGV[4]) or 0
 if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
@@ -48,4 +50,4 @@ end
 local snapshot = redis.call("HVALS", members)
 local id = appendAndPublish(log, channel, "join\n" .. joiner .. "\n" .. joinerUser, ARGV[5], ARGV[6])
 redis.call("HSET", members, joiner, joinerUser)
-return {#snapshot, id, unpack(snapshot)}
+return {#snapshot, id, table.concat(snapshot, "\n")}

@@ -21,7 +21,7 @@
     ARGV[4] the room log's entry id the snapshot is as of (join.lua's reply)
     ARGV[5] log length kept      (entries, approximate)
     ARGV[6] log retention        (milliseconds since the last write)
-    ARGV[7..] each member's user JSON at that entry
+    ARGV[7] the members' user JSON at that entry, one per line (join.lua's reply; "" for none)
 
   Log entry "joined\n<room id>\n<entry id>\n<user JSON>\n<user JSON>..." (one line per
   member, none for an empty room), published as "<peer log entry id>\n" .. entry.
@@ -46,7 +46,7 @@ if maxRooms > 0 and redis.call("HLEN", rooms) >= maxRooms then
   return TOO_MANY_ROOMS
 end
 redis.call("HSET", rooms, room, position)
-local lines = {"joined", room, position}
-for i = 7, #ARGV do lines[#lines + 1] = ARGV[i] end
-appendAndPublish(log, channel, table.concat(lines, "\n"), ARGV[5], ARGV[6])
+local message = "joined\n" .. room .. "\n" .. position
+if ARGV[7] ~= "" then message = message .. "\n" .. ARGV[7] end
+appendAndPublish(log, channel, message, ARGV[5], ARGV[6])
 return 1

@@ -18,7 +18,7 @@
     ARGV[3] the room log's entry id the snapshot is as of (leave.lua's reply)
     ARGV[4] log length kept      (entries, approximate)
     ARGV[5] log retention        (milliseconds since the last write)
-    ARGV[6..] each remaining member's user JSON at that entry
+    ARGV[6] the remaining members' user JSON at that entry, one per line (leave.lua's reply)
 
   Log entry "left\n<room id>\n<entry id>\n<join's entry id>\n<user JSON>\n..." (one line per
   member), published as "<peer log entry id>\n" .. entry.
@@ -64,7 +64,7 @@ redis.call("HDEL", rooms, room)
 if redis.call("EXISTS", peer) == 0 then
   return NO_SESSION
 end
-local lines = {"left", room, position, joinedAt}
-for i = 6, #ARGV do lines[#lines + 1] = ARGV[i] end
-appendAndPublish(log, channel, table.concat(lines, "\n"), ARGV[4], ARGV[5])
+local message = "left\n" .. room .. "\n" .. position .. "\n" .. joinedAt
+if ARGV[6] ~= "" then message = message .. "\n" .. ARGV[6] end
+appendAndPublish(log, channel, message, ARGV[4], ARGV[5])
 return 1

@@ -20,10 +20,11 @@
     ARGV[5] log retention        (milliseconds since the last write)
 
   Log entry "leave\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
-  Returns {number of remaining members, the leave's entry id, [each one's user JSON...]}; or
-  {NOT_MEMBER, the log's newest entry id ("0-0" if none), [each member's user JSON...]}:
-  nothing changes, and the snapshot lets the caller finish an earlier attempt that stopped
-  before forget-room.lua (codes in include/codes.lua).
+  Returns {number of remaining members, the leave's entry id, their user JSON one per line
+  ("" unless asked for)}; or {NOT_MEMBER, the log's newest entry id ("0-0" if none), the
+  members' user JSON one per line ("" unless asked for)}: nothing changes, and the snapshot
+  lets the caller finish an earlier attempt that stopped before forget-room.lua (codes in
+  include/codes.lua).
 ]]
 -- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
 -- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
@@ -57,9 +58,9 @@ local channel, leaver, snapshotWanted = ARGV[1], ARGV[2], ARGV[3] == "1"
 
 local leaverUser = redis.call("HGET", members, leaver)
 if not leaverUser then
-  return {NOT_MEMBER, latestEntry(log), unpack(snapshotWanted and redis.call("HVALS", members) or {})}
+  return {NOT_MEMBER, latestEntry(log), snapshotWanted and table.concat(redis.call("HVALS", members), "\n") or ""}
 end
 redis.call("HDEL", members, leaver)
 local id = appendAndPublish(log, channel, "leave\n" .. leaver .. "\n" .. leaverUser, ARGV[4], ARGV[5])
 local remaining = redis.call("HVALS", members)
-return {#remaining, id, unpack(snapshotWanted and remaining or {})}
+return {#remaining, id, snapshotWanted and table.concat(remaining, "\n") or ""}

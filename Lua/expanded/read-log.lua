@@ -37,23 +37,20 @@ end
 local startMs, startSeq = parse(start)
 if not startMs then return redis.error_reply("ERR invalid log position " .. from) end
 
-if redis.call("EXISTS", log) == 0 then
-  return {}
+local oldest = redis.call("XRANGE", log, "-", "+", "COUNT", 1)[1]
+if not oldest then
+  return {}  -- expired, or never written
 end
 -- Redis trims the oldest entries first. If any were trimmed and the oldest kept is later than
 -- the start, some of what was asked for may be gone (Redis 7.0 does not record which was the
 -- newest trimmed, so a start just before the oldest kept counts as trimmed too).
-local info, length, added, first = redis.call("XINFO", "STREAM", log), 0, 0, nil
-for i = 1, #info, 2 do
-  if info[i] == "length" then length = info[i + 1]
-  elseif info[i] == "entries-added" then added = info[i + 1]
-  elseif info[i] == "first-entry" and info[i + 1] then first = info[i + 1][1] end
-end
-if added > length and first then
-  local ms, seq = parse(first)
-  if ms > startMs or (ms == startMs and seq > startSeq) then
-    return LOG_TRIMMED
+local oldestMs, oldestSeq = parse(oldest[1])
+if oldestMs > startMs or (oldestMs == startMs and oldestSeq > startSeq) then
+  local info, length, added = redis.call("XINFO", "STREAM", log), 0, 0
+  for i = 1, #info, 2 do
+    if info[i] == "length" then length = info[i + 1] elseif info[i] == "entries-added" then added = info[i + 1] end
   end
+  if added > length then return LOG_TRIMMED end
 end
 
 local messages = {}

@@ -577,7 +577,7 @@ public final class Coordinator: Service, Sendable {
         case .recorded:
             // (After `alreadyMember`: an earlier attempt stopped before remember-room.lua.)
             metrics.joined("joined")
-            return .joined(members: snapshot.members.count)
+            return .joined(members: snapshot.count)
         case .recordedBefore:
             metrics.joined("already_member")
             return .alreadyMember

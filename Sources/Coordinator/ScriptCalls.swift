@@ -76,16 +76,18 @@ struct ConnectCall: ScriptCall {
 /// A room's members as of one entry of its log: the snapshot join.lua and leave.lua return.
 struct RoomSnapshot: Sendable, Equatable {
     let position: EntryID
-    /// Each member's user JSON.
-    let members: [String]
+    /// The members' user JSON, one per line ("" for none): passed on to the peer's script as
+    /// it came.
+    let members: String
 
-    /// Decodes `{status, entry id, user JSON...}` into the status and the snapshot.
+    /// The number of members in it.
+    var count: Int { members.isEmpty ? 0 : members.utf8.reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 } }
+
+    /// Decodes `{status, entry id, user JSON lines}` into the status and the snapshot.
     static func decode(_ reply: RESPValue) -> (status: Int, snapshot: RoomSnapshot)? {
-        guard let parts = reply.array, parts.count >= 2, let status = parts[0].int,
-            let position = parts[1].string.flatMap(EntryID.init)
+        guard let parts = reply.array, parts.count == 3, let status = parts[0].int,
+            let position = parts[1].string.flatMap(EntryID.init), let members = parts[2].string
         else { return nil }
-        let members = parts.dropFirst(2).compactMap(\.string)
-        guard members.count == parts.count - 2 else { return nil }
         return (status, RoomSnapshot(position: position, members: members))
     }
 }
@@ -113,7 +115,7 @@ struct JoinCall: ScriptCall {
     static func decode(_ reply: RESPValue) -> Reply? {
         if reply.code == .roomFull { return .roomFull }
         guard let (status, snapshot) = RoomSnapshot.decode(reply) else { return nil }
-        if status >= 0, status == snapshot.members.count { return .joined(snapshot) }
+        if status >= 0, status == snapshot.count { return .joined(snapshot) }
         return ScriptCode(rawValue: status) == .alreadyMember ? .alreadyMember(snapshot) : nil
     }
 }
@@ -127,7 +129,7 @@ struct RememberRoomCall: ScriptCall {
 
     init(_ space: KeySpace, peer: PeerID, room: RoomID, maxRooms: Int, snapshot: RoomSnapshot, log: EventLogLimits) {
         keys = [space.peer(peer), space.peerRooms(peer), space.peerLog(peer)]
-        arguments = [room.rawValue, String(maxRooms), space.channel(peer), snapshot.position.description] + log.arguments + snapshot.members
+        arguments = [room.rawValue, String(maxRooms), space.channel(peer), snapshot.position.description] + log.arguments + [snapshot.members]
     }
 
     enum Reply: Sendable, Equatable {
@@ -187,7 +189,7 @@ struct ForgetRoomCall: ScriptCall {
 
     init(_ space: KeySpace, peer: PeerID, room: RoomID, snapshot: RoomSnapshot, log: EventLogLimits) {
         keys = [space.peer(peer), space.peerRooms(peer), space.peerLog(peer)]
-        arguments = [room.rawValue, space.channel(peer), snapshot.position.description] + log.arguments + snapshot.members
+        arguments = [room.rawValue, space.channel(peer), snapshot.position.description] + log.arguments + [snapshot.members]
     }
 
     enum Reply: Sendable, Equatable {

@@ -119,7 +119,7 @@ final class ScriptHarness: Sendable {
     }
 
     /// remember-room.lua with a snapshot as join.lua returns it (by default: nobody, as of "0-0").
-    func rememberRoom(_ peer: String, _ room: String, maxRooms: Int = 0, snapshot: RoomSnapshot = .init(position: .zero, members: []))
+    func rememberRoom(_ peer: String, _ room: String, maxRooms: Int = 0, snapshot: RoomSnapshot = .init(position: .zero, members: ""))
         async throws -> RESPValue
     {
         try await raw(RememberRoomCall(keys, peer: PeerID(peer)!, room: RoomID(room)!, maxRooms: maxRooms, snapshot: snapshot, log: Self.logLimits))
@@ -174,10 +174,12 @@ final class ScriptHarness: Sendable {
         return result
     }
 
-    /// A script reply `{status, entry id, user JSON...}` as its parts.
+    /// A script reply `{status, entry id, user JSON lines}` as its parts, a member per line.
     static func snapshot(_ reply: RESPValue) -> (status: Int, entry: String, members: [String])? {
-        guard let parts = reply.array, parts.count >= 2, let status = parts[0].int, let entry = parts[1].string else { return nil }
-        return (status, entry, parts.dropFirst(2).compactMap(\.string))
+        guard let parts = reply.array, parts.count == 3, let status = parts[0].int, let entry = parts[1].string,
+            let lines = parts[2].string
+        else { return nil }
+        return (status, entry, lines.isEmpty ? [] : lines.split(separator: "\n").map(String.init))
     }
 
     func allKeys() async throws -> [String] {

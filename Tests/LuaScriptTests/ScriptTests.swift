@@ -121,7 +121,7 @@ struct ScriptTests {
     @Test func rememberRoomIntroducesThePeerOnceAndOnlyWhileItHasAStream() async throws {
         try await ScriptHarness.with { h in
             try await h.watch("a")
-            let asOf = RoomSnapshot(position: EntryID(milliseconds: 5, sequence: 1), members: [user("b"), user("c")])
+            let asOf = RoomSnapshot(position: EntryID(milliseconds: 5, sequence: 1), members: user("b") + "\n" + user("c"))
             #expect(try await h.rememberRoom("a", "r1", snapshot: asOf).int == ScriptCode.noSession.rawValue)
             #expect(try await h.allKeys() == [])
             _ = try await h.connect("a", session: "s1")
@@ -201,7 +201,7 @@ struct ScriptTests {
             try await h.joinFully("r1", "a")
             let joinedAt = try await h.hash("sb:peer:{a}:rooms")["r1"] ?? ""
             try await h.watch("a")
-            let remaining = RoomSnapshot(position: EntryID(milliseconds: 9, sequence: 0), members: [user("b")])
+            let remaining = RoomSnapshot(position: EntryID(milliseconds: 9, sequence: 0), members: user("b"))
             #expect(try await h.forgetRoom("a", "r1", snapshot: remaining).int == 1)
             let farewells = ["left", "r1", "9-0", joinedAt, user("b")]
             #expect(try await h.published().map(\.withoutPosition) == [toPeer("a", farewells)])
