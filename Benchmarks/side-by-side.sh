@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two builds of Switchboard side by side, to see what a change does end to end: each build
 # gets two nodes on a redis-server of its own, and the load tool's join and relay runs go to
-# one build, then the other, ROUNDS times (default 2), so both see the same machine. The join
+# one build, then the other, ROUNDS times (default 2, in alternating order), so both see the same
+# machine. The join
 # run also reports, per join, the publishes and Redis CPU (from INFO) and the nodes' CPU (from
 # /proc), over windows from each POST until every member has its add-peer.
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && swift build -c release --product switchboard)
@@ -45,8 +46,12 @@ done
 sleep 1
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+# Odd rounds run before then after, even rounds the other way round: this VM drifts over a run,
+# and whichever build goes first in a round tends to do better.
 for round in $(seq 1 "$ROUNDS"); do
-  for i in 0 1; do
+  ORDER=(0 1)
+  [ $((round % 2)) -eq 0 ] && ORDER=(1 0)
+  for i in "${ORDER[@]}"; do
     echo "== round $round: ${NAMES[$i]} (${BINS[$i]})"
     NODES=(--node http://127.0.0.1:$((18101 + 100 * i)) --node http://127.0.0.1:$((18102 + 100 * i)))
     # shellcheck disable=SC2086

@@ -23,11 +23,14 @@
   Returns {1 if the session was resumed else 0, the session id this one replaced or ""}.
   Publishes "!session\n<session id>" to the peer channel.
 ]]
-local previous = redis.call("HGET", KEYS[1], "session") or ""
+local peer, log = KEYS[1], KEYS[2]
+local session, node, user, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
+local previous = redis.call("HGET", peer, "session") or ""
 local resumed = ARGV[5] == "resume" and previous ~= ""
 if not resumed then
-  redis.call("DEL", KEYS[2])
+  redis.call("DEL", log)
 end
-redis.call("HSET", KEYS[1], "session", ARGV[1], "node", ARGV[2], "user", ARGV[3])
-redis.call("SPUBLISH", ARGV[4], "!session\n" .. ARGV[1])
+redis.call("HSET", peer, "session", session, "node", node, "user", user)
+redis.call("SPUBLISH", channel, "!session\n" .. session)
 return {resumed and 1 or 0, previous}

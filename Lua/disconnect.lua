@@ -17,13 +17,16 @@
 ]]
 --- @include "codes.lua"
 
-local session = redis.call("HGET", KEYS[1], "session")
+local peer, rooms, log = KEYS[1], KEYS[2], KEYS[3]
+local ending = ARGV[1]
+
+local session = redis.call("HGET", peer, "session")
 if not session then
   return NO_SESSION
 end
-if ARGV[1] ~= "" and session ~= ARGV[1] then
+if ending ~= "" and session ~= ending then
   return {}
 end
-local rooms = redis.call("HKEYS", KEYS[2])
-redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
-return rooms
+local left = redis.call("HKEYS", rooms)
+redis.call("DEL", peer, rooms, log)
+return left

@@ -17,11 +17,14 @@
   Returns 1 if the session was put back, 0 if Redis still has a session for the peer (this
   one or a newer one: nothing to do).
 ]]
-if redis.call("EXISTS", KEYS[1]) == 1 then
+local peer, rooms = KEYS[1], KEYS[2]
+local session, node, user = ARGV[1], ARGV[2], ARGV[3]
+
+if redis.call("EXISTS", peer) == 1 then
   return 0
 end
-redis.call("HSET", KEYS[1], "session", ARGV[1], "node", ARGV[2], "user", ARGV[3])
+redis.call("HSET", peer, "session", session, "node", node, "user", user)
 for i = 4, #ARGV - 1, 2 do
-  redis.call("HSET", KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call("HSET", rooms, ARGV[i], ARGV[i + 1])
 end
 return 1

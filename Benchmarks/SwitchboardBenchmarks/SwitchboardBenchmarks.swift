@@ -76,13 +76,13 @@ let benchmarks: @Sendable () -> Void = {
                 benchmark.stopMeasurement()
                 try await Live.scripts.run(
                     .leave, keys: [Live.keys.roomMembers(RoomID(room)!), Live.keys.roomLog(RoomID(room)!)],
-                    arguments: [room, "joiner", Live.keys.channelPrefix, "0"] + Live.logArguments)
+                    arguments: [Live.keys.channel(RoomID(room)!), "joiner", "0"] + Live.logArguments)
             }
         } setup: {
             try await Live.fillSwitchboardRoom(room, members: size - 1)
         }
 
-        Benchmark("join, room of \(size): coordinator (EXISTS, join.lua, remember-room.lua)") { benchmark in
+        Benchmark("join, room of \(size): coordinator (checks, join.lua, remember-room.lua)") { benchmark in
             for _ in benchmark.scaledIterations {
                 benchmark.startMeasurement()
                 _ = try await Live.coordinator.join(Live.joiner, room: RoomID(room)!)
@@ -113,7 +113,7 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations {
             try await Live.scripts.run(
                 .relay, keys: [Live.keys.peer(peer), Live.keys.peerRooms(peer), Live.keys.peerLog(peer)],
-                arguments: [peer.rawValue, Live.keys.channel(peer), "ice-candidate", data] + Live.logArguments + ["relay-bench"])
+                arguments: [Live.keys.channel(peer), "ice-candidate", data] + Live.logArguments + ["relay-bench"])
         }
     }
 
@@ -177,7 +177,7 @@ enum Live {
         try await scripts.run(
             .connect, keys: [keys.peer(joiner.id), keys.peerLog(joiner.id)],
             arguments: ["s", "bench", joiner.json, keys.channel(joiner.id), "fresh"])
-        try await redis.send(["SADD", keys.peerRooms(joiner.id), "relay-bench"])
+        try await redis.send(["HSET", keys.peerRooms(joiner.id), "relay-bench", "0-0"])
     }
 
     static func stop() async {
@@ -205,7 +205,7 @@ enum Live {
         let id = RoomID(room)!
         try await scripts.run(
             .join, keys: [keys.roomMembers(id), keys.roomLog(id)],
-            arguments: [room, user.id.rawValue, user.json, keys.channelPrefix, "0"] + logArguments)
+            arguments: [keys.channel(id), user.id.rawValue, user.json, "0"] + logArguments)
     }
 }
 

@@ -25,13 +25,16 @@ local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
 local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
 local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
 
-local session = redis.call("HGET", KEYS[1], "session")
+local peer, rooms, log = KEYS[1], KEYS[2], KEYS[3]
+local ending = ARGV[1]
+
+local session = redis.call("HGET", peer, "session")
 if not session then
   return NO_SESSION
 end
-if ARGV[1] ~= "" and session ~= ARGV[1] then
+if ending ~= "" and session ~= ending then
   return {}
 end
-local rooms = redis.call("HKEYS", KEYS[2])
-redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
-return rooms
+local left = redis.call("HKEYS", rooms)
+redis.call("DEL", peer, rooms, log)
+return left

@@ -52,12 +52,15 @@ local function latestEntry(log)
   return newest[1] and newest[1][1] or "0-0"
 end
 
-if redis.call("EXISTS", KEYS[1]) == 0 then
+local peer, rooms, log = KEYS[1], KEYS[2], KEYS[3]
+local channel, event, data = ARGV[1], ARGV[2], ARGV[3]
+
+if redis.call("EXISTS", peer) == 0 then
   return NO_SESSION
 end
 for i = 6, #ARGV do
-  if redis.call("HEXISTS", KEYS[2], ARGV[i]) == 1 then
-    local _, receivers = appendAndPublish(KEYS[3], ARGV[1], "relay\n" .. ARGV[2] .. "\n" .. ARGV[3], ARGV[4], ARGV[5])
+  if redis.call("HEXISTS", rooms, ARGV[i]) == 1 then
+    local _, receivers = appendAndPublish(log, channel, "relay\n" .. event .. "\n" .. data, ARGV[4], ARGV[5])
     return receivers
   end
 end

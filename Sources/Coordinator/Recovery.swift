@@ -7,26 +7,41 @@ import RedisClient
 /// Keeping the node's state true when things fail: the heartbeat, putting sessions back after
 /// Redis lost its data, catching streams up after the subscription returned, probing the
 /// subscription, and cleaning up after nodes that died.
-extension Coordinator {
+final class Recovery: Sendable {
+    let context: NodeContext
+    private let gate: RecoveryGate
+    private let sessions: Sessions
+    private let logs: EventLogs
+    /// How often the node renews its heartbeat record and looks for dead nodes.
+    let heartbeatInterval: Duration
+    let startedAt: Date
+    private let probe: SubscriptionProbe
+    /// The nodes whose streams had no heartbeat record at the last look (see `reapDeadNodes`).
+    private let unrecorded = NIOLockedValueBox<Set<String>>([])
+    private var continuity: SubscriptionContinuity { sessions.continuity }
+
+    init(context: NodeContext, gate: RecoveryGate, sessions: Sessions, logs: EventLogs, heartbeatInterval: Duration, startedAt: Date, probe: SubscriptionProbe) {
+        self.context = context
+        self.gate = gate
+        self.sessions = sessions
+        self.logs = logs
+        self.heartbeatInterval = heartbeatInterval
+        self.startedAt = startedAt
+        self.probe = probe
+    }
+
     /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
     /// each time: puts back what it holds if Redis lost its data, retries failed clean-ups,
     /// checks its subscription, and cleans up after nodes whose record expired.
     func heartbeat() async {
-        let ttlMilliseconds = String(3 * heartbeatInterval.inMilliseconds)
         var first = true
         var pause = Duration.zero
         while (try? await Task.sleep(for: pause)) != nil {
             pause = heartbeatInterval
-            let record: [String: Any] = [
-                "id": nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": localStreams.count,
-            ]
-            let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
             let candidate = UUID().uuidString
             let replies: [RESPValue]
             do {
-                replies = try await redis.pipeline([
-                    ["SET", keys.node(nodeID), json, "PX", ttlMilliseconds], ["SET", keys.epoch, candidate, "NX", "GET"],
-                ])
+                replies = try await context.redis.pipeline([renewRecord, ["SET", context.keys.epoch, candidate, "NX", "GET"]])
             } catch {
                 // Redis is back soon, perhaps empty: look again then, not a whole interval later.
                 let delay = (error as? RedisConnectionError)?.retryDelay ?? .milliseconds(250)
@@ -36,76 +51,69 @@ extension Coordinator {
             if first {
                 // Streams recorded under this node id by an earlier life of it are gone. The
                 // node is serving already: the streams it holds are read after Redis's list.
-                await reap(nodeID, keeping: { Set(self.heldStreams.map(\.session)) })
+                await sessions.reap(context.nodeID, keeping: { Set(self.sessions.heldStreams.map(\.session)) })
                 first = false
             }
             await observeEpoch(replies[1].string ?? candidate)
-            for stream in unfinished.withLockedValue({ Array($0.values) }) { await endSession(of: stream) }
+            await sessions.retryUnfinished()
             await checkSubscription()
             await reapDeadNodes()
         }
+    }
+
+    /// Sets this node's heartbeat record, which lives three intervals unless renewed: while it
+    /// lives, no other node takes this node's streams for those of a dead node.
+    private var renewRecord: [String] {
+        let record: [String: Any] = [
+            "id": context.nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": sessions.localStreams.count,
+        ]
+        let json = String(decoding: (try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        return ["SET", context.keys.node(context.nodeID), json, "PX", String(3 * heartbeatInterval.inMilliseconds)]
     }
 
     /// Reads Redis's epoch now (making one if it has none), for a join or leave that found it
     /// changed before this node's heartbeat did.
     func checkEpoch() async {
         let candidate = UUID().uuidString
-        guard let reply = try? await redis.send(["SET", keys.epoch, candidate, "NX", "GET"]) else { return }
+        guard let reply = try? await context.redis.send(["SET", context.keys.epoch, candidate, "NX", "GET"]) else { return }
         await observeEpoch(reply.string ?? candidate)
     }
 
-    /// Compares the epoch Redis holds with the one this node knew. Another one means Redis lost
-    /// its data: this opens the recovery window (every node notices within one heartbeat, and
-    /// membership changes wait until all have put back what they hold), then takes the new
-    /// epoch as known, and puts back what this node holds.
-    ///
-    /// The window opens before the new epoch is known: a join that read the new epoch and saw no
-    /// window must have read it before this node knew it, and then waits (see
-    /// `refuseWhileRecovering`). Of two calls that see the same change, one puts things back.
+    /// If Redis holds another epoch than the one this node knew, it lost its data: the gate
+    /// opens the recovery window, and this node puts back what it holds.
     func observeEpoch(_ current: String) async {
-        let known = epoch.withLockedValue { known in
-            defer { if known == nil { known = current } }
-            return known
-        }
-        guard let known, known != current else { return }
-        // If Redis is gone again, the next heartbeat sees the change again.
-        guard (try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])) != nil else { return }
-        let first = epoch.withLockedValue { epoch in
-            guard epoch == known else { return false }
-            epoch = current
-            return true
-        }
-        guard first else { return }
-        await reassertSessions(lostEpoch: known)
-        // Putting back may take a while: the other nodes' joins wait a window from now.
-        _ = try? await redis.send(["SET", keys.recovering, nodeID, "PX", String(recoveryWindow.inMilliseconds)])
+        guard let lost = await gate.observe(current) else { return }
+        await gate.recovered(lostEpoch: lost, succeeded: await reassertSessions())
     }
 
     /// Redis lost its data: puts back, silently, the session and rooms of every stream this
     /// node answers for, so rooms are as they were and nobody sees churn. Sessions already
     /// ended stay ended once their clean-up runs again (their members still get remove-peer).
-    func reassertSessions(lostEpoch: String) async {
-        reassertions.begin()
-        defer { reassertions.end() }
-        let streams = heldStreams
-        logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
+    /// Returns false if it failed (Redis went away again): the next heartbeat tries again.
+    func reassertSessions() async -> Bool {
+        gate.reassertions.begin()
+        defer { gate.reassertions.end() }
+        let streams = sessions.heldStreams
+        context.logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
         do {
-            let putBack = try await scripts.run(streams.map { stream in
-                ReassertCall(keys, user: stream.user, session: stream.session, node: nodeID, rooms: stream.rooms)
+            let putBack = try await context.scripts.run(streams.map { stream in
+                ReassertCall(context.keys, user: stream.user, session: stream.session, node: context.nodeID, rooms: stream.rooms)
             })
-            var commands = streams.map { ["SADD", keys.nodeStreams(nodeID), Self.streamEntry($0)] }
+            // The record first (it went with the data): otherwise a node whose heartbeat runs now
+            // would find these streams with no record, and end them as a dead node's.
+            var commands = [renewRecord] + streams.map { ["SADD", context.keys.nodeStreams(context.nodeID), Sessions.streamEntry($0)] }
             var restored = 0
             for (stream, wasPutBack) in zip(streams, putBack) where wasPutBack {
                 restored += 1
-                for room in stream.rooms.keys { commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
+                for room in stream.rooms.keys { commands.append(["HSETNX", context.keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
             }
-            _ = try await redis.pipeline(commands)
-            metrics.sessionsReasserted.increment(by: restored)
-            logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
+            _ = try await context.redis.pipeline(commands)
+            context.metrics.sessionsReasserted.increment(by: restored)
+            context.logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
+            return true
         } catch {
-            // Forget the new epoch, so that the next heartbeat sees the change and tries again.
-            epoch.withLockedValue { $0 = lostEpoch }
-            logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
+            context.logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
+            return false
         }
     }
 
@@ -118,14 +126,14 @@ extension Coordinator {
     func catchUpStreams() async {
         guard let losses = continuity.liveSince else { return }
         let stillLive = { self.continuity.unbroken(since: losses) }
-        let streams = localStreams.all.filter(\.isStarted)
+        let streams = sessions.localStreams.all.filter(\.isStarted)
         var caughtUp = 0
         for stream in streams {
             // The command connection may still be coming back: try for a while before giving up.
             for attempt in 1...50 where stream.endReason == nil {
                 guard stillLive() else { return }
                 do {
-                    if let missed = try await missedEvents(of: stream) {
+                    if let missed = try await logs.missed(by: stream) {
                         stream.start(connected: nil, replay: missed, stillLive: stillLive)
                         caughtUp += missed.count
                     } else {
@@ -139,7 +147,7 @@ extension Coordinator {
             }
         }
         if !streams.isEmpty {
-            logger.info("streams caught up after the subscription came back", metadata: ["streams": "\(streams.count)", "events": "\(caughtUp)"])
+            context.logger.info("streams caught up after the subscription came back", metadata: ["streams": "\(streams.count)", "events": "\(caughtUp)"])
         }
     }
 
@@ -147,70 +155,51 @@ extension Coordinator {
     /// previous probe never came back, the subscription is dead though its connection looks
     /// alive: reconnect it (it subscribes again to every channel).
     func checkSubscription() async {
-        let channel = keys.nodeProbe(nodeID)
+        let channel = context.keys.nodeProbe(context.nodeID)
         if !probe.isSubscribed {
-            guard (try? await subscriber.subscribe(channel)) != nil else { return }
+            guard (try? await context.subscriber.subscribe(channel)) != nil else { return }
             probe.isSubscribed = true
         }
-        guard subscriber.isConnected else { return }
+        guard context.subscriber.isConnected else { return }
         let lost = probe.outstanding
         let sent = probe.next()
-        let receivers = (try? await redis.send(["SPUBLISH", channel, String(sent)]).int) ?? -1
+        let receivers = (try? await context.redis.send(["SPUBLISH", channel, String(sent)]).int) ?? -1
         if receivers == 0 || lost {
-            metrics.subscriptionProbesFailed.increment()
-            logger.warning("subscription is dead though its connection is open: reconnecting", metadata: ["node": "\(nodeID)"])
+            context.metrics.subscriptionProbesFailed.increment()
+            context.logger.warning("subscription is dead though its connection is open: reconnecting", metadata: ["node": "\(context.nodeID)"])
             probe.reset()
-            subscriber.reconnect()
+            context.subscriber.reconnect()
         }
     }
 
-    /// Finds nodes that hold streams in Redis but have no heartbeat, and cleans up after each,
-    /// if no other node is doing it already.
+    /// Finds nodes that hold streams in Redis but have had no heartbeat record for a whole
+    /// heartbeat, and cleans up after each, if no other node is doing it already.
     func reapDeadNodes() async {
+        // A node is dead once its record is missing at two heartbeats in a row: a record lost
+        // with Redis's data comes back at its node's next heartbeat, and until then its
+        // streams are a live node's (one it recorded again while putting things back, or a
+        // stream it opened meanwhile).
+        var missing: Set<String> = []
+        defer { unrecorded.withLockedValue { $0 = missing } }
+        let missingBefore = unrecorded.withLockedValue { $0 }
         var cursor = "0"
         repeat {
-            guard let reply = try? await redis.send(["SCAN", cursor, "MATCH", keys.nodeStreams("*"), "COUNT", "1000"]).array,
+            guard let reply = try? await context.redis.send(["SCAN", cursor, "MATCH", context.keys.nodeStreams("*"), "COUNT", "1000"]).array,
                 reply.count == 2
             else { return }
             cursor = reply[0].string ?? "0"
             for key in (reply[1].array ?? []).compactMap(\.string) {
                 guard let open = key.firstIndex(of: "{"), let close = key.lastIndex(of: "}") else { continue }
                 let node = String(key[key.index(after: open)..<close])
-                guard node != nodeID, (try? await redis.send(["EXISTS", keys.node(node)]).int) == 0 else { continue }
-                let claim = try? await redis.send(["SET", keys.nodeReaper(node), nodeID, "NX", "PX", "60000"])
+                guard node != context.nodeID, (try? await context.redis.send(["EXISTS", context.keys.node(node)]).int) == 0 else { continue }
+                missing.insert(node)
+                guard missingBefore.contains(node) else { continue }
+                let claim = try? await context.redis.send(["SET", context.keys.nodeReaper(node), context.nodeID, "NX", "PX", "60000"])
                 guard claim == .simpleString("OK") else { continue }
-                await reap(node)
-                _ = try? await redis.send(["DEL", keys.nodeReaper(node)])
+                await sessions.reap(node)
+                _ = try? await context.redis.send(["DEL", context.keys.nodeReaper(node)])
             }
         } while cursor != "0"
-    }
-
-    /// Ends every stream Redis records for `node` (but the sessions `keeping` returns), exactly
-    /// as if each had closed: the peer leaves its rooms and the remaining members get
-    /// `remove-peer`.
-    ///
-    /// `keeping` is asked only once Redis has answered: a stream joins the node's open streams
-    /// before it is recorded in Redis, so every live stream Redis lists is in the answer. (Asked
-    /// before, it would miss a stream opened meanwhile and end a live session.)
-    func reap(_ node: String, keeping: () -> Set<String> = { [] }) async {
-        guard let entries = try? await redis.send(["SMEMBERS", keys.nodeStreams(node)]).array else { return }
-        let kept = keeping()
-        var reaped = 0
-        for entry in entries.compactMap(\.string) {
-            let parts = entry.split(separator: " ", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let peer = PeerID(parts[0]), !kept.contains(parts[1]) else { continue }
-            do {
-                try await endSession(parts[1], of: peer)
-                _ = try await redis.send(["SREM", keys.nodeStreams(node), entry])
-                reaped += 1
-            } catch {
-                logger.warning("clean-up after a dead node failed", metadata: ["node": "\(node)", "peer": "\(peer)", "error": "\(error)"])
-            }
-        }
-        if reaped > 0 {
-            metrics.peersReaped.increment(by: reaped)
-            logger.info("cleaned up after a node that stopped", metadata: ["node": "\(node)", "peers": "\(reaped)"])
-        }
     }
 }
 

@@ -145,7 +145,7 @@ struct BadInputTests {
     @Test func aLastEventIDThisServiceCannotUseStartsAFreshSession() async throws {
         try await Fleet.with(nodes: 1) { fleet in
             let token = try await fleet.client(0).access(username: "ann")
-            for id in ["12;r={x}=1-0", "1795345739537-0", "not an id"] {
+            for id in ["1795345739537-0-1;lobby=1795345739540-0-2", "12;r={x}=1-0", "1795345739537-0", "not an id"] {
                 let stream = try await fleet.client(0).connect(token: token, lastEventID: id)
                 let connected = await stream.next()
                 #expect(connected?.event == "connected", "\(id)")

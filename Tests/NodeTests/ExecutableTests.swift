@@ -131,9 +131,12 @@ struct ExecutableTests {
 
     /// Runs `switchboard-load` with `--json` and returns its one result row.
     static func runLoadTool(_ arguments: [String]) async throws -> [String: Any]? {
-        let (_, output, _) = try await run("switchboard-load", arguments)
-        let report = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any]
-        return (report?["results"] as? [[String: Any]])?.first
+        let (status, output, errors) = try await run("switchboard-load", arguments)
+        guard let report = try? JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] else {
+            Issue.record("switchboard-load \(arguments.joined(separator: " ")) exited \(status) with no report: \(errors)")
+            return nil
+        }
+        return (report["results"] as? [[String: Any]])?.first
     }
 
     /// Runs one of the package's executables to its end (killed after `limit`): its exit status,
@@ -274,8 +277,9 @@ struct ExecutableTests {
             }
             let elapsed = ContinuousClock.now - killedAt
             print("crash clean-up: remove-peer \(elapsed) after kill -9 (heartbeat \(heartbeat) s)")
-            // The bound the README promises: dead after three heartbeats, cleaned up by the next.
-            #expect(elapsed < .seconds(5 * heartbeat))
+            // The bound the README promises: its record gone after three heartbeats, found
+            // missing at two heartbeats of a survivor in a row, then cleaned up.
+            #expect(elapsed < .seconds(6 * heartbeat))
             // Exactly once: the next event each survivor sees is its own marker, not a second remove-peer.
             for (index, stream) in [(0, streams[0]), (2, streams[2])] {
                 _ = try await a.client.request(.POST, "/relay/\(ids[index])/marker", token: tokens[index], body: "{}")

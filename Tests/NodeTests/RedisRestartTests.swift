@@ -127,9 +127,12 @@ struct RedisRestartTests {
                 try await fleet.client(1).request(.POST, "/relay/\(ann.id)/note", token: bob.token, body: "{}").status == 200
             })
             // Each node's command connection comes back after its own back-off (up to 2 s).
+            let last = NIOLockedValueBox("")
             #expect(try await fleet.eventually(seconds: 5) {
-                try await fleet.client(0).request(.POST, "/relay/\(bob.id)/note", token: ann.token, body: "{}").status == 200
-            })
+                let reply = try await fleet.client(0).request(.POST, "/relay/\(bob.id)/note", token: ann.token, body: "{}")
+                last.withLockedValue { $0 = "\(reply.status) \(reply.body)" }
+                return reply.status == 200
+            }, "ann → bob: \(last.withLockedValue { $0 })")
             #expect(await nextSignal(ann.stream)?.event == "note")
             #expect(await nextSignal(bob.stream)?.event == "note")
             ann.stream.close()

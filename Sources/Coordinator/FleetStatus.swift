@@ -1,0 +1,56 @@
+import Foundation
+import RedisClient
+
+/// What the node tells about itself and the fleet: readiness, the nodes' heartbeat records,
+/// and the gauges of the rooms its peers are in.
+struct FleetStatus: Sendable {
+    let context: NodeContext
+    let localStreams: LocalStreams
+
+    /// What `/readyz` checks: Redis answers, every script is loaded, the subscription is live.
+    func readiness() async -> [String: Bool] {
+        let redisUp = (try? await context.redis.send(["PING"])) == .simpleString("PONG")
+        if redisUp, !context.scripts.allLoaded { try? await context.scripts.loadAll() }
+        return ["redis": redisUp, "scripts": context.scripts.allLoaded, "subscription": context.subscriber.isConnected]
+    }
+
+    /// The nodes with a live heartbeat record in Redis, as they described themselves.
+    func fleet() async throws -> [[String: Any]] {
+        var cursor = "0"
+        var records: [[String: Any]] = []
+        repeat {
+            let reply = try await context.redis.send(["SCAN", cursor, "MATCH", context.keys.node("*"), "COUNT", "1000"]).array ?? []
+            cursor = reply.first?.string ?? "0"
+            let names = (reply.count > 1 ? reply[1].array ?? [] : []).compactMap(\.string)
+            guard !names.isEmpty else { continue }
+            for value in try await context.redis.pipeline(names.map { ["GET", $0] }) {
+                guard let text = value.string,
+                    let record = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+                else { continue }
+                records.append(record)
+            }
+        } while cursor != "0"
+        return records.sorted { ($0["id"] as? String ?? "") < ($1["id"] as? String ?? "") }
+    }
+
+    /// Sets the gauges of rooms the peers of this node are in, and of their memberships, from
+    /// Redis (for the metrics scrape: one pipelined SMEMBERS per local peer).
+    func refreshMembershipGauges() async throws {
+        let peers = Set(localStreams.all.map(\.user.id))
+        guard !peers.isEmpty else {
+            context.metrics.localRooms.record(0)
+            context.metrics.localMemberships.record(0)
+            return
+        }
+        let replies = try await context.redis.pipeline(peers.map { ["HKEYS", context.keys.peerRooms($0)] })
+        var rooms = Set<String>()
+        var memberships = 0
+        for reply in replies {
+            let ids = (reply.array ?? []).compactMap(\.string)
+            memberships += ids.count
+            rooms.formUnion(ids)
+        }
+        context.metrics.localRooms.record(rooms.count)
+        context.metrics.localMemberships.record(memberships)
+    }
+}
