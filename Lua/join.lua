@@ -12,6 +12,7 @@
 
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
     KEYS[2] room event log       sb:room:{R}:log        stream, field m
+    KEYS[3] room joins hash      sb:room:{R}:joins      field peer id -> its join's entry id
 
     ARGV[1] room channel         sb:room:{R}:events     (sharded pub/sub)
     ARGV[2] joiner's peer id
@@ -22,25 +23,28 @@
 
   Log entry "join\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
   Returns {number of members before the join, the join's entry id, the members' user JSON one
-  per line}; {ALREADY_MEMBER, the log's newest entry id ("0-0" if none), the other members'
-  user JSON one per line}: nothing changes, and the snapshot lets the caller finish an earlier
-  attempt that stopped before remember-room.lua; or ROOM_FULL: nothing changes (codes in
+  per line}; {ALREADY_MEMBER, the join's entry id, the other members' user JSON one per line
+  as they were right after it}: nothing changes, and the snapshot lets the caller finish an
+  earlier attempt that stopped before remember-room.lua, exactly as that attempt would have
+  (if the log no longer holds what came after the join, or Redis lost it, the snapshot is as
+  of the log's newest entry, "0-0" if none); or ROOM_FULL: nothing changes (codes in
   include/codes.lua). (One string, not one per member: it goes back into remember-room.lua as
   one argument, and into its message as it is.)
 ]]
 --- @include "codes.lua"
 --- @include "log.lua"
 
-local members, log = KEYS[1], KEYS[2]
+local members, log, joins = KEYS[1], KEYS[2], KEYS[3]
 local channel, joiner, joinerUser = ARGV[1], ARGV[2], ARGV[3]
 
 if redis.call("HEXISTS", members, joiner) == 1 then
-  local others = {}
-  local entries = redis.call("HGETALL", members)
-  for i = 1, #entries, 2 do
-    if entries[i] ~= joiner then others[#others + 1] = entries[i + 1] end
+  local joinedAt = redis.call("HGET", joins, joiner)
+  local asOf = hashTable(members)
+  local position = joinedAt and membersAsOf(log, asOf, joinedAt)
+  if not position then
+    asOf, position = hashTable(members), latestEntry(log)
   end
-  return {ALREADY_MEMBER, latestEntry(log), table.concat(others, "\n")}
+  return {ALREADY_MEMBER, position, lines(asOf, joiner)}
 end
 local maxMembers = tonumber(ARGV[4]) or 0
 if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
@@ -50,4 +54,5 @@ end
 local snapshot = redis.call("HVALS", members)
 local id = appendAndPublish(log, channel, "join\n" .. joiner .. "\n" .. joinerUser, ARGV[5], ARGV[6])
 redis.call("HSET", members, joiner, joinerUser)
+redis.call("HSET", joins, joiner, id)
 return {#snapshot, id, table.concat(snapshot, "\n")}

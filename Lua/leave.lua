@@ -12,6 +12,7 @@
 
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
     KEYS[2] room event log       sb:room:{R}:log        stream, field m
+    KEYS[3] room joins hash      sb:room:{R}:joins      field peer id -> its join's entry id
 
     ARGV[1] room channel         sb:room:{R}:events     (sharded pub/sub)
     ARGV[2] leaver's peer id
@@ -21,22 +22,30 @@
 
   Log entry "leave\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
   Returns {number of remaining members, the leave's entry id, their user JSON one per line
-  ("" unless asked for)}; or {NOT_MEMBER, the log's newest entry id ("0-0" if none), the
-  members' user JSON one per line ("" unless asked for)}: nothing changes, and the snapshot
-  lets the caller finish an earlier attempt that stopped before forget-room.lua (codes in
-  include/codes.lua).
+  ("" unless asked for)}; or {NOT_MEMBER, the peer's latest leave's entry id, the members'
+  user JSON one per line as they were right after it ("" unless asked for)}: nothing changes,
+  and the snapshot lets the caller finish an earlier attempt that stopped before
+  forget-room.lua, exactly as that attempt would have (if the log holds no leave of the peer,
+  the snapshot is as of the log's newest entry, "0-0" if none; codes in include/codes.lua).
 ]]
 --- @include "codes.lua"
 --- @include "log.lua"
 
-local members, log = KEYS[1], KEYS[2]
+local members, log, joins = KEYS[1], KEYS[2], KEYS[3]
 local channel, leaver, snapshotWanted = ARGV[1], ARGV[2], ARGV[3] == "1"
 
 local leaverUser = redis.call("HGET", members, leaver)
 if not leaverUser then
-  return {NOT_MEMBER, latestEntry(log), snapshotWanted and table.concat(redis.call("HVALS", members), "\n") or ""}
+  if not snapshotWanted then return {NOT_MEMBER, latestEntry(log), ""} end
+  local asOf = hashTable(members)
+  local position = membersAsOf(log, asOf, nil, leaver)
+  if not position then
+    asOf, position = hashTable(members), latestEntry(log)
+  end
+  return {NOT_MEMBER, position, lines(asOf)}
 end
 redis.call("HDEL", members, leaver)
+redis.call("HDEL", joins, leaver)
 local id = appendAndPublish(log, channel, "leave\n" .. leaver .. "\n" .. leaverUser, ARGV[4], ARGV[5])
 local remaining = redis.call("HVALS", members)
 return {#remaining, id, snapshotWanted and table.concat(remaining, "\n") or ""}

@@ -15,35 +15,14 @@
   what it missed (codes in include/codes.lua).
 ]]
 --- @include "codes.lua"
+--- @include "log.lua"
 
 local log, from = KEYS[1], ARGV[1]
 local exclusive = string.sub(from, 1, 1) == "("
 local start = exclusive and string.sub(from, 2) or from
 
--- Entry ids compare as (milliseconds, sequence).
-local function parse(id)
-  local ms, seq = string.match(id, "^(%d+)-(%d+)$")
-  if not ms then return nil end
-  return tonumber(ms), tonumber(seq)
-end
-local startMs, startSeq = parse(start)
-if not startMs then return redis.error_reply("ERR invalid log position " .. from) end
-
-local oldest = redis.call("XRANGE", log, "-", "+", "COUNT", 1)[1]
-if not oldest then
-  return {}  -- expired, or never written
-end
--- Redis trims the oldest entries first. If any were trimmed and the oldest kept is later than
--- the start, some of what was asked for may be gone (Redis 7.0 does not record which was the
--- newest trimmed, so a start just before the oldest kept counts as trimmed too).
-local oldestMs, oldestSeq = parse(oldest[1])
-if oldestMs > startMs or (oldestMs == startMs and oldestSeq > startSeq) then
-  local info, length, added = redis.call("XINFO", "STREAM", log), 0, 0
-  for i = 1, #info, 2 do
-    if info[i] == "length" then length = info[i + 1] elseif info[i] == "entries-added" then added = info[i + 1] end
-  end
-  if added > length then return LOG_TRIMMED end
-end
+if not string.match(start, "^%d+-%d+$") then return redis.error_reply("ERR invalid log position " .. from) end
+if not completeAfter(log, start) then return LOG_TRIMMED end
 
 local messages = {}
 for _, entry in ipairs(redis.call("XRANGE", log, from, "+")) do

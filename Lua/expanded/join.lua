@@ -12,6 +12,7 @@
 
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
     KEYS[2] room event log       sb:room:{R}:log        stream, field m
+    KEYS[3] room joins hash      sb:room:{R}:joins      field peer id -> its join's entry id
 
     ARGV[1] room channel         sb:room:{R}:events     (sharded pub/sub)
     ARGV[2] joiner's peer id
@@ -22,9 +23,11 @@
 
   Log entry "join\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
   Returns {number of members before the join, the join's entry id, the members' user JSON one
-  per line}; {ALREADY_MEMBER, the log's newest entry id ("0-0" if none), the other members'
-  user JSON one per line}: nothing changes, and the snapshot lets the caller finish an earlier
-  attempt that stopped before remember-room.lua; or ROOM_FULL: nothing changes (codes in
+  per line}; {ALREADY_MEMBER, the join's entry id, the other members' user JSON one per line
+  as they were right after it}: nothing changes, and the snapshot lets the caller finish an
+  earlier attempt that stopped before remember-room.lua, exactly as that attempt would have
+  (if the log no longer holds what came after the join, or Redis lost it, the snapshot is as
+  of the log's newest entry, "0-0" if none); or ROOM_FULL: nothing changes (codes in
   include/codes.lua). (One string, not one per member: it goes back into remember-room.lua as
   one argument, and into its message as it is.)
 ]]
@@ -55,16 +58,74 @@ local function latestEntry(log)
   return newest[1] and newest[1][1] or "0-0"
 end
 
-local members, log = KEYS[1], KEYS[2]
+-- Whether entry id `a` comes after `b` (ids compare as milliseconds, then sequence).
+local function entryAfter(a, b)
+  local ams, aseq = string.match(a, "^(%d+)-(%d+)$")
+  local bms, bseq = string.match(b, "^(%d+)-(%d+)$")
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+
+-- Whether `log` still holds every entry after `id`: Redis trims the oldest entries first, so
+-- none is missing unless some were trimmed and the oldest kept is later than `id` (Redis 7.0
+-- does not record which was the newest trimmed, so an `id` just before the oldest kept counts
+-- as trimmed too).
+local function completeAfter(log, id)
+  local oldest = redis.call("XRANGE", log, "-", "+", "COUNT", 1)[1]
+  if not oldest or not entryAfter(oldest[1], id) then return true end
+  local info, length, added = redis.call("XINFO", "STREAM", log), 0, 0
+  for i = 1, #info, 2 do
+    if info[i] == "length" then length = info[i + 1] elseif info[i] == "entries-added" then added = info[i + 1] end
+  end
+  return added <= length
+end
+
+-- A room's members as they were right after entry `id` (a table peer id -> user JSON, changed
+-- in place from the members now), by undoing, newest first, the joins and leaves logged after
+-- it. With `stopAtLeaveOf`, walks back only to that peer's latest leave, and takes its id as
+-- `id`. Returns the id, or nil if the log no longer holds what it takes.
+local function membersAsOf(log, members, id, stopAtLeaveOf)
+  if id and not completeAfter(log, id) then return nil end
+  local upper = "+"
+  while true do
+    local batch = redis.call("XREVRANGE", log, upper, id and ("(" .. id) or "-", "COUNT", 100)
+    for _, entry in ipairs(batch) do
+      local kind, peer, user = string.match(entry[2][2], "^(%a+)\n([^\n]*)\n(.*)$")
+      if stopAtLeaveOf and kind == "leave" and peer == stopAtLeaveOf then return entry[1] end
+      if kind == "join" then members[peer] = nil elseif kind == "leave" then members[peer] = user end
+    end
+    if #batch < 100 then return (not stopAtLeaveOf) and id or nil end
+    upper = "(" .. batch[#batch][1]
+  end
+end
+
+-- The values of a table peer id -> user JSON, one per line (the snapshots scripts return).
+local function lines(members, except)
+  local values = {}
+  for peer, user in pairs(members) do
+    if peer ~= except then values[#values + 1] = user end
+  end
+  return table.concat(values, "\n")
+end
+
+-- A hash's fields and values as a table.
+local function hashTable(key)
+  local flat, result = redis.call("HGETALL", key), {}
+  for i = 1, #flat, 2 do result[flat[i]] = flat[i + 1] end
+  return result
+end
+
+local members, log, joins = KEYS[1], KEYS[2], KEYS[3]
 local channel, joiner, joinerUser = ARGV[1], ARGV[2], ARGV[3]
 
 if redis.call("HEXISTS", members, joiner) == 1 then
-  local others = {}
-  local entries = redis.call("HGETALL", members)
-  for i = 1, #entries, 2 do
-    if entries[i] ~= joiner then others[#others + 1] = entries[i + 1] end
+  local joinedAt = redis.call("HGET", joins, joiner)
+  local asOf = hashTable(members)
+  local position = joinedAt and membersAsOf(log, asOf, joinedAt)
+  if not position then
+    asOf, position = hashTable(members), latestEntry(log)
   end
-  return {ALREADY_MEMBER, latestEntry(log), table.concat(others, "\n")}
+  return {ALREADY_MEMBER, position, lines(asOf, joiner)}
 end
 local maxMembers = tonumber(ARGV[4]) or 0
 if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
@@ -74,4 +135,5 @@ end
 local snapshot = redis.call("HVALS", members)
 local id = appendAndPublish(log, channel, "join\n" .. joiner .. "\n" .. joinerUser, ARGV[5], ARGV[6])
 redis.call("HSET", members, joiner, joinerUser)
+redis.call("HSET", joins, joiner, id)
 return {#snapshot, id, table.concat(snapshot, "\n")}

@@ -12,6 +12,7 @@
 
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
     KEYS[2] room event log       sb:room:{R}:log        stream, field m
+    KEYS[3] room joins hash      sb:room:{R}:joins      field peer id -> its join's entry id
 
     ARGV[1] room channel         sb:room:{R}:events     (sharded pub/sub)
     ARGV[2] leaver's peer id
@@ -21,10 +22,11 @@
 
   Log entry "leave\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
   Returns {number of remaining members, the leave's entry id, their user JSON one per line
-  ("" unless asked for)}; or {NOT_MEMBER, the log's newest entry id ("0-0" if none), the
-  members' user JSON one per line ("" unless asked for)}: nothing changes, and the snapshot
-  lets the caller finish an earlier attempt that stopped before forget-room.lua (codes in
-  include/codes.lua).
+  ("" unless asked for)}; or {NOT_MEMBER, the peer's latest leave's entry id, the members'
+  user JSON one per line as they were right after it ("" unless asked for)}: nothing changes,
+  and the snapshot lets the caller finish an earlier attempt that stopped before
+  forget-room.lua, exactly as that attempt would have (if the log holds no leave of the peer,
+  the snapshot is as of the log's newest entry, "0-0" if none; codes in include/codes.lua).
 ]]
 -- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
 -- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
@@ -53,14 +55,78 @@ local function latestEntry(log)
   return newest[1] and newest[1][1] or "0-0"
 end
 
-local members, log = KEYS[1], KEYS[2]
+-- Whether entry id `a` comes after `b` (ids compare as milliseconds, then sequence).
+local function entryAfter(a, b)
+  local ams, aseq = string.match(a, "^(%d+)-(%d+)$")
+  local bms, bseq = string.match(b, "^(%d+)-(%d+)$")
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+
+-- Whether `log` still holds every entry after `id`: Redis trims the oldest entries first, so
+-- none is missing unless some were trimmed and the oldest kept is later than `id` (Redis 7.0
+-- does not record which was the newest trimmed, so an `id` just before the oldest kept counts
+-- as trimmed too).
+local function completeAfter(log, id)
+  local oldest = redis.call("XRANGE", log, "-", "+", "COUNT", 1)[1]
+  if not oldest or not entryAfter(oldest[1], id) then return true end
+  local info, length, added = redis.call("XINFO", "STREAM", log), 0, 0
+  for i = 1, #info, 2 do
+    if info[i] == "length" then length = info[i + 1] elseif info[i] == "entries-added" then added = info[i + 1] end
+  end
+  return added <= length
+end
+
+-- A room's members as they were right after entry `id` (a table peer id -> user JSON, changed
+-- in place from the members now), by undoing, newest first, the joins and leaves logged after
+-- it. With `stopAtLeaveOf`, walks back only to that peer's latest leave, and takes its id as
+-- `id`. Returns the id, or nil if the log no longer holds what it takes.
+local function membersAsOf(log, members, id, stopAtLeaveOf)
+  if id and not completeAfter(log, id) then return nil end
+  local upper = "+"
+  while true do
+    local batch = redis.call("XREVRANGE", log, upper, id and ("(" .. id) or "-", "COUNT", 100)
+    for _, entry in ipairs(batch) do
+      local kind, peer, user = string.match(entry[2][2], "^(%a+)\n([^\n]*)\n(.*)$")
+      if stopAtLeaveOf and kind == "leave" and peer == stopAtLeaveOf then return entry[1] end
+      if kind == "join" then members[peer] = nil elseif kind == "leave" then members[peer] = user end
+    end
+    if #batch < 100 then return (not stopAtLeaveOf) and id or nil end
+    upper = "(" .. batch[#batch][1]
+  end
+end
+
+-- The values of a table peer id -> user JSON, one per line (the snapshots scripts return).
+local function lines(members, except)
+  local values = {}
+  for peer, user in pairs(members) do
+    if peer ~= except then values[#values + 1] = user end
+  end
+  return table.concat(values, "\n")
+end
+
+-- A hash's fields and values as a table.
+local function hashTable(key)
+  local flat, result = redis.call("HGETALL", key), {}
+  for i = 1, #flat, 2 do result[flat[i]] = flat[i + 1] end
+  return result
+end
+
+local members, log, joins = KEYS[1], KEYS[2], KEYS[3]
 local channel, leaver, snapshotWanted = ARGV[1], ARGV[2], ARGV[3] == "1"
 
 local leaverUser = redis.call("HGET", members, leaver)
 if not leaverUser then
-  return {NOT_MEMBER, latestEntry(log), snapshotWanted and table.concat(redis.call("HVALS", members), "\n") or ""}
+  if not snapshotWanted then return {NOT_MEMBER, latestEntry(log), ""} end
+  local asOf = hashTable(members)
+  local position = membersAsOf(log, asOf, nil, leaver)
+  if not position then
+    asOf, position = hashTable(members), latestEntry(log)
+  end
+  return {NOT_MEMBER, position, lines(asOf)}
 end
 redis.call("HDEL", members, leaver)
+redis.call("HDEL", joins, leaver)
 local id = appendAndPublish(log, channel, "leave\n" .. leaver .. "\n" .. leaverUser, ARGV[4], ARGV[5])
 local remaining = redis.call("HVALS", members)
 return {#remaining, id, snapshotWanted and table.concat(remaining, "\n") or ""}

@@ -104,7 +104,7 @@ public final class Coordinator: Service, Sendable {
             nodeID: nodeID, keys: keys, redis: redis, subscriber: subscriber, scripts: ScriptRegistry(redis: redis, metrics: metrics),
             metrics: metrics, logger: logger, logLimits: EventLogLimits(entries: Self.eventLogLength, retention: gracePeriod + .seconds(60)))
         let gate = RecoveryGate(context: context, heartbeatInterval: heartbeatInterval)
-        let logs = EventLogs(context: context, catchUpWait: gate.membershipWait)
+        let logs = EventLogs(context: context)
         let rooms = Rooms(context: context, gate: gate, limits: limits)
         let sessions = Sessions(
             context: context, gate: gate, rooms: rooms, logs: logs, localStreams: localStreams, streamLimits: streamLimits,

@@ -4,8 +4,6 @@
 /// fill any gap in what was live".
 struct EventLogs: Sendable {
     let context: NodeContext
-    /// How long a joiner's catch-up keeps trying through an outage.
-    let catchUpWait: Duration
 
     /// What a resuming client missed after its `Last-Event-ID`, from its own log and the log of
     /// each room in its cursor; nil if some log no longer holds all of it. Takes up the cursor
@@ -16,13 +14,26 @@ struct EventLogs: Sendable {
     func replay(for stream: PeerStream, resumingFrom cursor: EventCursor, joinedAt: [RoomID: EntryID]) async throws -> [Inbound]? {
         guard let own = try await read(of: stream.user.id, own: cursor.own.entry, rooms: [:]) else { return nil }
         var earliest = joinedAt
-        var farewells: Set<RoomID> = []
+        // Rooms left in what the client missed, with the entry their farewells are as of.
+        var leaving: [RoomID: EntryID] = [:]
+        // A room whose introductions the client saw only part of: the rest come before any
+        // later entry of the room (which waits, as it does after a join).
+        var introducing: [RoomID: EntryID] = [:]
         for item in own {
-            if case .farewells(let room, _, let joined, _) = item.message, farewells.insert(room).inserted { earliest[room] = joined }
+            switch item.message {
+            case .farewells(let room, let at, let joined, _) where leaving[room] == nil:
+                leaving[room] = at
+                earliest[room] = joined
+            case .introductions(let room, let at, let members) where item.entry == cursor.own.entry:
+                if cursor.own.delivered < members.count { introducing[room] = at }
+            default:
+                break
+            }
         }
         let rooms = Dictionary(
             uniqueKeysWithValues: cursor.rooms.compactMap { room, position in earliest[room].map { (room, max(position, $0)) } })
-        stream.resume(from: EventCursor(own: cursor.own, rooms: rooms))
+        stream.resume(from: EventCursor(own: cursor.own, rooms: rooms), leaving: leaving, introducing: introducing)
+        // (False: the stream ended meanwhile, and what is read goes nowhere.)
         for room in rooms.keys { _ = try await context.subscriber.waitUntilSubscribed(context.keys.channel(room)) }
         guard let missed = try await read(of: stream.user.id, own: nil, rooms: rooms) else { return nil }
         return Self.interleaved(own + missed)
@@ -36,23 +47,29 @@ struct EventLogs: Sendable {
     }
 
     /// Reads a room's log after a stream's join once the node listens on the room's channel,
-    /// and hands it to the stream. Retried through a short outage; if the log cannot be read,
-    /// the stream ends and its client resumes.
+    /// and hands it to the stream. Through a Redis outage it tries again until Redis is back
+    /// (the stream holds meanwhile, as every stream of the node does), for as long as the
+    /// stream waits for it; if the log was trimmed past the join, the stream ends and its
+    /// client resumes.
     func catchUp(_ request: LocalStreams.RoomCatchUp) async {
         let (stream, room, after) = (request.stream, request.room, request.after)
-        let deadline = ContinuousClock.now + catchUpWait
+        var pause = Duration.milliseconds(20)
         while stream.isCatchingUp(in: room, from: after) {
             do {
-                guard try await context.subscriber.waitUntilSubscribed(context.keys.channel(room)) else { return }
-                let call = ReadLogCall(context.keys, peer: stream.user.id, source: .room(room), after: after)
-                guard let entries = call.inbound(try await context.scripts.run(call)) else {
-                    context.logger.warning("a room's log was trimmed before a joiner read it", metadata: ["peer": "\(stream.user.id)", "room": "\(room)"])
-                    return stream.end(.closed)
+                // (Not wanted: the stream no longer follows the room, and the loop ends.)
+                if try await context.subscriber.waitUntilSubscribed(context.keys.channel(room)) {
+                    let call = ReadLogCall(context.keys, peer: stream.user.id, source: .room(room), after: after)
+                    guard let entries = call.inbound(try await context.scripts.run(call)) else {
+                        context.logger.warning("a room's log was trimmed before a joiner read it", metadata: ["peer": "\(stream.user.id)", "room": "\(room)"])
+                        return stream.end(.closed)
+                    }
+                    return stream.caughtUp(in: room, from: after, with: entries)
                 }
-                return stream.caughtUp(in: room, from: after, with: entries)
             } catch {
-                guard ContinuousClock.now < deadline, (try? await Task.sleep(for: .milliseconds(200))) != nil else { return stream.end(.closed) }
+                // Redis is away: the subscription comes back with it.
             }
+            guard (try? await Task.sleep(for: pause)) != nil else { return }
+            pause = min(pause * 2, .seconds(1))
         }
     }
 

@@ -27,6 +27,9 @@ public struct KeySpace: Sendable {
     public func peerLog(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:log" }
     /// Hash: member peer id → member's user JSON.
     public func roomMembers(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:members" }
+    /// Hash: member peer id → the entry id of its join in the room's log (a repeated join
+    /// gets its introductions as of it).
+    public func roomJoins(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:joins" }
     /// Stream: the room's joins and leaves, one entry each, for resume and for the catch-up
     /// of a stream that just joined.
     public func roomLog(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:log" }

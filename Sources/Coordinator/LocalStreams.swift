@@ -58,21 +58,23 @@ final class LocalStreams: RoomFeedObserver {
 
     // MARK: Following rooms
 
+    // The subscription is taken and given back under the followers' lock: a follow and an
+    // unfollow of one room by two streams then reach the subscriber in the order they were
+    // counted, so the channel is wanted exactly while some stream follows the room.
     func stream(_ stream: PeerStream, follows room: RoomID) {
-        let first = followers.withLockedValue { followers in
-            followers[room, default: [:]].updateValue(stream, forKey: ObjectIdentifier(stream)) == nil && followers[room]!.count == 1
+        followers.withLockedValue { followers in
+            guard followers[room, default: [:]].updateValue(stream, forKey: ObjectIdentifier(stream)) == nil, followers[room]!.count == 1
+            else { return }
+            subscriber()?.retain(keys.channel(room))
         }
-        if first { subscriber()?.retain(keys.channel(room)) }
     }
 
     func stream(_ stream: PeerStream, unfollows room: RoomID) {
-        let last = followers.withLockedValue { followers -> Bool in
-            guard followers[room]?.removeValue(forKey: ObjectIdentifier(stream)) != nil else { return false }
-            guard followers[room]!.isEmpty else { return false }
+        followers.withLockedValue { followers in
+            guard followers[room]?.removeValue(forKey: ObjectIdentifier(stream)) != nil, followers[room]!.isEmpty else { return }
             followers[room] = nil
-            return true
+            subscriber()?.unsubscribe(keys.channel(room))
         }
-        if last { subscriber()?.unsubscribe(keys.channel(room)) }
     }
 
     func stream(_ stream: PeerStream, catchesUpIn room: RoomID, after position: EntryID) {

@@ -87,6 +87,8 @@ public final class PeerStream: Sendable {
         var position: EntryID
         /// While the room's log after the join (this entry) is being read: live entries wait.
         var catchingUpFrom: EntryID?
+        /// A resumed feed's catch-up is asked for once `connected` is queued, not before.
+        var catchUpDeferred = false
         var waiting: [Inbound] = []
         /// The peer's own leave came: nothing later in the room is for it. Its farewells come
         /// on its own log.
@@ -332,12 +334,24 @@ public final class PeerStream: Sendable {
 
     /// Takes up a resumed session where the client's cursor says it is, following each of
     /// its rooms (the node has checked that the peer is, or was, in them).
-    func resume(from cursor: EventCursor) {
+    /// - Parameters:
+    ///   - leaving: rooms whose farewells are in what the client missed, with the entry they
+    ///     are as of: a feed at or past it has seen the peer's leave, and takes nothing more.
+    ///   - introducing: a room whose introductions the client saw only part of, with the entry
+    ///     they are as of: its feed catches up from there, as after a join, once `connected`
+    ///     is queued.
+    func resume(from cursor: EventCursor, leaving: [RoomID: EntryID] = [:], introducing: [RoomID: EntryID] = [:]) {
         update { state in
             state.own = cursor.own
             for (room, position) in cursor.rooms {
                 if state.feeds[room] == nil { state.requests.following.append((room, true)) }
-                state.feeds[room] = RoomFeed(position: position)
+                var feed = RoomFeed(position: position)
+                if let at = leaving[room], position >= at { feed.left = true }
+                if let at = introducing[room] {
+                    feed.catchingUpFrom = at
+                    feed.catchUpDeferred = true
+                }
+                state.feeds[room] = feed
             }
             return true
         }
@@ -366,6 +380,10 @@ public final class PeerStream: Sendable {
             if let connected {
                 state.started = true
                 guard state.append(connected) else { return false }
+                for (room, feed) in state.feeds where feed.catchUpDeferred {
+                    state.feeds[room]?.catchUpDeferred = false
+                    if let anchor = feed.catchingUpFrom { state.requests.catchUps.append((room, anchor)) }
+                }
             }
             for item in replay {
                 guard state.receive(item) else { return false }

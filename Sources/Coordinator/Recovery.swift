@@ -180,7 +180,6 @@ final class Recovery: Sendable {
         // streams are a live node's (one it recorded again while putting things back, or a
         // stream it opened meanwhile).
         var missing: Set<String> = []
-        defer { unrecorded.withLockedValue { $0 = missing } }
         let missingBefore = unrecorded.withLockedValue { $0 }
         var cursor = "0"
         repeat {
@@ -200,6 +199,8 @@ final class Recovery: Sendable {
                 _ = try? await context.redis.send(["DEL", context.keys.nodeReaper(node)])
             }
         } while cursor != "0"
+        // Only after a whole scan: a partial one would forget nodes already found missing.
+        unrecorded.withLockedValue { $0 = missing }
     }
 }
 

@@ -49,6 +49,16 @@ struct Rooms: Sendable {
             context.metrics.refused("too_many_rooms")
             throw Coordinator.TooManyRooms()
         }
+        if checks[2].int == 1 {
+            // Recorded on the peer: a member already, unless a leave stopped between leave.lua
+            // and forget-room.lua. That leave is finished first (its farewells go out), so the
+            // peer's view empties before the join fills it again.
+            guard try await context.redis.send(["HEXISTS", context.keys.roomMembers(room), peer.rawValue]).int == 0 else {
+                context.metrics.joined("already_member")
+                return .alreadyMember
+            }
+            try await leaveRoom(room, peer: peer, tellLeaver: true)
+        }
         // join.lua on the room's keys, then remember-room.lua on the peer's with the snapshot
         // join.lua took. The join is recorded on the peer only while it still has a stream (and
         // room to spare); otherwise it is undone below, so no ghost stays behind.

@@ -99,7 +99,7 @@ struct JoinCall: ScriptCall {
     let arguments: [String]
 
     init(_ space: KeySpace, room: RoomID, user: PeerUser, maxRoomSize: Int, log: EventLogLimits) {
-        keys = [space.roomMembers(room), space.roomLog(room)]
+        keys = [space.roomMembers(room), space.roomLog(room), space.roomJoins(room)]
         arguments = [space.channel(room), user.id.rawValue, user.json, String(maxRoomSize)] + log.arguments
     }
 
@@ -162,7 +162,7 @@ struct LeaveCall: ScriptCall {
 
     /// - Parameter snapshot: whether to return the remaining members (to tell the leaver).
     init(_ space: KeySpace, room: RoomID, peer: PeerID, snapshot: Bool, log: EventLogLimits) {
-        keys = [space.roomMembers(room), space.roomLog(room)]
+        keys = [space.roomMembers(room), space.roomLog(room), space.roomJoins(room)]
         arguments = [space.channel(room), peer.rawValue, snapshot ? "1" : "0"] + log.arguments
     }
 

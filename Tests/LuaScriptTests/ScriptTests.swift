@@ -104,6 +104,20 @@ struct ScriptTests {
         }
     }
 
+    /// A join whose first attempt stopped before remember-room.lua gets, on its retry, the
+    /// snapshot that attempt would have had: who joined since comes through the room's log.
+    @Test func joiningAgainGivesTheSnapshotAsOfTheFirstJoin() async throws {
+        try await ScriptHarness.with { h in
+            _ = try await h.join("r1", "a")
+            let first = snapshot(try await h.join("r1", "b"))
+            _ = try await h.join("r1", "c")
+            _ = try await h.leave("r1", "a", snapshot: false)
+            let again = snapshot(try await h.join("r1", "b"))
+            #expect(again?.status == ScriptCode.alreadyMember.rawValue)
+            #expect(again?.entry == first?.entry && again?.members == [user("a")])
+        }
+    }
+
     @Test func aFullRoomRefusesTheJoiner() async throws {
         try await ScriptHarness.with { h in
             try await h.watch(rooms: "r1")
@@ -179,7 +193,20 @@ struct ScriptTests {
             #expect(try await h.published() == [])
             #expect(try await h.hash(room) == ["a": user("a")])
             #expect(snapshot(try await h.leave("empty", "z", snapshot: true))?.entry == "0-0")
-            #expect(try await h.allKeys() == ["sb:room:{r1}:log", room])
+            #expect(try await h.allKeys() == ["sb:room:{r1}:joins", "sb:room:{r1}:log", room])
+        }
+    }
+
+    /// Likewise a leave whose first attempt stopped before forget-room.lua.
+    @Test func leavingAgainGivesTheSnapshotAsOfTheLeave() async throws {
+        try await ScriptHarness.with { h in
+            for peer in ["a", "b", "c"] { _ = try await h.join("r1", peer) }
+            let left = snapshot(try await h.leave("r1", "b", snapshot: true))
+            _ = try await h.join("r1", "d")
+            _ = try await h.leave("r1", "a", snapshot: false)
+            let again = snapshot(try await h.leave("r1", "b", snapshot: true))
+            #expect(again?.status == ScriptCode.notMember.rawValue)
+            #expect(again?.entry == left?.entry && Set(again?.members ?? []) == [user("a"), user("c")])
         }
     }
 
@@ -342,7 +369,7 @@ struct ScriptTests {
                 _ = try await h.connect(peer, session: "s-\(peer)")
                 for room in ["r1", "r2"] { try await h.joinFully(room, peer) }
             }
-            #expect(try await h.allKeys().count == 2 * 2 + 3 * 3)
+            #expect(try await h.allKeys().count == 2 * 3 + 3 * 3)
             for peer in peers {
                 let rooms = try await h.disconnect(peer, session: "s-\(peer)")
                 for room in rooms.array?.compactMap(\.string) ?? [] { _ = try await h.leave(room, peer, snapshot: false) }
@@ -412,7 +439,7 @@ struct ScriptTests {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = [
                 "redis-cli", "-s", h.server.socketPath, "--eval", lua.standardizedFileURL.path,
-                "sb:room:{demo}:members", "sb:room:{demo}:log", ",", "sb:room:{demo}:events", "ann", user("ann"), "100", "1000", "70000",
+                "sb:room:{demo}:members", "sb:room:{demo}:log", "sb:room:{demo}:joins", ",", "sb:room:{demo}:events", "ann", user("ann"), "100", "1000", "70000",
             ]
             // Output to a file and an exit awaited by polling: a blocking read or wait would
             // hold one of the few threads every test in this process shares.

@@ -1,3 +1,4 @@
+@testable import Coordinator
 import Foundation
 import SignalingClient
 import Testing
@@ -41,6 +42,42 @@ struct FanOutTests {
             #expect(calls("spublish") == 2, "\(stats)")
             #expect(calls("publish") == 0)
             for participant in members + [joiner] { participant.stream.close() }
+        }
+    }
+
+    /// A leave that stopped between leave.lua and forget-room.lua (its node died, say): the
+    /// leaver's next join into the room finishes it first, so its view empties before the
+    /// join fills it again, and nobody sees an add-peer twice.
+    @Test func aJoinFinishesALeaveThatStoppedHalfway() async throws {
+        try await Fleet.with(nodes: 2) { fleet in
+            let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
+            let bob = try await Participant.connect("bob", fleet: fleet, node: 1)
+            for peer in [ann, bob] { #expect(try await fleet.client(peer.node).request(.POST, "/r/join", token: peer.token).status == 200) }
+            #expect(await nextSignal(bob.stream)?.event == "add-peer")
+            #expect(await nextSignal(ann.stream)?.event == "add-peer")
+            // leave.lua alone, as the first half of ann's leave.
+            let coordinator = fleet.nodes[0].coordinator
+            let logs = EventLogLimits(entries: 1000, retention: .seconds(70))
+            let left = try await coordinator.scripts.run(
+                LeaveCall(coordinator.keys, room: RoomID("r")!, peer: PeerID(ann.id)!, snapshot: true, log: logs))
+            guard case .left = left else {
+                Issue.record("\(left)")
+                return
+            }
+            #expect(await nextSignal(bob.stream)?.event == "remove-peer")
+
+            #expect(try await fleet.client(1).request(.POST, "/r/join", token: ann.token).status == 200)
+            func label(_ event: ServerSentEvent?) -> String {
+                "\(event?.event ?? "nothing") \(((json(event?.data ?? "")["peer"] as? [String: Any])?["username"] as? String) ?? "")"
+            }
+            #expect(label(await nextSignal(ann.stream)) == "remove-peer bob")
+            #expect(label(await nextSignal(ann.stream)) == "add-peer bob")
+            #expect(label(await nextSignal(bob.stream)) == "add-peer ann")
+            // Nothing else: a marker relayed to each now is the next event it sees.
+            #expect(try await fleet.client(0).request(.POST, "/relay/\(ann.id)/marker", token: bob.token, body: "{}").status == 200)
+            #expect(try await fleet.client(0).request(.POST, "/relay/\(bob.id)/marker", token: ann.token, body: "{}").status == 200)
+            #expect(await nextSignal(ann.stream)?.event == "marker")
+            #expect(await nextSignal(bob.stream)?.event == "marker")
         }
     }
 }

@@ -94,15 +94,33 @@ struct PeerStreamTests {
         #expect(stream.followedRooms.isEmpty)
     }
 
-    @Test func aResumeFromAnIdMidwayThroughIntroductionsDeliversTheRest() async {
+    @Test func aResumeFromAnIdMidwayThroughIntroductionsDeliversTheRestFirst() async {
         let stream = PeerStream(user: ann, session: "s", limits: .init())
         stream.confirm()
-        // The client saw the first of two introductions of entry 1, and nothing of the room after.
-        stream.resume(from: EventCursor(own: LogPosition(entry: entry(1), delivered: 1), rooms: [room: entry(1)]))
-        let replay = [introductions(at: 1, asOf: 1, ["bob", "carl"]), joins("dave", at: 2)]
+        // Introductions (entry 3) as of the room's entry 1, bob and carl; carl left at 2, after
+        // join.lua's snapshot but before remember-room.lua wrote them. The client saw bob's.
+        stream.resume(
+            from: EventCursor(own: LogPosition(entry: entry(3), delivered: 1), rooms: [room: entry(1)]), introducing: [room: entry(1)])
+        let replay = EventLogs.interleaved([introductions(at: 3, asOf: 1, ["bob", "carl"]), leaves("carl", at: 2)])
         #expect(stream.start(connected: StreamEvent(name: "connected", data: ByteBuffer(string: "{}")), replay: replay, stillLive: { true }))
-        stream.deliver(joins("dave", at: 2))  // live as well: delivered once
-        #expect(await drain(stream, count: 3) == ["connected", "add-peer carl", "add-peer dave"])
+        // The node reads the room's log after entry 1 once `connected` is out, as after a join.
+        stream.caughtUp(in: room, from: entry(1), with: [leaves("carl", at: 2)])
+        stream.deliver(leaves("carl", at: 2))  // live as well: delivered once
+        #expect(await drain(stream, count: 3) == ["connected", "add-peer carl", "remove-peer carl"])
+    }
+
+    @Test func aResumeAfterThePeersLeaveTakesNothingMoreOfTheRoom() async {
+        let stream = PeerStream(user: ann, session: "s", limits: .init())
+        stream.confirm()
+        // The client saw its own leave at 5 (its cursor is there); its farewells (entry 7, as of
+        // 5) had not come yet. Carl joined at 6, after it left.
+        stream.resume(
+            from: EventCursor(own: LogPosition(entry: entry(1), delivered: 1), rooms: [room: entry(5)]), leaving: [room: entry(5)])
+        let replay = EventLogs.interleaved([joins("carl", at: 6), farewells(at: 7, asOf: 5, joinedAt: 1, ["bob"])])
+        #expect(stream.start(connected: StreamEvent(name: "connected", data: ByteBuffer(string: "{}")), replay: replay, stillLive: { true }))
+        stream.deliver(relay("offer", at: 8))
+        #expect(await drain(stream, count: 3) == ["connected", "remove-peer bob", "offer"])
+        #expect(stream.followedRooms.isEmpty)
     }
 
     @Test func eventIDsParseBackAndTheFirstFormatDoesNot() {
