@@ -460,3 +460,40 @@ struct ScriptTests {
         }
     }
 }
+
+/// The rule a Redis Cluster enforces, kept by construction until a cluster test proves it: each
+/// script call's keys, and the channels it publishes on, share one hash slot.
+@Suite("Every script call stays in one slot")
+struct ScriptSlotTests {
+    let keys = try! KeySpace(prefix: "sb:")
+    let user = PeerUser(id: PeerID("ann")!, username: "ann")
+    let room = RoomID("lobby")!
+    let log = EventLogLimits(entries: 1000, retention: .seconds(70))
+    let snapshot = RoomSnapshot(position: EntryID(milliseconds: 1, sequence: 0), members: "")
+
+    /// The slots of a call's keys and of its channel arguments.
+    func slots(_ call: some ScriptCall) -> Set<Int> {
+        Set((call.keys + call.arguments.filter { $0.hasSuffix(":events") }).map(HashSlot.of))
+    }
+
+    @Test func eachCallsKeysAndChannelsShareASlot() {
+        let peer = user.id
+        let calls: [(String, Set<Int>)] = [
+            ("connect", slots(ConnectCall(keys, user: user, session: "s", node: "n", resume: false))),
+            ("join", slots(JoinCall(keys, room: room, user: user, maxRoomSize: 100, log: log))),
+            ("remember-room", slots(RememberRoomCall(keys, peer: peer, room: room, maxRooms: 16, snapshot: snapshot, log: log))),
+            ("leave", slots(LeaveCall(keys, room: room, peer: peer, snapshot: true, log: log))),
+            ("forget-room", slots(ForgetRoomCall(keys, peer: peer, room: room, snapshot: snapshot, log: log))),
+            ("disconnect", slots(DisconnectCall(keys, peer: peer, session: nil))),
+            ("relay", slots(RelayCall(keys, target: peer, event: EventName("offer")!, data: "{}", senderRooms: ["lobby"], log: log))),
+            ("read-log (room)", slots(ReadLogCall(keys, peer: peer, source: .room(room), after: .zero))),
+            ("read-log (own)", slots(ReadLogCall(keys, peer: peer, source: .own, after: .zero))),
+            ("reassert", slots(ReassertCall(keys, user: user, session: "s", node: "n", rooms: [room: .zero]))),
+        ]
+        for (script, slots) in calls { #expect(slots.count == 1, "\(script).lua touches slots \(slots)") }
+        // The room's keys and the peer's keys sit apart: a join is two calls, in order.
+        let join = JoinCall(keys, room: room, user: user, maxRoomSize: 100, log: log)
+        let remember = RememberRoomCall(keys, peer: peer, room: room, maxRooms: 16, snapshot: snapshot, log: log)
+        #expect(slots(join) != slots(remember))
+    }
+}

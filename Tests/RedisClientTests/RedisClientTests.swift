@@ -255,3 +255,22 @@ struct ProtocolTests {
         #expect(!"\(try RedisEndpoint(url: "redis://:secret@h:1"))".contains("secret"))
     }
 }
+
+@Suite("Hash slots, as Redis Cluster computes them")
+struct HashSlotTests {
+    /// Values from the cluster specification and `CLUSTER KEYSLOT` on Redis 7.0.
+    @Test func slotsMatchTheSpecification() {
+        #expect(HashSlot.of("123456789") == 0x31C3 % HashSlot.count)
+        #expect(HashSlot.of("somekey") == 11058)
+        #expect(HashSlot.of("foo") == 12182)
+        #expect(HashSlot.of("foo{hash_tag}") == 2515)
+        #expect(HashSlot.of("bar{hash_tag}") == 2515)
+    }
+
+    @Test func onlyTheFirstNonEmptyTagCounts() {
+        #expect(HashSlot.of("{user1000}.following") == HashSlot.of("{user1000}.followers"))
+        #expect(HashSlot.of("foo{}{bar}") != HashSlot.of("bar"))  // an empty first tag: the whole name
+        #expect(HashSlot.of("foo{{bar}}zap") == HashSlot.of("{bar"))
+        #expect(HashSlot.of("foo{bar}{zap}") == HashSlot.of("bar"))
+    }
+}
