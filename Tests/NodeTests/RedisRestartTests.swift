@@ -146,7 +146,9 @@ struct RedisRestartTests {
             defer { proxy.stop() }
             let redis = RedisClient(endpoint: try RedisEndpoint(url: "redis://127.0.0.1:\(proxy.port)"))
             let coordinator = Coordinator(
-                redis: redis, keys: try KeySpace(), nodeID: "n", heartbeatInterval: .milliseconds(200), gracePeriod: .zero)
+                // The probe runs each heartbeat: relays are held from the old subscription's end
+                // until the next one, up to a second, a window the relays below cannot miss.
+                redis: redis, keys: try KeySpace(), nodeID: "n", heartbeatInterval: .seconds(1), gracePeriod: .zero)
             let running = Task { try await coordinator.run() }
             defer { running.cancel() }
             await coordinator.subscriber.waitUntilConnected()
@@ -166,7 +168,11 @@ struct RedisRestartTests {
             // A failover behind a proxy: the node's connections stay open, its subscriptions are
             // gone. Relays are held (Redis sees no subscriber) until the probe notices.
             try await proxy.switchUpstreams()
-            #expect(try await eventually { try await note() == .held })
+            var outcomes: [Coordinator.RelayOutcome] = []
+            #expect(try await eventually {
+                outcomes.append(try await note())
+                return outcomes.last == .held
+            }, "\(Set(outcomes.map { "\($0)" }))")
             #expect(try await eventually { try await note() == .delivered })
             // Every note exactly once and in order: those sent meanwhile came from the log.
             // Read for up to 10 s: a missing note fails the test instead of stalling the run.
@@ -192,9 +198,9 @@ struct RedisRestartTests {
     }
 
     private func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
-        for _ in 0..<250 {
+        for _ in 0..<1000 {
             if try await condition() { return true }
-            try await Task.sleep(for: .milliseconds(20))
+            try await Task.sleep(for: .milliseconds(5))
         }
         return false
     }
