@@ -9,7 +9,7 @@
 
   A resuming stream (the client sent Last-Event-ID) takes over the peer's session if it
   still has one: rooms and event log stay, and the node replays what the client missed
-  (resume.lua). Otherwise this starts a fresh session with an empty event log.
+  (read-log.lua). Otherwise this starts a fresh session with an empty event log.
 
     KEYS[1] peer hash            sb:peer:{P}        fields: session, node, user
     KEYS[2] peer event log       sb:peer:{P}:log

@@ -33,6 +33,7 @@
 ]]
 --- @include "codes.lua"
 --- @include "log.lua"
+--- @include "snapshots.lua"
 
 local members, log, joins = KEYS[1], KEYS[2], KEYS[3]
 local channel, joiner, joinerUser = ARGV[1], ARGV[2], ARGV[3]
@@ -40,10 +41,8 @@ local channel, joiner, joinerUser = ARGV[1], ARGV[2], ARGV[3]
 if redis.call("HEXISTS", members, joiner) == 1 then
   local joinedAt = redis.call("HGET", joins, joiner)
   local asOf = hashTable(members)
-  local position = joinedAt and membersAsOf(log, asOf, joinedAt)
-  if not position then
-    asOf, position = hashTable(members), latestEntry(log)
-  end
+  -- (membersAsOf changes nothing when it cannot go back that far.)
+  local position = joinedAt and membersAsOf(log, asOf, joinedAt) or latestEntry(log)
   return {ALREADY_MEMBER, position, lines(asOf, joiner)}
 end
 local maxMembers = tonumber(ARGV[4]) or 0

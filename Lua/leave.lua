@@ -30,6 +30,7 @@
 ]]
 --- @include "codes.lua"
 --- @include "log.lua"
+--- @include "snapshots.lua"
 
 local members, log, joins = KEYS[1], KEYS[2], KEYS[3]
 local channel, leaver, snapshotWanted = ARGV[1], ARGV[2], ARGV[3] == "1"

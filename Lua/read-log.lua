@@ -15,7 +15,7 @@
   what it missed (codes in include/codes.lua).
 ]]
 --- @include "codes.lua"
---- @include "log.lua"
+--- @include "history.lua"
 
 local log, from = KEYS[1], ARGV[1]
 local exclusive = string.sub(from, 1, 1) == "("

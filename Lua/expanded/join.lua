@@ -41,7 +41,7 @@ local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
 local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
 local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
 -- Shared by every script that writes an event log (a Redis stream, one message per entry in
--- field "m"), and by read-log.lua.
+-- field "m").
 
 -- Appends `message` to `log`, keeps the log `retention` milliseconds past this write (and
 -- about `maxLength` entries), and SPUBLISHes "<entry id>\n<message>" on `channel`, in the
@@ -51,6 +51,10 @@ local function appendAndPublish(log, channel, message, maxLength, retention)
   redis.call("PEXPIRE", log, retention)
   return id, redis.call("SPUBLISH", channel, id .. "\n" .. message)
 end
+-- A room's members as they were at an entry of its log: shared by join.lua and leave.lua,
+-- which return them to the peer's script of a join or leave.
+-- Reading an event log's history: shared by read-log.lua, and by join.lua and leave.lua
+-- (through snapshots.lua).
 
 -- The id of the newest entry in `log`, or "0-0" if it has none (it expired).
 local function latestEntry(log)
@@ -83,7 +87,8 @@ end
 -- A room's members as they were right after entry `id` (a table peer id -> user JSON, changed
 -- in place from the members now), by undoing, newest first, the joins and leaves logged after
 -- it. With `stopAtLeaveOf`, walks back only to that peer's latest leave, and takes its id as
--- `id`. Returns the id, or nil if the log no longer holds what it takes.
+-- `id`. Returns the id, or nil if the log no longer holds what it takes (given `id`, it then has
+-- changed nothing).
 local function membersAsOf(log, members, id, stopAtLeaveOf)
   if id and not completeAfter(log, id) then return nil end
   local upper = "+"
@@ -121,10 +126,8 @@ local channel, joiner, joinerUser = ARGV[1], ARGV[2], ARGV[3]
 if redis.call("HEXISTS", members, joiner) == 1 then
   local joinedAt = redis.call("HGET", joins, joiner)
   local asOf = hashTable(members)
-  local position = joinedAt and membersAsOf(log, asOf, joinedAt)
-  if not position then
-    asOf, position = hashTable(members), latestEntry(log)
-  end
+  -- (membersAsOf changes nothing when it cannot go back that far.)
+  local position = joinedAt and membersAsOf(log, asOf, joinedAt) or latestEntry(log)
   return {ALREADY_MEMBER, position, lines(asOf, joiner)}
 end
 local maxMembers = tonumber(ARGV[4]) or 0

@@ -23,17 +23,8 @@ local ROOM_FULL = -4       -- the room holds its maximum of members
 local TOO_MANY_ROOMS = -5  -- the peer is in its maximum of rooms
 local NO_SHARED_ROOM = -6  -- the target shares no room with the sender
 local LOG_TRIMMED = -7     -- the log no longer holds everything after the position asked for
--- Shared by every script that writes an event log (a Redis stream, one message per entry in
--- field "m"), and by read-log.lua.
-
--- Appends `message` to `log`, keeps the log `retention` milliseconds past this write (and
--- about `maxLength` entries), and SPUBLISHes "<entry id>\n<message>" on `channel`, in the
--- slot of the log's key. Returns the entry id and the number of nodes that received it.
-local function appendAndPublish(log, channel, message, maxLength, retention)
-  local id = redis.call("XADD", log, "MAXLEN", "~", maxLength, "*", "m", message)
-  redis.call("PEXPIRE", log, retention)
-  return id, redis.call("SPUBLISH", channel, id .. "\n" .. message)
-end
+-- Reading an event log's history: shared by read-log.lua, and by join.lua and leave.lua
+-- (through snapshots.lua).
 
 -- The id of the newest entry in `log`, or "0-0" if it has none (it expired).
 local function latestEntry(log)
@@ -61,41 +52,6 @@ local function completeAfter(log, id)
     if info[i] == "length" then length = info[i + 1] elseif info[i] == "entries-added" then added = info[i + 1] end
   end
   return added <= length
-end
-
--- A room's members as they were right after entry `id` (a table peer id -> user JSON, changed
--- in place from the members now), by undoing, newest first, the joins and leaves logged after
--- it. With `stopAtLeaveOf`, walks back only to that peer's latest leave, and takes its id as
--- `id`. Returns the id, or nil if the log no longer holds what it takes.
-local function membersAsOf(log, members, id, stopAtLeaveOf)
-  if id and not completeAfter(log, id) then return nil end
-  local upper = "+"
-  while true do
-    local batch = redis.call("XREVRANGE", log, upper, id and ("(" .. id) or "-", "COUNT", 100)
-    for _, entry in ipairs(batch) do
-      local kind, peer, user = string.match(entry[2][2], "^(%a+)\n([^\n]*)\n(.*)$")
-      if stopAtLeaveOf and kind == "leave" and peer == stopAtLeaveOf then return entry[1] end
-      if kind == "join" then members[peer] = nil elseif kind == "leave" then members[peer] = user end
-    end
-    if #batch < 100 then return (not stopAtLeaveOf) and id or nil end
-    upper = "(" .. batch[#batch][1]
-  end
-end
-
--- The values of a table peer id -> user JSON, one per line (the snapshots scripts return).
-local function lines(members, except)
-  local values = {}
-  for peer, user in pairs(members) do
-    if peer ~= except then values[#values + 1] = user end
-  end
-  return table.concat(values, "\n")
-end
-
--- A hash's fields and values as a table.
-local function hashTable(key)
-  local flat, result = redis.call("HGETALL", key), {}
-  for i = 1, #flat, 2 do result[flat[i]] = flat[i + 1] end
-  return result
 end
 
 local log, from = KEYS[1], ARGV[1]

@@ -86,7 +86,10 @@ public struct EventCursor: Sendable, Equatable, CustomStringConvertible {
         self.init(own: own, rooms: rooms)
     }
 
-    public var description: String {
+    public var description: String { Self.text(own: own, rooms: rooms.lazy.map { ($0.key, $0.value) }) }
+
+    /// The text of a cursor at these positions, without building one.
+    static func text(own: LogPosition, rooms: some Sequence<(RoomID, EntryID)>) -> String {
         var text = Self.version + ";" + own.description
         for (room, position) in rooms {
             text += ";"

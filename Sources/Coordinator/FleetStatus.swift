@@ -34,7 +34,7 @@ struct FleetStatus: Sendable {
     }
 
     /// Sets the gauges of rooms the peers of this node are in, and of their memberships, from
-    /// Redis (for the metrics scrape: one pipelined SMEMBERS per local peer).
+    /// Redis (for the metrics scrape: one pipelined HKEYS per local peer).
     func refreshMembershipGauges() async throws {
         let peers = Set(localStreams.all.map(\.user.id))
         guard !peers.isEmpty else {

@@ -53,10 +53,13 @@ public struct KeySpace: Sendable {
 
     /// Sharded pub/sub: everything addressed to one peer, `sb:peer:{P}:events`, in the slot of
     /// the peer's keys; only the node holding its stream listens.
-    public func channel(_ id: PeerID) -> String { "\(prefix)peer:{\(id)}:events" }
+    public func channel(_ id: PeerID) -> String { "\(prefix)peer:{\(id)\(Self.channelEnd)" }
     /// Sharded pub/sub: a room's joins and leaves, `sb:room:{R}:events`, in the slot of the
     /// room's keys; every node holding a stream of a member listens.
-    public func channel(_ id: RoomID) -> String { "\(prefix)room:{\(id)}:events" }
+    public func channel(_ id: RoomID) -> String { "\(prefix)room:{\(id)\(Self.channelEnd)" }
+
+    /// What follows the id in every channel's name: the end of its hash tag, then `:events`.
+    private static let channelEnd = "}:events"
 
     /// Whose channel this is: a peer's or a room's.
     public enum ChannelOwner: Sendable, Equatable {
@@ -65,8 +68,8 @@ public struct KeySpace: Sendable {
     }
 
     public func owner(ofChannel channel: String) -> ChannelOwner? {
-        guard channel.hasPrefix(prefix), channel.hasSuffix("}:events") else { return nil }
-        let name = channel.utf8.dropFirst(prefix.utf8.count).dropLast("}:events".utf8.count)
+        guard channel.hasPrefix(prefix), channel.hasSuffix(Self.channelEnd) else { return nil }
+        let name = channel.utf8.dropFirst(prefix.utf8.count).dropLast(Self.channelEnd.utf8.count)
         if name.starts(with: "peer:{".utf8) { return PeerID(Substring(name.dropFirst(6))).map(ChannelOwner.peer) }
         if name.starts(with: "room:{".utf8) { return RoomID(Substring(name.dropFirst(6))).map(ChannelOwner.room) }
         return nil

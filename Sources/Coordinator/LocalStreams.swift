@@ -53,9 +53,6 @@ final class LocalStreams: RoomFeedObserver {
     /// Every stream, for events the node itself sends to all (pings).
     var all: [PeerStream] { streams.withLockedValue { $0.values.flatMap { $0 } } }
 
-    /// The rooms the node listens to, and how many of its streams follow each.
-    var followedRooms: [RoomID: Int] { followers.withLockedValue { $0.mapValues(\.count) } }
-
     // MARK: Following rooms
 
     // The subscription is taken and given back under the followers' lock: a follow and an

@@ -28,7 +28,7 @@ struct Inbound: Sendable {
     let message: LogMessage
 }
 
-/// What a stream asks of its node when it starts or stops following a room (`RoomListeners`).
+/// What a stream asks of its node when it starts or stops following a room (`LocalStreams`).
 protocol RoomFeedObserver: Sendable {
     /// The stream now follows `room`'s channel. Called under the stream's lock, so that calls
     /// for one stream keep their order.
@@ -126,6 +126,10 @@ public final class PeerStream: Sendable {
 
         var cursor: EventCursor { EventCursor(own: own, rooms: feeds.mapValues(\.position)) }
 
+        /// The cursor's text, the id of every event queued: written from the feeds directly, with
+        /// no cursor built for it.
+        var cursorText: String { EventCursor.text(own: own, rooms: feeds.lazy.map { ($0.key, $0.value.position) }) }
+
         var rooms: [RoomID: EntryID] {
             ended == nil ? feeds.filter { !$0.value.left }.mapValues(\.position) : roomsAtEnd
         }
@@ -145,7 +149,7 @@ public final class PeerStream: Sendable {
                 return false
             }
             var event = event
-            event.id = cursor.description
+            event.id = cursorText
             queue.append(event)
             queuedBytes += event.data.readableBytes
             return true
@@ -233,18 +237,16 @@ public final class PeerStream: Sendable {
 
         /// An entry of a room's log, past the catch-up: another member joined or left.
         mutating func applyRoom(_ room: RoomID, _ item: Inbound) -> Bool {
-            guard var feed = feeds[room], !feed.left, item.entry > feed.position else { return true }
-            feed.position = item.entry
-            defer { feeds[room] = feed }
+            guard let feed = feeds[room], !feed.left, item.entry > feed.position else { return true }
+            // Moved first: the event's id holds the room's new position.
+            feeds[room]?.position = item.entry
             switch item.message {
             case .join(let peer, let user) where peer != me:
-                feeds[room] = feed
                 return append(.peerEvent("add-peer", user: user, room: room, offer: false))
             case .leave(let peer, let user) where peer != me:
-                feeds[room] = feed
                 return append(.peerEvent("remove-peer", user: user, room: room, offer: nil))
             case .leave:
-                feed.left = true
+                feeds[room]?.left = true
                 return true
             default:
                 return true

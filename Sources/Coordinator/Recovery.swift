@@ -61,8 +61,7 @@ final class Recovery: Sendable {
         }
     }
 
-    /// Sets this node's heartbeat record, which lives three intervals unless renewed: while it
-    /// lives, no other node takes this node's streams for those of a dead node.
+    /// Sets this node's heartbeat record, which lives three intervals unless renewed.
     private var renewRecord: [String] {
         let record: [String: Any] = [
             "id": context.nodeID, "startedAt": startedAt.timeIntervalSince1970, "streams": sessions.localStreams.count,
@@ -99,9 +98,9 @@ final class Recovery: Sendable {
             let putBack = try await context.scripts.run(streams.map { stream in
                 ReassertCall(context.keys, user: stream.user, session: stream.session, node: context.nodeID, rooms: stream.rooms)
             })
-            // The record first (it went with the data): otherwise a node whose heartbeat runs now
-            // would find these streams with no record, and end them as a dead node's.
-            var commands = [renewRecord] + streams.map { ["SADD", context.keys.nodeStreams(context.nodeID), Sessions.streamEntry($0)] }
+            // (With no heartbeat record yet, as after the loss: other nodes wait a heartbeat
+            // before they take these for a dead node's streams, see `reapDeadNodes`.)
+            var commands = streams.map { ["SADD", context.keys.nodeStreams(context.nodeID), Sessions.streamEntry($0)] }
             var restored = 0
             for (stream, wasPutBack) in zip(streams, putBack) where wasPutBack {
                 restored += 1
