@@ -92,6 +92,7 @@ public final class Coordinator: Service, Sendable {
                 // Nothing reaches the streams until they have caught up from the logs.
                 if event != .restored {
                     continuity.lost()
+                    localStreams.subscriptionBroke()
                     localStreams.all.forEach { $0.hold() }
                 }
             },

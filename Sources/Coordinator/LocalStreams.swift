@@ -9,15 +9,22 @@ import RedisClient
 /// A stream follows a room from its introductions to its farewells (or its end): the node
 /// listens on the room's channel while at least one of its streams follows the room, and the
 /// stream tells it so under its own lock, so a join and a leave of one stream stay in order.
-/// What a stream needs to read from a room's log when it joins goes to `catchUps`.
+/// A stream that joins a room catches up from the room's latest entries as they came on its
+/// channel (`RecentRoomEntries`), or, if those do not reach back to its join, from the room's
+/// log: what it must read goes to `catchUps`.
 final class LocalStreams: RoomFeedObserver {
     private let keys: KeySpace
     private let subscriberBox = NIOLockedValueBox<RedisSubscriber?>(nil)
     private let streams = NIOLockedValueBox<[PeerID: [PeerStream]]>([:])
-    private let followers = NIOLockedValueBox<[RoomID: [ObjectIdentifier: PeerStream]]>([:])
+    private let followed = NIOLockedValueBox<[RoomID: FollowedRoom]>([:])
     /// Streams that joined a room and must read its log from the join on.
     let catchUps: AsyncStream<RoomCatchUp>
     private let catchUpSink: AsyncStream<RoomCatchUp>.Continuation
+
+    private struct FollowedRoom {
+        var streams: [ObjectIdentifier: PeerStream] = [:]
+        var recent = RecentRoomEntries()
+    }
 
     struct RoomCatchUp: Sendable {
         let stream: PeerStream
@@ -59,23 +66,45 @@ final class LocalStreams: RoomFeedObserver {
     // unfollow of one room by two streams then reach the subscriber in the order they were
     // counted, so the channel is wanted exactly while some stream follows the room.
     func stream(_ stream: PeerStream, follows room: RoomID) {
-        followers.withLockedValue { followers in
-            guard followers[room, default: [:]].updateValue(stream, forKey: ObjectIdentifier(stream)) == nil, followers[room]!.count == 1
+        followed.withLockedValue { followed in
+            guard followed[room, default: FollowedRoom()].streams.updateValue(stream, forKey: ObjectIdentifier(stream)) == nil,
+                followed[room]!.streams.count == 1
             else { return }
             subscriber()?.retain(keys.channel(room))
         }
     }
 
     func stream(_ stream: PeerStream, unfollows room: RoomID) {
-        followers.withLockedValue { followers in
-            guard followers[room]?.removeValue(forKey: ObjectIdentifier(stream)) != nil, followers[room]!.isEmpty else { return }
-            followers[room] = nil
+        followed.withLockedValue { followed in
+            guard followed[room]?.streams.removeValue(forKey: ObjectIdentifier(stream)) != nil, followed[room]!.streams.isEmpty
+            else { return }
+            followed[room] = nil
             subscriber()?.unsubscribe(keys.channel(room))
         }
     }
 
+    // Called after `follows`: an entry routed before the stream was counted is in the recent
+    // entries read here; one routed after goes to the stream as well (which drops a repeat).
     func stream(_ stream: PeerStream, catchesUpIn room: RoomID, after position: EntryID) {
+        if let entries = followed.withLockedValue({ $0[room]?.recent.entries(after: position) }) {
+            return stream.caughtUp(in: room, from: position, with: entries)
+        }
         catchUpSink.yield(RoomCatchUp(stream: stream, room: room, after: position))
+    }
+
+    /// The subscription broke (its connection is gone): the recent entries may miss some now.
+    func subscriptionBroke() {
+        followed.withLockedValue { followed in
+            for room in followed.keys { followed[room]!.recent.forget() }
+        }
+    }
+
+    /// Lets go of recent entries too old to be asked for (called now and then).
+    func pruneRecentEntries() {
+        let now = NIODeadline.now()
+        followed.withLockedValue { followed in
+            for room in followed.keys { followed[room]!.recent.prune(now: now) }
+        }
     }
 
     // MARK: Routing
@@ -95,7 +124,13 @@ final class LocalStreams: RoomFeedObserver {
             for stream in streams.withLockedValue({ $0[peer] ?? [] }) { stream.deliver(item) }
         case (.room(let room), .entry(let entry, let logMessage)):
             let item = Inbound(source: .room(room), entry: entry, message: logMessage)
-            for stream in followers.withLockedValue({ $0[room].map { Array($0.values) } ?? [] }) { stream.deliver(item) }
+            let unbroken = subscriber()?.isConfirmed(message.channel) ?? false
+            let followers = followed.withLockedValue { followed -> [PeerStream] in
+                guard followed[room] != nil else { return [] }
+                followed[room]!.recent.record(item, unbroken: unbroken)
+                return Array(followed[room]!.streams.values)
+            }
+            for stream in followers { stream.deliver(item) }
         case (.room, .session):
             break
         }

@@ -238,6 +238,7 @@ final class Sessions: Sendable {
     /// Sends an event of the node's own (a `ping`) to every stream it holds.
     func sendToAllStreams(_ event: StreamEvent) {
         for stream in localStreams.all { stream.send(event) }
+        localStreams.pruneRecentEntries()
     }
 
 

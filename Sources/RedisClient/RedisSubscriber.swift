@@ -184,6 +184,13 @@ public final class RedisSubscriber: Sendable {
         }
     }
 
+    /// Whether Redis has confirmed the channel's latest SSUBSCRIBE on the live connection. Asked
+    /// from `onMessage`, it tells whether the message came on that subscription (one still in
+    /// flight from an earlier subscription of the channel comes before the confirmation).
+    public func isConfirmed(_ channel: String) -> Bool {
+        state.withLockedValue { $0.channels[channel]?.confirmed ?? false }
+    }
+
     /// Drops one reference to `channel`; the last one unsubscribes.
     public func unsubscribe(_ channel: String) {
         let watchers = state.withLockedValue { state -> [Watcher] in

@@ -14,11 +14,19 @@ final class CostMeter {
     private(set) var publishes = 0
     private(set) var redisSeconds = 0.0
     private(set) var nodeNanoseconds: UInt64 = 0
+    /// Per command (scripts' own calls included): calls and the µs Redis spent running them.
+    private(set) var commands: [String: CommandCost] = [:]
+
+    struct CommandCost {
+        var calls = 0
+        var microseconds = 0.0
+    }
 
     struct Sample {
         var publishes: Int
         var redisSeconds: Double
         var nodeNanoseconds: UInt64
+        var commands: [String: CommandCost] = [:]
     }
 
     init(redis: String?, pids: [Int32]) throws {
@@ -33,8 +41,10 @@ final class CostMeter {
         guard let redis else { return sample }
         let info = try await redis.send(["INFO", "commandstats", "cpu"]).string ?? ""
         for line in info.split(whereSeparator: \.isNewline) {
-            if line.hasPrefix("cmdstat_publish:calls=") || line.hasPrefix("cmdstat_spublish:calls=") {
-                sample.publishes += Int(line.split(separator: "=")[1].split(separator: ",")[0]) ?? 0
+            if line.hasPrefix("cmdstat_"), let cost = Self.commandCost(line) {
+                let name = String(line.dropFirst("cmdstat_".count).prefix { $0 != ":" })
+                sample.commands[name] = cost
+                if name == "publish" || name == "spublish" { sample.publishes += cost.calls }
             } else if line.hasPrefix("used_cpu_sys:") || line.hasPrefix("used_cpu_user:") {
                 sample.redisSeconds += Double(line.split(separator: ":")[1]) ?? 0
             }
@@ -60,10 +70,37 @@ final class CostMeter {
         publishes += end.publishes - start.publishes
         redisSeconds += end.redisSeconds - start.redisSeconds - baselineRedisSeconds
         nodeNanoseconds += end.nodeNanoseconds - start.nodeNanoseconds
+        for (name, cost) in end.commands {
+            let before = start.commands[name] ?? CommandCost()
+            commands[name, default: CommandCost()].calls += cost.calls - before.calls
+            commands[name, default: CommandCost()].microseconds += cost.microseconds - before.microseconds
+        }
     }
 
     func reset() {
-        (windows, publishes, redisSeconds, nodeNanoseconds) = (0, 0, 0, 0)
+        (windows, publishes, redisSeconds, nodeNanoseconds, commands) = (0, 0, 0, 0, [:])
+    }
+
+    /// Per window and command, busiest first: calls and µs spent running them (INFO's own call
+    /// left out). Redis's CPU beyond their sum is its event loop: reading, writing, waking.
+    var commandsPerWindow: [(command: String, calls: Double, microseconds: Double)] {
+        guard windows > 0 else { return [] }
+        let n = Double(windows)
+        return commands.filter { $0.key != "info" && $0.value.calls > 0 }
+            .map { ($0.key, Double($0.value.calls) / n, $0.value.microseconds / n) }
+            .sorted { $0.microseconds > $1.microseconds }
+    }
+
+    /// "cmdstat_get:calls=3,usec=12,usec_per_call=4.00,…"
+    private static func commandCost(_ line: Substring) -> CommandCost? {
+        var cost = CommandCost()
+        for field in line.drop { $0 != ":" }.dropFirst().split(separator: ",") {
+            let pair = field.split(separator: "=")
+            guard pair.count == 2 else { continue }
+            if pair[0] == "calls" { cost.calls = Int(pair[1]) ?? 0 }
+            if pair[0] == "usec" { cost.microseconds = Double(pair[1]) ?? 0 }
+        }
+        return cost
     }
 
     /// Per window: publishes, Redis CPU µs, node CPU µs ("-" for what is not measured).

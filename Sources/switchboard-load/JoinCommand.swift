@@ -13,6 +13,7 @@ struct JoinCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for an expected event.") var timeout = 10.0
     @Option(help: "The fleet's Redis URL: also report publishes and Redis CPU per join.") var redis: String?
     @Option(name: .customLong("pid"), help: "A node's process id: also report node CPU per join (repeat per node).") var pids: [Int32] = []
+    @Flag(help: "With --redis: also report, per join, each command's calls and the time Redis spent running it.") var commandCosts = false
 
     func run() async throws {
         let nodes = try options.fleet()
@@ -26,6 +27,9 @@ struct JoinCommand: AsyncParsableCommand {
                 + (meter.isMeasuring ? "; per join, from POST until every member has its add-peer:" : ""),
             columns: ["size", "joiner_p50_ms", "joiner_p99_ms", "all_p50_ms", "all_p99_ms", "all_max_ms", "missing"]
                 + (meter.isMeasuring ? ["publishes", "redis_cpu_us", "node_cpu_us"] : []))
+        var commandReport = Report(
+            title: "join: per join, Redis commands (scripts' calls included) and µs spent running them",
+            columns: ["size", "command", "calls", "usec"])
         let progress = Progress()
         progress.start("join")
         for size in roomSizes {
@@ -69,6 +73,9 @@ struct JoinCommand: AsyncParsableCommand {
                 progress.update("size \(size): \(repetition + 1)/\(repetitions)")
             }
             members.forEach { $0.stream.close() }
+            for cost in meter.commandsPerWindow {
+                commandReport.rows.append(["size": size, "command": cost.command, "calls": cost.calls, "usec": cost.microseconds])
+            }
             report.rows.append([
                 "size": size, "joiner_p50_ms": joinerTimes.milliseconds(at: 50), "joiner_p99_ms": joinerTimes.milliseconds(at: 99),
                 "all_p50_ms": allTimes.milliseconds(at: 50), "all_p99_ms": allTimes.milliseconds(at: 99),
@@ -78,6 +85,7 @@ struct JoinCommand: AsyncParsableCommand {
         progress.stop()
         await meter.close()
         report.print(json: options.json)
+        if commandCosts { commandReport.print(json: options.json) }
     }
 
     /// Reads `count` add-peer / remove-peer events; returns when the last arrived, or nil if
