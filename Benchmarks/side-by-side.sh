@@ -2,9 +2,9 @@
 # Two builds of Switchboard side by side, to see what a change does end to end: each build
 # gets two nodes on a redis-server of its own, and the load tool's join and relay runs go to
 # one build, then the other, ROUNDS times (default 2, in alternating order), so both see the same
-# machine. The join
-# run also reports, per join, the publishes and Redis CPU (from INFO) and the nodes' CPU (from
-# /proc), over windows from each POST until every member has its add-peer.
+# machine. The join run also reports, per join, the publishes and Redis CPU (from INFO) and the
+# nodes' CPU (from /proc), over windows from each POST until every member has its add-peer, and
+# each Redis command's calls and time in those windows (scripts' own calls included).
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && swift build -c release --product switchboard)
 #   swift build -c release
 #   Benchmarks/side-by-side.sh /tmp/before/.build/release .build/release
@@ -55,7 +55,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round: ${NAMES[$i]} (${BINS[$i]})"
     NODES=(--node http://127.0.0.1:$((18101 + 100 * i)) --node http://127.0.0.1:$((18102 + 100 * i)))
     # shellcheck disable=SC2086
-    "$LOAD" join "${NODES[@]}" --sizes 2,10,100 --repetitions 50 --redis redis://127.0.0.1:$((16391 + i)) ${NODE_PIDS[$i]} 2>/dev/null
+    "$LOAD" join "${NODES[@]}" --sizes 2,10,100 --repetitions 50 --redis redis://127.0.0.1:$((16391 + i)) ${NODE_PIDS[$i]} --command-costs 2>/dev/null
     "$LOAD" relay "${NODES[@]}" --pairs 16 --duration "$DURATION" 2>/dev/null
   done
 done
