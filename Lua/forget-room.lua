@@ -18,7 +18,8 @@
     ARGV[3] the room log's entry id the snapshot is as of (leave.lua's reply)
     ARGV[4] log length kept      (entries, approximate)
     ARGV[5] log retention        (milliseconds since the last write)
-    ARGV[6] the remaining members' user JSON at that entry, one per line (leave.lua's reply)
+    ARGV[6] the remaining members' user JSON at that entry, one per line (the HVALS read
+            with leave.lua, or its NOT_MEMBER reply)
 
   Log entry "left\n<room id>\n<entry id>\n<join's entry id>\n<user JSON>\n..." (one line per
   member), published as "<peer log entry id>\n" .. entry.

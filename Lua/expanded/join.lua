@@ -7,8 +7,8 @@
   Writes one entry to the room's event log and publishes it once, on the room's channel: each
   node holding streams of members turns it into "add-peer" (offer: false) for them. The
   joiner's own introductions do not go from here (its channel is in another slot):
-  remember-room.lua, run next on the joiner's keys, is given the snapshot and position this
-  returns, and sends them to the joiner as one message.
+  remember-room.lua, run next on the joiner's keys, is given the position this returns and
+  the snapshot read with it, and sends them to the joiner as one message.
 
     KEYS[1] room members hash    sb:room:{R}:members    field peer id -> user JSON
     KEYS[2] room event log       sb:room:{R}:log        stream, field m
@@ -21,15 +21,19 @@
     ARGV[5] log length kept      (entries, approximate)
     ARGV[6] log retention        (milliseconds since the last write)
 
+  Who the members were the caller reads with HVALS on KEYS[1] just before this, in the same
+  MULTI ... EXEC (nothing runs between them): every member's user JSON would otherwise pass
+  through Lua, which costs several times what HVALS does (see the README's "A join's cost").
+
   Log entry "join\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
-  Returns {number of members before the join, the join's entry id, the members' user JSON one
-  per line}; {ALREADY_MEMBER, the join's entry id, the other members' user JSON one per line
-  as they were right after it}: nothing changes, and the snapshot lets the caller finish an
+  Returns {number of members before the join, the join's entry id}; {ALREADY_MEMBER, the
+  join's entry id, the other members' user JSON one per line as they were right after it}
+  (rebuilt from the log, so the HVALS read does not serve here): nothing changes, and the snapshot lets the caller finish an
   earlier attempt that stopped before remember-room.lua, exactly as that attempt would have
   (if the log no longer holds what came after the join, or Redis lost it, the snapshot is as
   of the log's newest entry, "0-0" if none); or ROOM_FULL: nothing changes (codes in
-  include/codes.lua). (One string, not one per member: it goes back into remember-room.lua as
-  one argument, and into its message as it is.)
+  include/codes.lua). (One string, not one per member: it goes into remember-room.lua as one
+  argument.)
 ]]
 -- The return codes every script uses, one meaning each (mirrored by `ScriptCode` in
 -- Sources/Coordinator/ScriptCalls.swift). A script that changed nothing says why with one.
@@ -130,13 +134,13 @@ if redis.call("HEXISTS", members, joiner) == 1 then
   local position = joinedAt and membersAsOf(log, asOf, joinedAt) or latestEntry(log)
   return {ALREADY_MEMBER, position, lines(asOf, joiner)}
 end
+local count = redis.call("HLEN", members)
 local maxMembers = tonumber(ARGV[4]) or 0
-if maxMembers > 0 and redis.call("HLEN", members) >= maxMembers then
+if maxMembers > 0 and count >= maxMembers then
   return ROOM_FULL
 end
 
-local snapshot = redis.call("HVALS", members)
 local id = appendAndPublish(log, channel, "join\n" .. joiner .. "\n" .. joinerUser, ARGV[5], ARGV[6])
 redis.call("HSET", members, joiner, joinerUser)
 redis.call("HSET", joins, joiner, id)
-return {#snapshot, id, table.concat(snapshot, "\n")}
+return {count, id}

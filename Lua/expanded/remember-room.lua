@@ -21,7 +21,8 @@
     ARGV[4] the room log's entry id the snapshot is as of (join.lua's reply)
     ARGV[5] log length kept      (entries, approximate)
     ARGV[6] log retention        (milliseconds since the last write)
-    ARGV[7] the members' user JSON at that entry, one per line (join.lua's reply; "" for none)
+    ARGV[7] the members' user JSON at that entry, one per line (the HVALS read with join.lua,
+            or its ALREADY_MEMBER reply; "" for none)
 
   Log entry "joined\n<room id>\n<entry id>\n<user JSON>\n<user JSON>..." (one line per
   member, none for an empty room), published as "<peer log entry id>\n" .. entry.

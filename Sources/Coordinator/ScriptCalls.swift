@@ -27,15 +27,27 @@ protocol ScriptCall: Sendable {
     static var script: LuaScript { get }
     var keys: [String] { get }
     var arguments: [String] { get }
+    /// A read of the call's keys run with the script in one transaction, nothing between them:
+    /// a snapshot the script would otherwise have to pass through Lua, at a cost per byte there.
+    /// With one, `decode` is given `[the script's reply, the read's]`.
+    var read: TransactionRead? { get }
     /// The reply's meaning; nil if the header does not allow it.
-    static func decode(_ reply: RESPValue) -> Reply?
+    func decode(_ reply: RESPValue) -> Reply?
+}
+
+/// A command run just before or just after a script, in one MULTI … EXEC with it.
+struct TransactionRead: Sendable {
+    let command: [String]
+    let beforeScript: Bool
 }
 
 extension ScriptCall {
+    var read: TransactionRead? { nil }
+
     var call: ScriptRegistry.Call { .init(Self.script, keys: keys, arguments: arguments) }
 
     func decoded(_ reply: RESPValue) throws -> Reply {
-        guard let reply = Self.decode(reply) else { throw UnexpectedScriptReply(script: Self.script.name, reply: "\(reply)") }
+        guard let reply = decode(reply) else { throw UnexpectedScriptReply(script: Self.script.name, reply: "\(reply)") }
         return reply
     }
 }
@@ -67,7 +79,7 @@ struct ConnectCall: ScriptCall {
     }
 
     /// Whether the stream took over the peer's existing session.
-    static func decode(_ reply: RESPValue) -> Bool? {
+    func decode(_ reply: RESPValue) -> Bool? {
         guard let parts = reply.array, parts.count == 2, let resumed = parts[0].int, resumed == 0 || resumed == 1 else { return nil }
         return resumed == 1
     }
@@ -83,8 +95,15 @@ struct RoomSnapshot: Sendable, Equatable {
     /// The number of members in it.
     var count: Int { members.isEmpty ? 0 : members.utf8.reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 } }
 
+    /// The members' user JSON an `HVALS` of the room's members returned, one per line.
+    static func members(_ reply: RESPValue) -> [String]? {
+        guard let values = reply.array else { return nil }
+        let members = values.compactMap(\.string)
+        return members.count == values.count ? members : nil
+    }
+
     /// Decodes `{status, entry id, user JSON lines}` into the status and the snapshot.
-    static func decode(_ reply: RESPValue) -> (status: Int, snapshot: RoomSnapshot)? {
+    static func decodeStatus(_ reply: RESPValue) -> (status: Int, snapshot: RoomSnapshot)? {
         guard let parts = reply.array, parts.count == 3, let status = parts[0].int,
             let position = parts[1].string.flatMap(EntryID.init), let members = parts[2].string
         else { return nil }
@@ -92,7 +111,8 @@ struct RoomSnapshot: Sendable, Equatable {
     }
 }
 
-/// join.lua: adds a member to a room, atomically with a snapshot of who was there.
+/// join.lua: adds a member to a room, atomically with a snapshot of who was there (read with
+/// HVALS just before it, in the same transaction).
 struct JoinCall: ScriptCall {
     static let script = LuaScript.join
     let keys: [String]
@@ -103,6 +123,8 @@ struct JoinCall: ScriptCall {
         arguments = [space.channel(room), user.id.rawValue, user.json, String(maxRoomSize)] + log.arguments
     }
 
+    var read: TransactionRead? { TransactionRead(command: ["HVALS", keys[0]], beforeScript: true) }
+
     enum Reply: Sendable, Equatable {
         /// Joined; the members it found, to introduce it to.
         case joined(RoomSnapshot)
@@ -112,11 +134,18 @@ struct JoinCall: ScriptCall {
         case roomFull
     }
 
-    static func decode(_ reply: RESPValue) -> Reply? {
-        if reply.code == .roomFull { return .roomFull }
-        guard let (status, snapshot) = RoomSnapshot.decode(reply) else { return nil }
-        if status >= 0, status == snapshot.count { return .joined(snapshot) }
-        return ScriptCode(rawValue: status) == .alreadyMember ? .alreadyMember(snapshot) : nil
+    /// `[join.lua's reply, the members just before it]`.
+    func decode(_ reply: RESPValue) -> Reply? {
+        guard let parts = reply.array, parts.count == 2 else { return nil }
+        let (script, before) = (parts[0], parts[1])
+        if script.code == .roomFull { return .roomFull }
+        if let fresh = script.array, fresh.count == 2, let count = fresh[0].int, count >= 0,
+            let position = fresh[1].string.flatMap(EntryID.init), let members = RoomSnapshot.members(before), members.count == count
+        {
+            return .joined(RoomSnapshot(position: position, members: members.joined(separator: "\n")))
+        }
+        guard let (status, snapshot) = RoomSnapshot.decodeStatus(script), ScriptCode(rawValue: status) == .alreadyMember else { return nil }
+        return .alreadyMember(snapshot)
     }
 }
 
@@ -140,7 +169,7 @@ struct RememberRoomCall: ScriptCall {
         case tooManyRooms
     }
 
-    static func decode(_ reply: RESPValue) -> Reply? {
+    func decode(_ reply: RESPValue) -> Reply? {
         switch reply.int {
         case 1: return .recorded
         case 0: return .recordedBefore
@@ -159,12 +188,16 @@ struct LeaveCall: ScriptCall {
     static let script = LuaScript.leave
     let keys: [String]
     let arguments: [String]
+    private let wantsSnapshot: Bool
 
     /// - Parameter snapshot: whether to return the remaining members (to tell the leaver).
     init(_ space: KeySpace, room: RoomID, peer: PeerID, snapshot: Bool, log: EventLogLimits) {
         keys = [space.roomMembers(room), space.roomLog(room), space.roomJoins(room)]
         arguments = [space.channel(room), peer.rawValue, snapshot ? "1" : "0"] + log.arguments
+        wantsSnapshot = snapshot
     }
+
+    var read: TransactionRead? { wantsSnapshot ? TransactionRead(command: ["HVALS", keys[0]], beforeScript: false) : nil }
 
     enum Reply: Sendable, Equatable {
         /// Left; the members that remain (empty unless asked for).
@@ -174,10 +207,20 @@ struct LeaveCall: ScriptCall {
         case notMember(RoomSnapshot)
     }
 
-    static func decode(_ reply: RESPValue) -> Reply? {
-        guard let (status, snapshot) = RoomSnapshot.decode(reply) else { return nil }
-        if status >= 0 { return .left(snapshot) }
-        return ScriptCode(rawValue: status) == .notMember ? .notMember(snapshot) : nil
+    /// leave.lua's reply; with a snapshot, `[its reply, the members just after it]`.
+    func decode(_ reply: RESPValue) -> Reply? {
+        var (script, after): (RESPValue, [String]?) = (reply, [])
+        if wantsSnapshot {
+            guard let parts = reply.array, parts.count == 2 else { return nil }
+            (script, after) = (parts[0], RoomSnapshot.members(parts[1]))
+        }
+        if let fresh = script.array, fresh.count == 2, let count = fresh[0].int, count >= 0,
+            let position = fresh[1].string.flatMap(EntryID.init), let after, !wantsSnapshot || after.count == count
+        {
+            return .left(RoomSnapshot(position: position, members: after.joined(separator: "\n")))
+        }
+        guard let (status, snapshot) = RoomSnapshot.decodeStatus(script), ScriptCode(rawValue: status) == .notMember else { return nil }
+        return .notMember(snapshot)
     }
 }
 
@@ -200,7 +243,7 @@ struct ForgetRoomCall: ScriptCall {
         case noSession
     }
 
-    static func decode(_ reply: RESPValue) -> Reply? {
+    func decode(_ reply: RESPValue) -> Reply? {
         switch reply.int {
         case 1: return .forgotten
         case 0: return .notRecorded
@@ -227,7 +270,7 @@ struct DisconnectCall: ScriptCall {
         case noSession
     }
 
-    static func decode(_ reply: RESPValue) -> Reply? {
+    func decode(_ reply: RESPValue) -> Reply? {
         if let rooms = reply.array {
             let ids = rooms.compactMap { $0.string.flatMap(RoomID.init) }
             return ids.count == rooms.count ? .ended(rooms: ids) : nil
@@ -255,7 +298,7 @@ struct RelayCall: ScriptCall {
         case noSharedRoom
     }
 
-    static func decode(_ reply: RESPValue) -> Reply? {
+    func decode(_ reply: RESPValue) -> Reply? {
         if let receivers = reply.int, receivers >= 0 { return .published(receivers: receivers) }
         switch reply.code {
         case .noSession: return .noSession
@@ -290,7 +333,7 @@ struct ReadLogCall: ScriptCall {
         case logTrimmed
     }
 
-    static func decode(_ reply: RESPValue) -> Reply? {
+    func decode(_ reply: RESPValue) -> Reply? {
         if reply.code == .logTrimmed { return .logTrimmed }
         guard let fields = reply.array, fields.count % 2 == 0 else { return nil }
         var entries: [(EntryID, LogMessage)] = []
@@ -323,7 +366,7 @@ struct ReassertCall: ScriptCall {
     }
 
     /// Whether the session was put back (false: Redis had one for the peer already).
-    static func decode(_ reply: RESPValue) -> Bool? {
+    func decode(_ reply: RESPValue) -> Bool? {
         switch reply.int {
         case 1: true
         case 0: false
@@ -333,19 +376,21 @@ struct ReassertCall: ScriptCall {
 }
 
 extension ScriptRegistry {
+    /// The call's reply as `decode` takes it (with its transaction's read, if it has one).
+    func reply(_ call: some ScriptCall) async throws -> RESPValue {
+        guard let read = call.read else { return try await run(type(of: call).script, keys: call.keys, arguments: call.arguments) }
+        let (script, readReply) = try await run(call.call, reading: read.command, beforeScript: read.beforeScript)
+        return .array([script, readReply])
+    }
+
     /// Runs one call and decodes its reply.
     func run<Call: ScriptCall>(_ call: Call) async throws -> Call.Reply {
-        try call.decoded(try await run(Call.script, keys: call.keys, arguments: call.arguments))
+        try call.decoded(try await reply(call))
     }
 
     /// Runs calls of one script in one round trip, in order.
     func run<Call: ScriptCall>(_ calls: [Call]) async throws -> [Call.Reply] {
-        try zip(calls, try await run(calls.map(\.call))).map { try $0.decoded($1) }
-    }
-
-    /// Runs two calls in one round trip, in this order.
-    func run<First: ScriptCall, Second: ScriptCall>(_ first: First, then second: Second) async throws -> (First.Reply, Second.Reply) {
-        let replies = try await run([first.call, second.call])
-        return (try first.decoded(replies[0]), try second.decoded(replies[1]))
+        precondition(calls.allSatisfy { $0.read == nil }, "calls with a transaction's read run one at a time")
+        return try zip(calls, try await run(calls.map(\.call))).map { try $0.decoded($1) }
     }
 }

@@ -78,6 +78,44 @@ public final class ScriptRegistry: Sendable {
         return replies
     }
 
+    /// Runs `call` and the command `read` as one transaction (MULTI … EXEC, one round trip), so
+    /// that nothing else runs between them: `read` sees the keys as they were just before the
+    /// script or just after it. Returns both replies. `NOSCRIPT` as for the others: the
+    /// transaction runs again (the script did not run, and the read changes nothing).
+    public func run(_ call: Call, reading read: [String], beforeScript: Bool) async throws -> (script: RESPValue, read: RESPValue) {
+        let start = ContinuousClock.now
+        defer { metrics.scriptDuration(call.script.name, since: start) }
+        if let replies = try await transaction(call, read, beforeScript: beforeScript) { return replies }
+        // Redis lost the scripts (restart, SCRIPT FLUSH): load them all again.
+        hashes.withLockedValue { $0 = [:] }
+        try await loadAll()
+        guard let replies = try await transaction(call, read, beforeScript: beforeScript) else {
+            metrics.redisServerErrors.increment()
+            throw RedisServerError("NOSCRIPT the script was not there right after it was loaded")
+        }
+        return replies
+    }
+
+    /// The transaction's replies; nil if the script was not loaded.
+    private func transaction(_ call: Call, _ read: [String], beforeScript: Bool) async throws -> (script: RESPValue, read: RESPValue)? {
+        let script = try await command(for: call)
+        let replies = try await redis.pipeline([["MULTI"]] + (beforeScript ? [read, script] : [script, read]) + [["EXEC"]])
+        guard let results = replies.last?.array, results.count == 2 else {
+            metrics.redisServerErrors.increment()
+            // (EXECABORT: a command was refused as it was queued.)
+            throw RedisServerError(replies.last?.errorMessage ?? "EXEC answered \(String(describing: replies.last))")
+        }
+        let (scriptReply, readReply) = beforeScript ? (results[1], results[0]) : (results[0], results[1])
+        if scriptReply.errorMessage?.hasPrefix("NOSCRIPT") == true { return nil }
+        for reply in [scriptReply, readReply] {
+            if let message = reply.errorMessage {
+                metrics.redisServerErrors.increment()
+                throw RedisServerError(message)
+            }
+        }
+        return (scriptReply, readReply)
+    }
+
     /// `EVALSHA sha numkeys keys… arguments…`, loading the script first if it is not loaded.
     private func command(for call: Call) async throws -> [String] {
         let cached = hashes.withLockedValue { $0[call.script.name] }

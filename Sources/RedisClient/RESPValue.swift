@@ -32,4 +32,10 @@ public enum RESPValue: Sendable, Equatable {
         if case .array(let a) = self { return a }
         return nil
     }
+
+    /// The message of an error reply.
+    public var errorMessage: String? {
+        if case .error(let message) = self { return message }
+        return nil
+    }
 }

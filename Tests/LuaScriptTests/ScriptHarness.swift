@@ -102,8 +102,10 @@ final class ScriptHarness: Sendable {
 
     static let logLimits = EventLogLimits(entries: 1000, retention: .seconds(70))
 
+    /// The reply as the node gets it: join.lua's and leave.lua's with the members read in the
+    /// same transaction, as `[the script's reply, the read's]`.
     private func raw(_ call: some ScriptCall) async throws -> RESPValue {
-        try await scripts.run(type(of: call).script, keys: call.keys, arguments: call.arguments)
+        try await scripts.reply(call)
     }
 
     func connect(_ peer: String, session: String, node: String = "n", resume: Bool = false) async throws -> RESPValue {
@@ -131,7 +133,8 @@ final class ScriptHarness: Sendable {
 
     /// join.lua then remember-room.lua with its snapshot, as a node joins a connected peer.
     func joinFully(_ room: String, _ peer: String) async throws {
-        guard case .joined(let snapshot) = JoinCall.decode(try await join(room, peer)) else { throw ScriptHarnessError("join failed") }
+        let call = JoinCall(keys, room: RoomID(room)!, user: Self.peerUser(peer), maxRoomSize: 0, log: Self.logLimits)
+        guard case .joined(let snapshot) = try await scripts.run(call) else { throw ScriptHarnessError("join failed") }
         #expect(try await rememberRoom(peer, room, snapshot: snapshot).int == 1)
     }
 
@@ -174,11 +177,17 @@ final class ScriptHarness: Sendable {
         return result
     }
 
-    /// A script reply `{status, entry id, user JSON lines}` as its parts, a member per line.
+    /// A join's or leave's reply as its parts, a member per line: `{status, entry id, user JSON
+    /// lines}`, or `{status, entry id}` with the members read in the same transaction
+    /// (`[script reply, HVALS]`, see `raw`).
     static func snapshot(_ reply: RESPValue) -> (status: Int, entry: String, members: [String])? {
-        guard let parts = reply.array, parts.count == 3, let status = parts[0].int, let entry = parts[1].string,
-            let lines = parts[2].string
-        else { return nil }
+        var (script, read) = (reply, [String]())
+        if let parts = reply.array, parts.count == 2, parts[0].array != nil {
+            (script, read) = (parts[0], parts[1].array?.compactMap(\.string) ?? [])
+        }
+        guard let parts = script.array, let status = parts.first?.int, parts.count >= 2, let entry = parts[1].string else { return nil }
+        guard parts.count == 3 else { return (status, entry, read) }
+        let lines = parts[2].string ?? ""
         return (status, entry, lines.isEmpty ? [] : lines.split(separator: "\n").map(String.init))
     }
 
