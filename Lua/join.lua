@@ -1,8 +1,9 @@
 #!lua
 --[[
-  Adds a peer to a room, atomically with a snapshot of who is there, so that two peers joining
-  at once always learn of each other exactly once: the later join's snapshot holds the earlier
-  joiner, and the earlier joiner hears of the later one on the room's channel.
+  Adds a peer to a room, atomically with a snapshot of who is there (read by the caller in
+  the same transaction, see below), so that two peers joining at once always learn of each
+  other exactly once: the later join's snapshot holds the earlier joiner, and the earlier
+  joiner hears of the later one on the room's channel.
 
   Writes one entry to the room's event log and publishes it once, on the room's channel: each
   node holding streams of members turns it into "add-peer" (offer: false) for them. The
@@ -28,8 +29,9 @@
   Log entry "join\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
   Returns {number of members before the join, the join's entry id}; {ALREADY_MEMBER, the
   join's entry id, the other members' user JSON one per line as they were right after it}
-  (rebuilt from the log, so the HVALS read does not serve here): nothing changes, and the snapshot lets the caller finish an
-  earlier attempt that stopped before remember-room.lua, exactly as that attempt would have
+  (rebuilt from the log, so the HVALS read does not serve here): nothing changes, and the
+  snapshot lets the caller finish an earlier attempt that stopped before remember-room.lua,
+  exactly as that attempt would have
   (if the log no longer holds what came after the join, or Redis lost it, the snapshot is as
   of the log's newest entry, "0-0" if none); or ROOM_FULL: nothing changes (codes in
   include/codes.lua). (One string, not one per member: it goes into remember-room.lua as one

@@ -1,8 +1,8 @@
 #!lua
 --[[
   Takes a peer out of a room and tells the remaining members, atomically with a snapshot of
-  who remains (read by the caller, see below). The last member to leave deletes the room's members key (Redis drops an empty
-  hash); the log expires by itself.
+  who remains (read by the caller, see below). The last member to leave deletes the room's
+  members key (Redis drops an empty hash); the log expires by itself.
 
   Writes one entry to the room's event log and publishes it once, on the room's channel: each
   node holding streams of members turns it into "remove-peer" for them. On an explicit leave

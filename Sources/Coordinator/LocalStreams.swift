@@ -124,9 +124,11 @@ final class LocalStreams: RoomFeedObserver {
             for stream in streams.withLockedValue({ $0[peer] ?? [] }) { stream.deliver(item) }
         case (.room(let room), .entry(let entry, let logMessage)):
             let item = Inbound(source: .room(room), entry: entry, message: logMessage)
-            let unbroken = subscriber()?.isConfirmed(message.channel) ?? false
             let followers = followed.withLockedValue { followed -> [PeerStream] in
                 guard followed[room] != nil else { return [] }
+                // Asked under the followers' lock: an unfollow and a new follow of the room
+                // (a new subscription) cannot come between the answer and the record.
+                let unbroken = subscriber()?.isConfirmed(message.channel) ?? false
                 followed[room]!.recent.record(item, unbroken: unbroken)
                 return Array(followed[room]!.streams.values)
             }

@@ -35,8 +35,9 @@ protocol RoomFeedObserver: Sendable {
     func stream(_ stream: PeerStream, follows room: RoomID)
     /// The stream no longer follows `room`. Called under the stream's lock.
     func stream(_ stream: PeerStream, unfollows room: RoomID)
-    /// The stream joined `room` at its entry `position`: read the room's log after it (once
-    /// the room's channel is confirmed) and hand it to `caughtUp(in:from:with:)`.
+    /// The stream joined `room` at its entry `position`: hand it what the room logged after it
+    /// (`caughtUp(in:from:with:)`), from the channel's recent entries or from the log once the
+    /// room's channel is confirmed.
     func stream(_ stream: PeerStream, catchesUpIn room: RoomID, after position: EntryID)
 }
 
@@ -415,7 +416,7 @@ public final class PeerStream: Sendable {
         }
     }
 
-    /// The room's log after the join at `anchor`, read once the room's channel was confirmed.
+    /// The room's entries after the join at `anchor`, all of them up to the latest on the channel.
     func caughtUp(in room: RoomID, from anchor: EntryID, with entries: [Inbound]) {
         update { $0.caughtUp(in: room, from: anchor, with: entries) }
     }

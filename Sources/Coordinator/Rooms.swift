@@ -60,7 +60,7 @@ struct Rooms: Sendable {
             try await leaveRoom(room, peer: peer, tellLeaver: true)
         }
         // join.lua on the room's keys, then remember-room.lua on the peer's with the snapshot
-        // join.lua took. The join is recorded on the peer only while it still has a stream (and
+        // read with it. The join is recorded on the peer only while it still has a stream (and
         // room to spare); otherwise it is undone below, so no ghost stays behind.
         let joined = try await context.scripts.run(
             JoinCall(context.keys, room: room, user: user, maxRoomSize: limits.maxRoomSize, log: context.logLimits))
@@ -115,7 +115,7 @@ struct Rooms: Sendable {
     }
 
     /// leave.lua on the room's keys, then, for an explicit leave (`tellLeaver`), forget-room.lua
-    /// on the peer's with the snapshot leave.lua took; else the room is just forgotten on the
+    /// on the peer's with the snapshot read with it; else the room is just forgotten on the
     /// peer (its stream is gone). Safe to repeat: a repeat finishes what an earlier attempt
     /// left undone. Returns false if the peer was not a member.
     @discardableResult

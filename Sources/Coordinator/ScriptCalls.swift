@@ -85,7 +85,8 @@ struct ConnectCall: ScriptCall {
     }
 }
 
-/// A room's members as of one entry of its log: the snapshot join.lua and leave.lua return.
+/// A room's members as of one entry of its log: the snapshot read with join.lua or leave.lua
+/// (or, for a repeated one, returned by it).
 struct RoomSnapshot: Sendable, Equatable {
     let position: EntryID
     /// The members' user JSON, one per line ("" for none): passed on to the peer's script as

@@ -102,8 +102,10 @@ public final class ScriptRegistry: Sendable {
         let replies = try await redis.pipeline([["MULTI"]] + (beforeScript ? [read, script] : [script, read]) + [["EXEC"]])
         guard let results = replies.last?.array, results.count == 2 else {
             metrics.redisServerErrors.increment()
-            // (EXECABORT: a command was refused as it was queued.)
-            throw RedisServerError(replies.last?.errorMessage ?? "EXEC answered \(String(describing: replies.last))")
+            // EXECABORT: a command was refused as it was queued (READONLY after a failover,
+            // LOADING, …). That refusal is the cause, and says whether to wait and retry.
+            let refusal = replies.dropFirst().dropLast().lazy.compactMap(\.errorMessage).first
+            throw RedisServerError(refusal ?? replies.last?.errorMessage ?? "EXEC answered \(String(describing: replies.last))")
         }
         let (scriptReply, readReply) = beforeScript ? (results[1], results[0]) : (results[0], results[1])
         if scriptReply.errorMessage?.hasPrefix("NOSCRIPT") == true { return nil }

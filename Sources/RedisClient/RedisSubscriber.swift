@@ -332,7 +332,9 @@ public final class RedisSubscriber: Sendable {
             let dropped = state.withLockedValue { state -> Bool in
                 let ours = state.unsubscribesInFlight[channel] ?? 0
                 state.unsubscribesInFlight[channel] = ours > 1 ? ours - 1 : nil
-                return ours == 0 && state.channels[channel] != nil
+                guard ours == 0, state.channels[channel] != nil else { return false }
+                state.channels[channel]!.confirmed = false
+                return true
             }
             if dropped {
                 // Redis dropped a channel still wanted (its slot moved to another shard): a new

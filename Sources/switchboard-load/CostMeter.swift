@@ -41,8 +41,9 @@ final class CostMeter {
         guard let redis else { return sample }
         let info = try await redis.send(["INFO", "commandstats", "cpu"]).string ?? ""
         for line in info.split(whereSeparator: \.isNewline) {
-            if line.hasPrefix("cmdstat_"), let cost = Self.commandCost(line) {
+            if line.hasPrefix("cmdstat_") {
                 let name = String(line.dropFirst("cmdstat_".count).prefix { $0 != ":" })
+                let cost = Self.commandCost(line)
                 sample.commands[name] = cost
                 if name == "publish" || name == "spublish" { sample.publishes += cost.calls }
             } else if line.hasPrefix("used_cpu_sys:") || line.hasPrefix("used_cpu_user:") {
@@ -92,9 +93,9 @@ final class CostMeter {
     }
 
     /// "cmdstat_get:calls=3,usec=12,usec_per_call=4.00,…"
-    private static func commandCost(_ line: Substring) -> CommandCost? {
+    private static func commandCost(_ line: Substring) -> CommandCost {
         var cost = CommandCost()
-        for field in line.drop { $0 != ":" }.dropFirst().split(separator: ",") {
+        for field in line.drop(while: { $0 != ":" }).dropFirst().split(separator: ",") {
             let pair = field.split(separator: "=")
             guard pair.count == 2 else { continue }
             if pair[0] == "calls" { cost.calls = Int(pair[1]) ?? 0 }

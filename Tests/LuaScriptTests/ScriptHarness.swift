@@ -120,7 +120,7 @@ final class ScriptHarness: Sendable {
         try await raw(LeaveCall(keys, room: RoomID(room)!, peer: PeerID(peer)!, snapshot: snapshot, log: Self.logLimits))
     }
 
-    /// remember-room.lua with a snapshot as join.lua returns it (by default: nobody, as of "0-0").
+    /// remember-room.lua with a snapshot as a join takes it (by default: nobody, as of "0-0").
     func rememberRoom(_ peer: String, _ room: String, maxRooms: Int = 0, snapshot: RoomSnapshot = .init(position: .zero, members: ""))
         async throws -> RESPValue
     {

@@ -396,6 +396,20 @@ struct ScriptTests {
         }
     }
 
+    /// A command refused as it is queued (READONLY after a failover, LOADING, …) aborts the
+    /// transaction; the caller sees that refusal, which says whether to wait and retry, not
+    /// EXECABORT. (Wrong arity is a refusal at queue time that is easy to cause.)
+    @Test func aTransactionRefusedAsItIsQueuedThrowsTheRefusal() async throws {
+        try await ScriptHarness.with { h in
+            let call = ScriptRegistry.Call(.join, keys: ["sb:room:{r}:members", "sb:room:{r}:log", "sb:room:{r}:joins"],
+                                           arguments: ["sb:room:{r}:events", "a", user("a"), "0", "1000", "70000"])
+            var refusal: RedisServerError?
+            do { _ = try await h.scripts.run(call, reading: ["HVALS"], beforeScript: true) } catch let error as RedisServerError { refusal = error }
+            #expect(refusal?.code == "ERR" && refusal?.message.contains("wrong number of arguments") == true, "\(String(describing: refusal))")
+            #expect(try await h.allKeys() == [])
+        }
+    }
+
     @Test func scriptsComeBackAfterScriptFlush() async throws {
         try await ScriptHarness.with { h in
             try await h.redis.send(["SCRIPT", "FLUSH"])
