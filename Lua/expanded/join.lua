@@ -24,7 +24,7 @@
 
   Who the members were the caller reads with HVALS on KEYS[1] just before this, in the same
   MULTI ... EXEC (nothing runs between them): every member's user JSON would otherwise pass
-  through Lua, which costs several times what HVALS does (see the README's "A join's cost").
+  through Lua, which costs several times what HVALS does (Benchmarks/script-costs.sh).
 
   Log entry "join\n<peer id>\n<user JSON>", published as "<entry id>\n" .. entry.
   Returns {number of members before the join, the join's entry id}; {ALREADY_MEMBER, the

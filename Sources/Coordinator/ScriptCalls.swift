@@ -96,11 +96,16 @@ struct RoomSnapshot: Sendable, Equatable {
     /// The number of members in it.
     var count: Int { members.isEmpty ? 0 : members.utf8.reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 } }
 
-    /// The members' user JSON an `HVALS` of the room's members returned, one per line.
-    static func members(_ reply: RESPValue) -> [String]? {
-        guard let values = reply.array else { return nil }
+    /// A first join's or leave's `{number of members, entry id}` with the members read beside
+    /// it (`HVALS`, nil if none was read): the number must match what was read.
+    static func fresh(_ reply: RESPValue, members read: RESPValue?) -> RoomSnapshot? {
+        guard let parts = reply.array, parts.count == 2, let count = parts[0].int, count >= 0,
+            let position = parts[1].string.flatMap(EntryID.init)
+        else { return nil }
+        guard let read else { return RoomSnapshot(position: position, members: "") }
+        guard let values = read.array, values.count == count else { return nil }
         let members = values.compactMap(\.string)
-        return members.count == values.count ? members : nil
+        return members.count == count ? RoomSnapshot(position: position, members: members.joined(separator: "\n")) : nil
     }
 
     /// Decodes `{status, entry id, user JSON lines}` into the status and the snapshot.
@@ -140,11 +145,7 @@ struct JoinCall: ScriptCall {
         guard let parts = reply.array, parts.count == 2 else { return nil }
         let (script, before) = (parts[0], parts[1])
         if script.code == .roomFull { return .roomFull }
-        if let fresh = script.array, fresh.count == 2, let count = fresh[0].int, count >= 0,
-            let position = fresh[1].string.flatMap(EntryID.init), let members = RoomSnapshot.members(before), members.count == count
-        {
-            return .joined(RoomSnapshot(position: position, members: members.joined(separator: "\n")))
-        }
+        if let snapshot = RoomSnapshot.fresh(script, members: before) { return .joined(snapshot) }
         guard let (status, snapshot) = RoomSnapshot.decodeStatus(script), ScriptCode(rawValue: status) == .alreadyMember else { return nil }
         return .alreadyMember(snapshot)
     }
@@ -210,16 +211,12 @@ struct LeaveCall: ScriptCall {
 
     /// leave.lua's reply; with a snapshot, `[its reply, the members just after it]`.
     func decode(_ reply: RESPValue) -> Reply? {
-        var (script, after): (RESPValue, [String]?) = (reply, [])
+        var (script, after): (RESPValue, RESPValue?) = (reply, nil)
         if wantsSnapshot {
             guard let parts = reply.array, parts.count == 2 else { return nil }
-            (script, after) = (parts[0], RoomSnapshot.members(parts[1]))
+            (script, after) = (parts[0], parts[1])
         }
-        if let fresh = script.array, fresh.count == 2, let count = fresh[0].int, count >= 0,
-            let position = fresh[1].string.flatMap(EntryID.init), let after, !wantsSnapshot || after.count == count
-        {
-            return .left(RoomSnapshot(position: position, members: after.joined(separator: "\n")))
-        }
+        if let snapshot = RoomSnapshot.fresh(script, members: after) { return .left(snapshot) }
         guard let (status, snapshot) = RoomSnapshot.decodeStatus(script), ScriptCode(rawValue: status) == .notMember else { return nil }
         return .notMember(snapshot)
     }

@@ -23,6 +23,12 @@ public final class ScriptRegistry: Sendable {
         for script in LuaScript.all { _ = try await load(script) }
     }
 
+    /// After `NOSCRIPT`: Redis lost them all (restart, SCRIPT FLUSH), so all are loaded again.
+    private func reloadAll() async throws {
+        hashes.withLockedValue { $0 = [:] }
+        try await loadAll()
+    }
+
     /// Runs `script` with `keys` and `arguments` and returns its reply.
     @discardableResult
     public func run(_ script: LuaScript, keys: [String], arguments: [String]) async throws -> RESPValue {
@@ -32,9 +38,7 @@ public final class ScriptRegistry: Sendable {
         do {
             return try await redis.send(try await command(for: call))
         } catch let error as RedisServerError where error.code == "NOSCRIPT" {
-            // Redis lost them all (restart, SCRIPT FLUSH): load them all again.
-            hashes.withLockedValue { $0 = [:] }
-            try await loadAll()
+            try await reloadAll()
             return try await redis.send(try await command(for: call))
         } catch let error as RedisServerError {
             metrics.redisServerErrors.increment()
@@ -64,7 +68,7 @@ public final class ScriptRegistry: Sendable {
         let start = ContinuousClock.now
         var replies = try await redis.pipeline(commands)
         for call in calls { metrics.scriptDuration(call.script.name, since: start) }
-        if let first = replies.firstIndex(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
+        if let first = replies.firstIndex(where: { $0.errorMessage?.hasPrefix("NOSCRIPT") == true }) {
             for index in first..<calls.count {
                 replies[index] = try await run(calls[index].script, keys: calls[index].keys, arguments: calls[index].arguments)
             }
@@ -86,9 +90,7 @@ public final class ScriptRegistry: Sendable {
         let start = ContinuousClock.now
         defer { metrics.scriptDuration(call.script.name, since: start) }
         if let replies = try await transaction(call, read, beforeScript: beforeScript) { return replies }
-        // Redis lost the scripts (restart, SCRIPT FLUSH): load them all again.
-        hashes.withLockedValue { $0 = [:] }
-        try await loadAll()
+        try await reloadAll()
         guard let replies = try await transaction(call, read, beforeScript: beforeScript) else {
             metrics.redisServerErrors.increment()
             throw RedisServerError("NOSCRIPT the script was not there right after it was loaded")

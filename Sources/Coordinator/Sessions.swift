@@ -235,7 +235,9 @@ final class Sessions: Sendable {
     /// The number of streams open on this node.
     var openStreamCount: Int { localStreams.count }
 
-    /// Sends an event of the node's own (a `ping`) to every stream it holds.
+    /// Sends an event of the node's own (a `ping`) to every stream it holds. The same periodic
+    /// round lets go of the rooms' recent entries that are too old (a quiet room keeps none
+    /// past one ping interval).
     func sendToAllStreams(_ event: StreamEvent) {
         for stream in localStreams.all { stream.send(event) }
         localStreams.pruneRecentEntries()

@@ -11,7 +11,6 @@ final class CostMeter {
     private let pids: [Int32]
     private var baselineRedisSeconds = 0.0
     private(set) var windows = 0
-    private(set) var publishes = 0
     private(set) var redisSeconds = 0.0
     private(set) var nodeNanoseconds: UInt64 = 0
     /// Per command (scripts' own calls included): calls and the µs Redis spent running them.
@@ -22,8 +21,10 @@ final class CostMeter {
         var microseconds = 0.0
     }
 
+    /// Classic and sharded, scripts' own included.
+    var publishes: Int { (commands["publish"]?.calls ?? 0) + (commands["spublish"]?.calls ?? 0) }
+
     struct Sample {
-        var publishes: Int
         var redisSeconds: Double
         var nodeNanoseconds: UInt64
         var commands: [String: CommandCost] = [:]
@@ -37,15 +38,13 @@ final class CostMeter {
     var isMeasuring: Bool { redis != nil || !pids.isEmpty }
 
     func sample() async throws -> Sample {
-        var sample = Sample(publishes: 0, redisSeconds: 0, nodeNanoseconds: pids.map(Self.cpuNanoseconds).reduce(0, +))
+        var sample = Sample(redisSeconds: 0, nodeNanoseconds: pids.map(Self.cpuNanoseconds).reduce(0, +))
         guard let redis else { return sample }
         let info = try await redis.send(["INFO", "commandstats", "cpu"]).string ?? ""
         for line in info.split(whereSeparator: \.isNewline) {
             if line.hasPrefix("cmdstat_") {
                 let name = String(line.dropFirst("cmdstat_".count).prefix { $0 != ":" })
-                let cost = Self.commandCost(line)
-                sample.commands[name] = cost
-                if name == "publish" || name == "spublish" { sample.publishes += cost.calls }
+                sample.commands[name] = Self.commandCost(line)
             } else if line.hasPrefix("used_cpu_sys:") || line.hasPrefix("used_cpu_user:") {
                 sample.redisSeconds += Double(line.split(separator: ":")[1]) ?? 0
             }
@@ -68,7 +67,6 @@ final class CostMeter {
     func record(since start: Sample) async throws {
         let end = try await sample()
         windows += 1
-        publishes += end.publishes - start.publishes
         redisSeconds += end.redisSeconds - start.redisSeconds - baselineRedisSeconds
         nodeNanoseconds += end.nodeNanoseconds - start.nodeNanoseconds
         for (name, cost) in end.commands {
@@ -79,7 +77,7 @@ final class CostMeter {
     }
 
     func reset() {
-        (windows, publishes, redisSeconds, nodeNanoseconds, commands) = (0, 0, 0, 0, [:])
+        (windows, redisSeconds, nodeNanoseconds, commands) = (0, 0, 0, [:])
     }
 
     /// Per window and command, busiest first: calls and µs spent running them (INFO's own call
