@@ -117,7 +117,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RedisClientTests",
-            dependencies: ["RedisClient", "RedisServer"]
+            dependencies: ["RedisClient", "RedisServer", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
         ),
         .testTarget(
             name: "LuaScriptTests",

@@ -62,8 +62,8 @@ public final class Coordinator: Service, Sendable {
     }
 
     /// - Parameters:
-    ///   - redis: the node's command connection; the coordinator opens its own subscriber
-    ///     connection to the same server.
+    ///   - redis: the node's Redis (one server or a cluster); the coordinator opens its own
+    ///     subscriber connections to the same primaries.
     public init(
         redis: RedisClient,
         keys: KeySpace,
@@ -83,18 +83,16 @@ public final class Coordinator: Service, Sendable {
         // Messages are routed on the subscriber's event loop, straight into the streams' queues.
         let probeChannel = keys.nodeProbe(nodeID)
         let subscriber = RedisSubscriber(
-            endpoint: redis.endpoint, logger: logger,
+            client: redis, logger: logger,
             onMessage: { message in
                 if message.channel == probeChannel { probe.received(message.payload) } else { localStreams.route(message) }
             },
-            onConnectionEvent: { event in
-                metrics.redisConnectionEvent(event)
+            onConnectionEvent: metrics.redisConnectionEvent,
+            onInterrupted: {
                 // Nothing reaches the streams until they have caught up from the logs.
-                if event != .restored {
-                    continuity.lost()
-                    localStreams.subscriptionBroke()
-                    localStreams.all.forEach { $0.hold() }
-                }
+                continuity.lost()
+                localStreams.subscriptionBroke()
+                localStreams.all.forEach { $0.hold() }
             },
             onResubscribed: {
                 continuity.resubscribed()

@@ -7,29 +7,23 @@ struct FleetStatus: Sendable {
     let context: NodeContext
     let localStreams: LocalStreams
 
-    /// What `/readyz` checks: Redis answers, every script is loaded, the subscription is live.
+    /// What `/readyz` checks: every primary answers, every script is loaded, the subscription
+    /// is live on every primary.
     func readiness() async -> [String: Bool] {
-        let redisUp = (try? await context.redis.send(["PING"])) == .simpleString("PONG")
+        let pings = (try? await context.redis.sendToEachPrimary(["PING"])) ?? []
+        let redisUp = !pings.isEmpty && pings.allSatisfy { (try? $0.get()) == .simpleString("PONG") }
         if redisUp, !context.scripts.allLoaded { try? await context.scripts.loadAll() }
         return ["redis": redisUp, "scripts": context.scripts.allLoaded, "subscription": context.subscriber.isConnected]
     }
 
     /// The nodes with a live heartbeat record in Redis, as they described themselves.
     func fleet() async throws -> [[String: Any]] {
-        var cursor = "0"
-        var records: [[String: Any]] = []
-        repeat {
-            let reply = try await context.redis.send(["SCAN", cursor, "MATCH", context.keys.node("*"), "COUNT", "1000"]).array ?? []
-            cursor = reply.first?.string ?? "0"
-            let names = (reply.count > 1 ? reply[1].array ?? [] : []).compactMap(\.string)
-            guard !names.isEmpty else { continue }
-            for value in try await context.redis.pipeline(names.map { ["GET", $0] }) {
-                guard let text = value.string,
-                    let record = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
-                else { continue }
-                records.append(record)
-            }
-        } while cursor != "0"
+        let names = try await context.redis.keys(matching: context.keys.node("*"))
+        guard !names.isEmpty else { return [] }
+        let records = try await context.redis.pipeline(names.map { ["GET", $0] }).compactMap { value -> [String: Any]? in
+            guard let text = value.string else { return nil }
+            return try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        }
         return records.sorted { ($0["id"] as? String ?? "") < ($1["id"] as? String ?? "") }
     }
 

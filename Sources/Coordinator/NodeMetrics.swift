@@ -76,7 +76,7 @@ public final class NodeMetrics: Sendable {
     }
 
     /// Counts what happens to a Redis connection (pass to `RedisClient(onConnectionEvent:)`).
-    public func redisConnectionEvent(_ event: RedisClient.ConnectionEvent) {
+    public func redisConnectionEvent(_ event: RedisConnectionEvent) {
         switch event {
         case .restored: redisReconnects.increment()
         case .lost, .connectFailed: redisConnectionErrors.increment()

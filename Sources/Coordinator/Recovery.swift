@@ -180,24 +180,18 @@ final class Recovery: Sendable {
         // stream it opened meanwhile).
         var missing: Set<String> = []
         let missingBefore = unrecorded.withLockedValue { $0 }
-        var cursor = "0"
-        repeat {
-            guard let reply = try? await context.redis.send(["SCAN", cursor, "MATCH", context.keys.nodeStreams("*"), "COUNT", "1000"]).array,
-                reply.count == 2
-            else { return }
-            cursor = reply[0].string ?? "0"
-            for key in (reply[1].array ?? []).compactMap(\.string) {
-                guard let open = key.firstIndex(of: "{"), let close = key.lastIndex(of: "}") else { continue }
-                let node = String(key[key.index(after: open)..<close])
-                guard node != context.nodeID, (try? await context.redis.send(["EXISTS", context.keys.node(node)]).int) == 0 else { continue }
-                missing.insert(node)
-                guard missingBefore.contains(node) else { continue }
-                let claim = try? await context.redis.send(["SET", context.keys.nodeReaper(node), context.nodeID, "NX", "PX", "60000"])
-                guard claim == .simpleString("OK") else { continue }
-                await sessions.reap(node)
-                _ = try? await context.redis.send(["DEL", context.keys.nodeReaper(node)])
-            }
-        } while cursor != "0"
+        guard let keys = try? await context.redis.keys(matching: context.keys.nodeStreams("*")) else { return }
+        for key in keys {
+            guard let open = key.firstIndex(of: "{"), let close = key.lastIndex(of: "}") else { continue }
+            let node = String(key[key.index(after: open)..<close])
+            guard node != context.nodeID, (try? await context.redis.send(["EXISTS", context.keys.node(node)]).int) == 0 else { continue }
+            missing.insert(node)
+            guard missingBefore.contains(node) else { continue }
+            let claim = try? await context.redis.send(["SET", context.keys.nodeReaper(node), context.nodeID, "NX", "PX", "60000"])
+            guard claim == .simpleString("OK") else { continue }
+            await sessions.reap(node)
+            _ = try? await context.redis.send(["DEL", context.keys.nodeReaper(node)])
+        }
         // Only after a whole scan: a partial one would forget nodes already found missing.
         unrecorded.withLockedValue { $0 = missing }
     }

@@ -2,9 +2,10 @@ import LuaScripts
 import NIOConcurrencyHelpers
 import RedisClient
 
-/// Runs the Lua scripts by EVALSHA. Scripts are loaded with SCRIPT LOAD (at start, or on
-/// first use); a `NOSCRIPT` reply (Redis restarted or SCRIPT FLUSH) loads the script again
-/// and retries once.
+/// Runs the Lua scripts by EVALSHA, routed (on a cluster) by the call's first key. Scripts are
+/// loaded with SCRIPT LOAD on every primary (at start, or on first use); a `NOSCRIPT` reply
+/// (a restart, SCRIPT FLUSH, or a replica promoted with an empty script cache) loads them all
+/// again and retries once.
 public final class ScriptRegistry: Sendable {
     private let redis: RedisClient
     private let metrics: NodeMetrics
@@ -23,7 +24,8 @@ public final class ScriptRegistry: Sendable {
         for script in LuaScript.all { _ = try await load(script) }
     }
 
-    /// After `NOSCRIPT`: Redis lost them all (restart, SCRIPT FLUSH), so all are loaded again.
+    /// After `NOSCRIPT`: a server lost them all (restart, SCRIPT FLUSH, promotion), so all are
+    /// loaded again, everywhere (a primary that still has them just answers the same hash).
     private func reloadAll() async throws {
         hashes.withLockedValue { $0 = [:] }
         try await loadAll()
@@ -59,19 +61,16 @@ public final class ScriptRegistry: Sendable {
         }
     }
 
-    /// Runs several calls in one write (one round trip) and returns their replies in order.
-    /// If a call is answered `NOSCRIPT`, it and every call after it run again, in order, so
-    /// their order as Redis sees it always holds.
+    /// Runs independent calls in one write (one round trip per primary) and returns their
+    /// replies in order. A call answered `NOSCRIPT` runs again once the scripts are loaded.
     public func run(_ calls: [Call]) async throws -> [RESPValue] {
         var commands: [[String]] = []
         for call in calls { commands.append(try await command(for: call)) }
         let start = ContinuousClock.now
-        var replies = try await redis.pipeline(commands)
+        var replies = try await redis.pipeline(commands, order: .independent)
         for call in calls { metrics.scriptDuration(call.script.name, since: start) }
-        if let first = replies.firstIndex(where: { $0.errorMessage?.hasPrefix("NOSCRIPT") == true }) {
-            for index in first..<calls.count {
-                replies[index] = try await run(calls[index].script, keys: calls[index].keys, arguments: calls[index].arguments)
-            }
+        for index in replies.indices where replies[index].errorMessage?.hasPrefix("NOSCRIPT") == true {
+            replies[index] = try await run(calls[index].script, keys: calls[index].keys, arguments: calls[index].arguments)
         }
         for reply in replies {
             if case .error(let message) = reply {
@@ -101,13 +100,12 @@ public final class ScriptRegistry: Sendable {
     /// The transaction's replies; nil if the script was not loaded.
     private func transaction(_ call: Call, _ read: [String], beforeScript: Bool) async throws -> (script: RESPValue, read: RESPValue)? {
         let script = try await command(for: call)
-        let replies = try await redis.pipeline([["MULTI"]] + (beforeScript ? [read, script] : [script, read]) + [["EXEC"]])
-        guard let results = replies.last?.array, results.count == 2 else {
+        let results: [RESPValue]
+        do {
+            results = try await redis.transaction(beforeScript ? [read, script] : [script, read])
+        } catch let error as RedisServerError {
             metrics.redisServerErrors.increment()
-            // EXECABORT: a command was refused as it was queued (READONLY after a failover,
-            // LOADING, …). That refusal is the cause, and says whether to wait and retry.
-            let refusal = replies.dropFirst().dropLast().lazy.compactMap(\.errorMessage).first
-            throw RedisServerError(refusal ?? replies.last?.errorMessage ?? "EXEC answered \(String(describing: replies.last))")
+            throw error
         }
         let (scriptReply, readReply) = beforeScript ? (results[1], results[0]) : (results[0], results[1])
         if scriptReply.errorMessage?.hasPrefix("NOSCRIPT") == true { return nil }
@@ -127,9 +125,20 @@ public final class ScriptRegistry: Sendable {
         return ["EVALSHA", sha, String(call.keys.count)] + call.keys + call.arguments
     }
 
+    /// Loads `script` on every primary and returns its hash. A primary that cannot be reached
+    /// now answers `NOSCRIPT` later and is loaded then; if none can, this throws.
     private func load(_ script: LuaScript) async throws -> String {
-        let reply = try await redis.send(["SCRIPT", "LOAD", script.source])
-        guard let sha = reply.string else { throw RedisServerError("SCRIPT LOAD returned \(reply)") }
+        var sha: String?
+        var failure: Error?
+        for result in try await redis.sendToEachPrimary(["SCRIPT", "LOAD", script.source]) {
+            switch result {
+            case .success(let reply):
+                if let hash = reply.string, reply.errorMessage == nil { sha = hash } else { failure = RedisServerError("SCRIPT LOAD returned \(reply)") }
+            case .failure(let error):
+                failure = error
+            }
+        }
+        guard let sha else { throw failure ?? RedisServerError("SCRIPT LOAD gave no hash") }
         hashes.withLockedValue { $0[script.name] = sha }
         return sha
     }

@@ -1,146 +1,193 @@
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// A Redis connection that comes back by itself. Commands from any number of tasks share one
-/// pipelined connection. While Redis is unreachable, commands fail at once with
-/// `RedisConnectionError` (so callers can answer 503) and a new connection is tried on use,
-/// no more often than the back-off allows.
+/// Switchboard's Redis: one server, or a Redis Cluster. Commands go to the server, or on a
+/// cluster to the primary owning their key's slot (see `ClusterRouter`); everything above this
+/// type is the same in both cases. Connections come back by themselves, and while Redis is
+/// unreachable commands fail at once with `RedisConnectionError`, so callers can answer 503.
 public final class RedisClient: Sendable {
-    public let endpoint: RedisEndpoint
-    private let group: EventLoopGroup
-    private let commandTimeout: TimeAmount
-    private let logger: Logger
-    private let state: NIOLockedValueBox<State>
-    private let onConnectionEvent: (@Sendable (ConnectionEvent) -> Void)?
-
-    /// What happened to the connection, for metrics.
-    public enum ConnectionEvent: Sendable {
-        /// A connection opened after a failure or a loss.
-        case restored
-        /// An open connection closed unexpectedly.
-        case lost
-        /// An attempt to connect failed.
-        case connectFailed
+    private enum Mode {
+        case single(RedisServerClient)
+        case cluster(ClusterRouter)
     }
 
-    private struct State {
-        var connection: RedisConnection?
-        var connecting: Task<RedisConnection, Error>?
-        var backoff = Backoff()
-        var failedAttempts = 0
-        var nextAttempt = NIODeadline.uptimeNanoseconds(0)
-        var closed = false
+    private let mode: Mode
+
+    /// How a batch of commands may be sent.
+    public enum Order: Sendable {
+        /// The commands are independent: on a cluster they are split by primary and sent to
+        /// all of them at once.
+        case independent
+        /// Each command runs after the one before it, across slots too (on a cluster, each
+        /// waits for the previous reply).
+        case inOrder
     }
 
+    /// A client of one Redis server.
     public init(
         endpoint: RedisEndpoint,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         commandTimeout: TimeAmount = .seconds(5),
         logger: Logger = Logger(label: "redis"),
-        onConnectionEvent: (@Sendable (ConnectionEvent) -> Void)? = nil
+        onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)? = nil
     ) {
-        self.onConnectionEvent = onConnectionEvent
-        self.endpoint = endpoint
-        self.group = group
-        self.commandTimeout = commandTimeout
-        self.logger = logger
-        self.state = NIOLockedValueBox(State())
+        mode = .single(
+            RedisServerClient(
+                endpoint: endpoint, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent))
     }
 
-    /// Sends one command; see `RedisConnection.send`.
+    /// A client of the Redis Cluster these seed nodes belong to; it learns the other nodes from
+    /// them, and uses the seeds' credentials on every node.
+    public init(
+        cluster seeds: [RedisEndpoint],
+        group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        commandTimeout: TimeAmount = .seconds(5),
+        logger: Logger = Logger(label: "redis"),
+        onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)? = nil
+    ) {
+        mode = .cluster(
+            ClusterRouter(seeds: seeds, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent))
+    }
+
+    public var isCluster: Bool {
+        if case .cluster = mode { return true }
+        return false
+    }
+
+    /// The server, or the cluster's seeds, for logs.
+    public var description: String {
+        switch mode {
+        case .single(let server): "\(server.endpoint)"
+        case .cluster(let router): "cluster " + router.seeds.map(\.description).joined(separator: ",")
+        }
+    }
+
+    /// Sends one command and returns its reply. An error reply throws `RedisServerError`.
     @discardableResult
-    public func send(_ arguments: [String]) async throws -> RESPValue {
-        try await connection().send(arguments)
+    public func send(_ command: [String]) async throws -> RESPValue {
+        switch mode {
+        case .single(let server): return try await server.send(command)
+        case .cluster(let router):
+            let reply = try await router.send(command)
+            if case .error(let message) = reply { throw RedisServerError(message) }
+            return reply
+        }
     }
 
-    /// Sends several commands in one write; see `RedisConnection.pipeline`.
-    public func pipeline(_ commands: [[String]]) async throws -> [RESPValue] {
-        try await connection().pipeline(commands)
+    /// Sends several commands in one round trip (per primary) and returns their replies in
+    /// order. Error replies are returned as `.error` values, since the other commands still ran.
+    public func pipeline(_ commands: [[String]], order: Order = .independent) async throws -> [RESPValue] {
+        switch mode {
+        case .single(let server): return try await server.pipeline(commands)  // one server keeps the order
+        case .cluster(let router):
+            guard order == .inOrder else { return try await router.pipeline(commands) }
+            var replies: [RESPValue] = []
+            for command in commands { replies.append(try await router.send(command)) }
+            return replies
+        }
     }
 
-    /// The live connection, opening a new one if there is none and the back-off allows.
-    public func connection() async throws -> RedisConnection {
-        let next: Next = try state.withLockedValue { state in
-            if let connection = state.connection, connection.isActive { return .open(connection) }
-            if state.closed { throw RedisConnectionError.connectionClosed }
-            if let connecting = state.connecting { return .opening(connecting) }
-            let now = NIODeadline.now()
-            guard now >= state.nextAttempt else {
-                let wait = (state.nextAttempt - now).nanoseconds / 1_000_000
-                throw RedisConnectionError.unavailable(retryAfterMilliseconds: Int(max(wait, 1)))
+    /// Runs `commands` as one transaction (`MULTI` … `EXEC`, one round trip): nothing else runs
+    /// between them. They must share a slot. Returns their replies; a command refused as it
+    /// was queued (so that none ran) throws that refusal.
+    public func transaction(_ commands: [[String]]) async throws -> [RESPValue] {
+        let replies: [RESPValue] = switch mode {
+        case .single(let server): try await server.pipeline([["MULTI"]] + commands + [["EXEC"]])
+        case .cluster(let router): try await router.transaction(commands)
+        }
+        guard let results = replies.last?.array, results.count == commands.count else {
+            // EXECABORT: a command was refused as it was queued (READONLY after a failover,
+            // LOADING, …). That refusal is the cause, and says whether to wait and retry.
+            let refusal = replies.dropFirst().dropLast().lazy.compactMap(\.errorMessage).first
+            throw RedisServerError(refusal ?? replies.last?.errorMessage ?? "EXEC answered \(String(describing: replies.last))")
+        }
+        return results
+    }
+
+    /// Sends a command that names no key to every primary (the one server, or each primary
+    /// of the cluster) at once, and returns each one's reply (an error reply as `.error`) or
+    /// the error that kept it from answering.
+    public func sendToEachPrimary(_ command: [String]) async throws -> [Result<RESPValue, Error>] {
+        let servers = try await primaries()
+        return await withTaskGroup(of: (Int, Result<RESPValue, Error>).self) { group in
+            for (index, server) in servers.enumerated() {
+                group.addTask {
+                    do { return (index, .success(try await server.reply(to: command))) } catch { return (index, .failure(error)) }
+                }
             }
-            let task = Task { try await self.open() }
-            state.connecting = task
-            return .opening(task)
-        }
-        switch next {
-        case .open(let connection): return connection
-        case .opening(let task): return try await task.value
+            var replies = [Result<RESPValue, Error>](repeating: .success(.null), count: servers.count)
+            for await (index, reply) in group { replies[index] = reply }
+            return replies
         }
     }
 
-    /// What a command waits for: the open connection (the common case: no task, no wait), or
-    /// the one attempt to open one that every caller shares.
-    private enum Next {
-        case open(RedisConnection)
-        case opening(Task<RedisConnection, Error>)
+    /// Every key matching `pattern`, on every primary (`SCAN … MATCH`). A key may be listed
+    /// twice if it moves while the scan runs.
+    public func keys(matching pattern: String) async throws -> [String] {
+        var keys: [String] = []
+        for server in try await primaries() {
+            var cursor = "0"
+            repeat {
+                let reply = try await server.send(["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"]).array ?? []
+                cursor = reply.first?.string ?? "0"
+                keys += (reply.count > 1 ? reply[1].array ?? [] : []).compactMap(\.string)
+            } while cursor != "0"
+        }
+        return keys
     }
 
-    private func open() async throws -> RedisConnection {
-        do {
-            let connection = try await RedisConnection.connect(
-                to: endpoint, on: group, commandTimeout: commandTimeout)
-            let wasDown = state.withLockedValue { state in
-                let wasDown = state.failedAttempts > 0
-                state.failedAttempts = 0
-                state.backoff.reset()
-                state.connection = connection
-                state.connecting = nil
-                return wasDown
-            }
-            if wasDown {
-                logger.info("redis connection restored", metadata: ["redis": "\(endpoint)"])
-                onConnectionEvent?(.restored)
-            }
-            connection.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
-            return connection
-        } catch {
-            let delay = state.withLockedValue { state in
-                state.connecting = nil
-                state.failedAttempts += 1
-                let delay = state.backoff.next()
-                state.nextAttempt = .now() + delay
-                return delay
-            }
-            onConnectionEvent?(.connectFailed)
-            logger.warning(
-                "redis connection failed",
-                metadata: ["redis": "\(endpoint)", "error": "\(error)", "retry_in_ms": "\(delay.nanoseconds / 1_000_000)"])
-            throw error
+    private func primaries() async throws -> [RedisServerClient] {
+        switch mode {
+        case .single(let server): [server]
+        case .cluster(let router): try await router.primaries()
         }
     }
 
-    private func forget(_ connection: RedisConnection) {
-        let wasCurrent = state.withLockedValue { state in
-            guard state.connection === connection else { return false }
-            state.connection = nil
-            return true
-        }
-        if wasCurrent, !state.withLockedValue({ $0.closed }) {
-            logger.warning("redis connection lost", metadata: ["redis": "\(endpoint)"])
-            state.withLockedValue { $0.failedAttempts = max($0.failedAttempts, 1) }  // the next connection is a recovery
-            onConnectionEvent?(.lost)
+    // MARK: The map of slots
+
+    /// Which primary serves each slot: the one server for all, or the cluster's map (read
+    /// first if it never was).
+    public func topology() async throws -> ClusterTopology {
+        switch mode {
+        case .single(let server): ClusterTopology(single: server.endpoint)
+        case .cluster(let router): try await router.topology()
         }
     }
 
-    /// Closes the connection; later commands fail.
+    /// The map as last read, without waiting; nil on a cluster whose map was never read.
+    public var currentTopology: ClusterTopology? {
+        switch mode {
+        case .single(let server): ClusterTopology(single: server.endpoint)
+        case .cluster(let router): router.currentTopology
+        }
+    }
+
+    /// Reads the cluster's map again (a single server's never changes).
+    @discardableResult
+    public func refreshTopology() async throws -> ClusterTopology {
+        switch mode {
+        case .single(let server): ClusterTopology(single: server.endpoint)
+        case .cluster(let router): try await router.refresh()
+        }
+    }
+
+    /// The map now, and again each time it changes.
+    public func topologyUpdates() -> AsyncStream<ClusterTopology> {
+        switch mode {
+        case .single(let server):
+            let (stream, continuation) = AsyncStream.makeStream(of: ClusterTopology.self)
+            continuation.yield(ClusterTopology(single: server.endpoint))
+            return stream
+        case .cluster(let router): return router.topologyUpdates()
+        }
+    }
+
+    /// Closes the connections; later commands fail.
     public func close() async {
-        let connection = state.withLockedValue { state in
-            state.closed = true
-            return state.connection
+        switch mode {
+        case .single(let server): await server.close()
+        case .cluster(let router): await router.close()
         }
-        await connection?.close()
     }
 }

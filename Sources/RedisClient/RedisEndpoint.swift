@@ -1,7 +1,7 @@
 /// Where a Redis server is and how to log in: parsed from `redis://[[user]:password@]host[:port][/db]`
 /// or `unix:///path/to/redis.sock[?db=N&password=P]`.
-public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
-    public enum Address: Sendable, Equatable {
+public struct RedisEndpoint: Sendable, Hashable, CustomStringConvertible {
+    public enum Address: Sendable, Hashable {
         case tcp(host: String, port: Int)
         case unix(path: String)
     }
@@ -92,6 +92,28 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         guard !host.isEmpty else { throw fail("missing host") }
         guard (1...65535).contains(port) else { throw fail("port out of range") }
         self.init(address: .tcp(host: host, port: port), username: username, password: password, database: database)
+    }
+
+    /// Seed nodes of a Redis Cluster, `HOST:PORT[,HOST:PORT…]`, each also writable as
+    /// `redis://[user:password@]host:port`. Every node is logged into with the same
+    /// credentials; a database is refused (a cluster has only db 0), and so is a unix socket
+    /// (the cluster names its nodes by TCP address).
+    public static func clusterSeeds(_ list: String) throws -> [RedisEndpoint] {
+        func fail(_ seed: String, _ reason: String) -> InvalidURL { InvalidURL(url: seed, reason: reason) }
+        let seeds = try list.split(separator: ",").map { part -> RedisEndpoint in
+            let seed = part.filter { $0 != " " }
+            if seed.hasPrefix("unix://") { throw fail(seed, "a cluster seed must be a TCP address") }
+            let url = seed.hasPrefix("redis://") ? seed : "redis://\(seed)"
+            if url.dropFirst("redis://".count).split(separator: "@").last?.contains("/") == true {
+                throw fail(seed, "a cluster has only database 0: leave out the /db")
+            }
+            return try RedisEndpoint(url: url)
+        }
+        guard let first = seeds.first else { throw fail(list, "no seed node given") }
+        guard seeds.allSatisfy({ $0.username == first.username && $0.password == first.password }) else {
+            throw fail(list, "every seed must have the same credentials (they are used on every node)")
+        }
+        return seeds
     }
 
     /// The URL without the password, for logs.

@@ -39,3 +39,13 @@ public enum RedisConnectionError: Error, Sendable, Equatable, CustomStringConver
         }
     }
 }
+
+/// What happened to a connection, for metrics.
+public enum RedisConnectionEvent: Sendable {
+    /// A connection opened after a failure or a loss.
+    case restored
+    /// An open connection closed unexpectedly.
+    case lost
+    /// An attempt to connect failed.
+    case connectFailed
+}

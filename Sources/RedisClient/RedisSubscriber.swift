@@ -9,19 +9,22 @@ public struct PubSubMessage: Sendable {
     public var payload: ByteBuffer
 }
 
-/// One sharded pub/sub connection shared by everything on a node (`SSUBSCRIBE`, Redis 7: a
-/// channel belongs to a slot like a key, and a single Redis serves it too). Channels are
-/// reference-counted: the first `subscribe` of a channel sends SSUBSCRIBE and waits for Redis to
-/// confirm it, the last `unsubscribe` sends SUNSUBSCRIBE. `run()` keeps the connection up, and
-/// after a reconnect subscribes to every channel still wanted. Messages arrive on `messages`.
+/// Sharded pub/sub for everything on a node (`SSUBSCRIBE`, Redis 7: a channel belongs to a slot
+/// like a key, and a single Redis serves it too): one subscriber connection per primary, each
+/// channel subscribed on the primary that owns its slot. Channels are reference-counted: the
+/// first `subscribe` of a channel sends SSUBSCRIBE and waits for Redis to confirm it, the last
+/// `unsubscribe` sends SUNSUBSCRIBE. `run()` keeps a connection up to every primary, follows
+/// the cluster's map (a channel whose slot moved is subscribed again at its new owner), and
+/// after a reconnect subscribes to every channel still wanted.
 public final class RedisSubscriber: Sendable {
-    public let endpoint: RedisEndpoint
+    private let client: RedisClient
     /// Every message on every subscribed channel, in the order Redis sent them (unless an
     /// `onMessage` handler takes them instead).
     public let messages: AsyncStream<PubSubMessage>
     private let messageSink: AsyncStream<PubSubMessage>.Continuation
     private let onMessage: (@Sendable (PubSubMessage) -> Void)?
-    private let onConnectionEvent: (@Sendable (RedisClient.ConnectionEvent) -> Void)?
+    private let onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)?
+    private let onInterrupted: (@Sendable () -> Void)?
     private let onResubscribed: (@Sendable () -> Void)?
     private let group: EventLoopGroup
     private let logger: Logger
@@ -31,18 +34,25 @@ public final class RedisSubscriber: Sendable {
     /// Waits for a channel's confirmation without holding a reference: false if the channel
     /// stops being wanted first.
     private typealias Watcher = CheckedContinuation<Bool, Error>
+    private typealias Shard = RedisEndpoint.Address
 
     private struct Channel {
         /// References held: confirmed subscribers, and `waiters` (which hold one each).
         var count = 0
         var confirmed = false
+        /// The shard its latest SSUBSCRIBE went to; nil if none is under way or in force.
+        var shard: Shard?
         var waiters: [UInt64: Waiter] = [:]
         var watchers: [UInt64: Watcher] = [:]
     }
 
-    private struct State {
+    /// The subscriber connection to one primary.
+    private struct Link {
+        var endpoint: RedisEndpoint
+        /// Tells this link from an earlier one to the same address whose task is still ending.
+        var id: UInt64
         var connection: RedisConnection?
-        var channels: [String: Channel] = [:]
+        var task: Task<Void, Never>?
         /// SSUBSCRIBEs sent on this connection whose confirmation has not come back, by channel.
         /// Only the confirmation of the last one counts: after SSUBSCRIBE, SUNSUBSCRIBE,
         /// SSUBSCRIBE the first confirmation comes before the channel is dropped again.
@@ -50,9 +60,22 @@ public final class RedisSubscriber: Sendable {
         /// SUNSUBSCRIBEs sent and not confirmed, by channel: a `sunsubscribe` beyond these is
         /// the server dropping the channel (its slot moved away).
         var unsubscribesInFlight: [String: Int] = [:]
+        /// A PING follows SUBSCRIBEs sent after a reconnect or a move: its reply says they all took.
+        var awaitingPong = false
+        /// The server refused a command on this connection (a stale map): it is being replaced.
+        var broken = false
+
+        var isUp: Bool { connection?.isActive ?? false }
+    }
+
+    private struct State {
+        var topology: ClusterTopology?
+        var links: [Shard: Link] = [:]
+        var channels: [String: Channel] = [:]
         var connectedWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-        /// A PING follows the SUBSCRIBEs sent after a reconnect: its reply says they all took.
-        var awaitingResubscription = false
+        /// Some channel may have missed messages (a connection lost, a channel moved or
+        /// dropped) and `onResubscribed` has not been called since.
+        var interrupted = false
         var nextWaiter: UInt64 = 0
 
         mutating func waiterID() -> UInt64 {
@@ -60,34 +83,96 @@ public final class RedisSubscriber: Sendable {
             return nextWaiter
         }
 
-        mutating func sendSubscribe(_ channel: String, on connection: RedisConnection) {
-            subscribesInFlight[channel, default: 0] += 1
-            connection.sendWithoutReply(["SSUBSCRIBE", channel])
+        var isConnected: Bool { topology != nil && !links.isEmpty && links.values.allSatisfy(\.isUp) }
+
+        /// Whether every channel is as wanted on live connections: nothing missed since can go unnoticed.
+        var isSettled: Bool { isConnected && links.values.allSatisfy { !$0.awaitingPong && !$0.broken } }
+
+        /// The live link of the primary owning `channel`.
+        func liveOwner(of channel: String) -> Shard? {
+            guard let owner = topology?.owner(of: channel)?.address, links[owner]?.isUp == true else { return nil }
+            return owner
         }
 
-        mutating func sendUnsubscribe(_ channel: String) {
-            guard let connection else { return }
-            unsubscribesInFlight[channel, default: 0] += 1
-            connection.sendWithoutReply(["SUNSUBSCRIBE", channel])
+        /// Sends SSUBSCRIBE for `channel` to the primary owning it now, unless it went there
+        /// already; drops it where it was if that is elsewhere. Returns the shard written to.
+        mutating func route(_ name: String, _ channel: inout Channel) -> Shard? {
+            let owner = liveOwner(of: name)
+            guard channel.shard != owner || channel.shard == nil else { return nil }
+            if let old = channel.shard {
+                sendUnsubscribe(name, on: old)
+                interrupted = true  // messages published at the new owner before it is subscribed there are missed
+            }
+            channel.confirmed = false
+            channel.shard = owner
+            guard let owner, let connection = links[owner]?.connection else { return nil }
+            links[owner]!.subscribesInFlight[name, default: 0] += 1
+            connection.sendWithoutReply(["SSUBSCRIBE", name])
+            return owner
+        }
+
+        /// The connection to `shard` is gone: its channels are subscribed nowhere until they are
+        /// routed again. Returns those waiting for a confirmation, to be told it failed.
+        mutating func detachChannels(from shard: Shard) -> ([Waiter], [Watcher]) {
+            var waiters: [Waiter] = []
+            var watchers: [Watcher] = []
+            for (name, var channel) in channels where channel.shard == shard {
+                // A failed subscribe holds no reference: its caller was told it failed.
+                waiters += channel.waiters.values
+                watchers += channel.watchers.values
+                channel.count -= channel.waiters.count
+                channel.waiters = [:]
+                channel.watchers = [:]
+                channel.confirmed = false
+                channel.shard = nil
+                channels[name] = channel.count > 0 ? channel : nil
+                interrupted = true
+            }
+            return (waiters, watchers)
+        }
+
+        /// Forgets a channel nothing holds any more, unsubscribing where it was subscribed.
+        mutating func drop(_ name: String, _ channel: Channel) {
+            channels[name] = nil
+            if let shard = channel.shard { sendUnsubscribe(name, on: shard) }
+        }
+
+        mutating func sendUnsubscribe(_ name: String, on shard: Shard) {
+            guard let connection = links[shard]?.connection else { return }
+            links[shard]!.unsubscribesInFlight[name, default: 0] += 1
+            connection.sendWithoutReply(["SUNSUBSCRIBE", name])
+        }
+
+        /// Follows SSUBSCRIBEs sent to `shards` with a PING: its reply says they all took.
+        mutating func ping(_ shards: Set<Shard>) {
+            for shard in shards {
+                guard let connection = links[shard]?.connection else { continue }
+                links[shard]!.awaitingPong = true
+                connection.sendWithoutReply(["PING"])
+            }
         }
     }
 
     /// - Parameter onMessage: if given, called with each message on the connection's event
     ///   loop, in order, instead of queueing it on `messages` (saves a task switch per message;
     ///   it must not block).
-    /// - Parameter onResubscribed: called after a reconnect once Redis has confirmed every
-    ///   channel again: messages published from then on arrive; those published while the
-    ///   connection was down did not.
+    /// - Parameter onInterrupted: called when messages may have been missed: a connection
+    ///   dropped or could not be made, or a channel's slot moved to another primary.
+    /// - Parameter onResubscribed: called once every primary has a live connection and Redis
+    ///   has confirmed every channel again after an interruption (and at the first start):
+    ///   messages published from then on arrive; some published before may not have.
     public init(
-        endpoint: RedisEndpoint,
+        client: RedisClient,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "redis.subscriber"),
         onMessage: (@Sendable (PubSubMessage) -> Void)? = nil,
-        onConnectionEvent: (@Sendable (RedisClient.ConnectionEvent) -> Void)? = nil,
+        onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)? = nil,
+        onInterrupted: (@Sendable () -> Void)? = nil,
         onResubscribed: (@Sendable () -> Void)? = nil
     ) {
-        self.endpoint = endpoint
+        self.client = client
         self.onResubscribed = onResubscribed
+        self.onInterrupted = onInterrupted
         self.onMessage = onMessage
         self.onConnectionEvent = onConnectionEvent
         self.group = group
@@ -95,12 +180,13 @@ public final class RedisSubscriber: Sendable {
         (messages, messageSink) = AsyncStream.makeStream(of: PubSubMessage.self)
     }
 
-    public var isConnected: Bool { state.withLockedValue { $0.connection?.isActive ?? false } }
+    /// Whether there is a live subscriber connection to every primary.
+    public var isConnected: Bool { state.withLockedValue { $0.isConnected } }
 
     /// Subscribes to `channel` (or adds a reference to it) and returns once Redis has confirmed
     /// the subscription, so every message published after this returns is delivered. Throws
-    /// `RedisConnectionError` while Redis is unreachable, and `CancellationError` if the task
-    /// is cancelled first (it then holds no reference).
+    /// `RedisConnectionError` while the channel's primary is unreachable, and
+    /// `CancellationError` if the task is cancelled first (it then holds no reference).
     public func subscribe(_ channel: String) async throws {
         enum Outcome { case unavailable, subscribed, waiting, cancelled }
         let id = state.withLockedValue { $0.waiterID() }
@@ -108,13 +194,13 @@ public final class RedisSubscriber: Sendable {
             try await withCheckedThrowingContinuation { (waiter: Waiter) in
                 let outcome: Outcome = state.withLockedValue { state in
                     if Task.isCancelled { return .cancelled }
-                    guard let connection = state.connection, connection.isActive else { return .unavailable }
+                    guard state.liveOwner(of: channel) != nil else { return .unavailable }
                     var entry = state.channels[channel, default: Channel()]
                     entry.count += 1
                     defer { state.channels[channel] = entry }
                     if entry.confirmed { return .subscribed }
                     entry.waiters[id] = waiter
-                    if entry.count == 1 { state.sendSubscribe(channel, on: connection) }
+                    _ = state.route(channel, &entry)
                     return .waiting
                 }
                 switch outcome {
@@ -131,8 +217,7 @@ public final class RedisSubscriber: Sendable {
                 guard let waiter = state.channels[channel]?.waiters.removeValue(forKey: id) else { return (nil, []) }
                 state.channels[channel]?.count -= 1
                 guard let entry = state.channels[channel], entry.count == 0 else { return (waiter, []) }
-                state.channels[channel] = nil
-                state.sendUnsubscribe(channel)
+                state.drop(channel, entry)
                 return (waiter, Array(entry.watchers.values))
             }
             waiter?.resume(throwing: CancellationError())
@@ -141,22 +226,22 @@ public final class RedisSubscriber: Sendable {
     }
 
     /// Adds a reference to `channel` without waiting: SSUBSCRIBE goes out now if this is the
-    /// first one and the connection is up, else with the others after a reconnect. For callers
+    /// first one and the channel's primary is connected, else after it reconnects. For callers
     /// that must take the reference in order with other state (under their own lock), and
     /// wait for the confirmation later with `waitUntilSubscribed`.
     public func retain(_ channel: String) {
         state.withLockedValue { state in
             var entry = state.channels[channel, default: Channel()]
             entry.count += 1
-            defer { state.channels[channel] = entry }
-            if entry.count == 1, let connection = state.connection, connection.isActive { state.sendSubscribe(channel, on: connection) }
+            if entry.count == 1 { _ = state.route(channel, &entry) }
+            state.channels[channel] = entry
         }
     }
 
-    /// Waits until Redis has confirmed `channel` on the live connection, so every message
+    /// Waits until Redis has confirmed `channel` on a live connection, so every message
     /// published on it from then on is delivered. Returns false if nothing holds a reference to
-    /// the channel (any more). Throws `RedisConnectionError` while Redis is unreachable, and
-    /// `CancellationError` if the task is cancelled first.
+    /// the channel (any more). Throws `RedisConnectionError` while its primary is unreachable,
+    /// and `CancellationError` if the task is cancelled first.
     public func waitUntilSubscribed(_ channel: String) async throws -> Bool {
         enum Outcome { case unavailable, subscribed, unwanted, waiting, cancelled }
         let id = state.withLockedValue { $0.waiterID() }
@@ -165,8 +250,8 @@ public final class RedisSubscriber: Sendable {
                 let outcome: Outcome = state.withLockedValue { state in
                     if Task.isCancelled { return .cancelled }
                     guard var entry = state.channels[channel], entry.count > 0 else { return .unwanted }
-                    guard let connection = state.connection, connection.isActive else { return .unavailable }
                     if entry.confirmed { return .subscribed }
+                    guard state.liveOwner(of: channel) != nil else { return .unavailable }
                     entry.watchers[id] = watcher
                     state.channels[channel] = entry
                     return .waiting
@@ -184,7 +269,7 @@ public final class RedisSubscriber: Sendable {
         }
     }
 
-    /// Whether Redis has confirmed the channel's latest SSUBSCRIBE on the live connection. Asked
+    /// Whether Redis has confirmed the channel's latest SSUBSCRIBE on a live connection. Asked
     /// from `onMessage`, it tells whether the message came on that subscription (one still in
     /// flight from an earlier subscription of the channel comes before the confirmation).
     public func isConfirmed(_ channel: String) -> Bool {
@@ -200,60 +285,141 @@ public final class RedisSubscriber: Sendable {
                 state.channels[channel] = entry
                 return []
             }
-            state.channels[channel] = nil
-            state.sendUnsubscribe(channel)
+            state.drop(channel, entry)
             return Array(entry.watchers.values)
         }
         watchers.forEach { $0.resume(returning: false) }
     }
 
-    /// Keeps the connection up until the task is cancelled.
+    // MARK: Connections
+
+    /// Keeps a connection up to every primary, following the cluster's map, until the task is
+    /// cancelled.
     public func run() async {
+        await withDiscardingTaskGroup { group in
+            if client.isCluster {
+                // A failover or a slot moved shows first as a connection lost or a channel
+                // dropped; the map is read again then, and every few seconds in any case.
+                group.addTask {
+                    while (try? await Task.sleep(for: .seconds(2))) != nil {
+                        _ = try? await self.client.refreshTopology()
+                        self.follow(self.state.withLockedValue { $0.topology })
+                    }
+                }
+                group.addTask {
+                    while !Task.isCancelled, (try? await self.client.topology()) == nil {
+                        try? await Task.sleep(for: .milliseconds(500))
+                    }
+                }
+            }
+            for await topology in client.topologyUpdates() { follow(topology) }
+            group.cancelAll()
+        }
+        let tasks = state.withLockedValue { state in
+            defer { state.links = [:] }
+            return state.links.values.compactMap(\.task)
+        }
+        for task in tasks {
+            task.cancel()
+            await task.value
+        }
+        messageSink.finish()
+    }
+
+    /// Takes the map: starts a connection to each new primary, stops those to primaries gone,
+    /// and sends each channel whose slot moved to its new owner.
+    private func follow(_ topology: ClusterTopology?) {
+        guard let topology else { return }
+        let (stopped, interrupted, waiters, watchers) = state.withLockedValue { state -> ([Task<Void, Never>], Bool, [Waiter], [Watcher]) in
+            // Whether this change itself interrupts a channel, whatever came before.
+            let wasInterrupted = state.interrupted
+            state.interrupted = false
+            defer { state.interrupted = state.interrupted || wasInterrupted }
+            state.topology = topology
+            let wanted = Set(topology.primaries.map(\.address))
+            var stopped: [Task<Void, Never>] = []
+            var (waiters, watchers) = ([Waiter](), [Watcher]())
+            for (shard, link) in state.links where !wanted.contains(shard) {
+                if let task = link.task { stopped.append(task) }
+                let (lostWaiters, lostWatchers) = state.detachChannels(from: shard)
+                waiters += lostWaiters
+                watchers += lostWatchers
+                state.links[shard] = nil
+            }
+            for primary in topology.primaries where state.links[primary.address] == nil {
+                let id = state.waiterID()
+                var link = Link(endpoint: primary, id: id)
+                link.task = Task { await self.keepConnected(primary.address, link: id) }
+                state.links[primary.address] = link
+            }
+            var written: Set<Shard> = []
+            for (name, var channel) in state.channels {
+                if let shard = state.route(name, &channel) { written.insert(shard) }
+                state.channels[name] = channel
+            }
+            state.ping(written)
+            return (stopped, state.interrupted, waiters, watchers)
+        }
+        stopped.forEach { $0.cancel() }
+        if interrupted { onInterrupted?() }
+        waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
+        watchers.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
+    }
+
+    /// Keeps the connection to one primary up until the task is cancelled.
+    private func keepConnected(_ shard: Shard, link: UInt64) async {
         var backoff = Backoff()
         var recovering = false
         while !Task.isCancelled {
+            guard let endpoint = state.withLockedValue({ $0.links[shard]?.id == link ? $0.links[shard]?.endpoint : nil }) else { return }
             do {
                 let connection = try await RedisConnection.connect(
                     to: endpoint, on: group, connectTimeout: .seconds(2), commandTimeout: .seconds(5),
-                    onPush: { [weak self] reply in self?.receive(reply) })
+                    onPush: { [weak self] reply in self?.receive(reply, on: shard) })
                 backoff.reset()
                 if recovering { onConnectionEvent?(.restored) }
                 recovering = true
-                resubscribe(on: connection)
+                guard connected(connection, to: shard, link: link) else {
+                    await connection.close()
+                    return
+                }
                 logger.debug("subscriber connected", metadata: ["redis": "\(endpoint)"])
                 await withTaskCancellationHandler {
                     try? await connection.closeFuture.get()
                 } onCancel: {
                     connection.channel.close(promise: nil)
                 }
-                connectionLost()
+                connectionLost(to: shard, link: link)
                 if !Task.isCancelled {
                     logger.warning("subscriber connection lost", metadata: ["redis": "\(endpoint)"])
                     onConnectionEvent?(.lost)
                 }
             } catch {
                 recovering = true
+                interrupt()
                 logger.warning("subscriber cannot connect", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
                 onConnectionEvent?(.connectFailed)
             }
+            // The primary may have failed over to a replica: the map says where to go now.
+            if client.isCluster { _ = try? await client.refreshTopology() }
             try? await Task.sleep(for: .nanoseconds(backoff.next().nanoseconds))
         }
-        messageSink.finish()
     }
 
-    /// Drops the connection; `run()` opens a new one and subscribes again to every channel.
-    /// For a subscription found dead while its connection looks alive.
+    /// Drops every connection; each opens again and subscribes again to its channels. For a
+    /// subscription found dead while its connection looks alive.
     public func reconnect() {
-        state.withLockedValue { $0.connection }?.channel.close(promise: nil)
+        let connections = state.withLockedValue { $0.links.values.compactMap(\.connection) }
+        for connection in connections { connection.channel.close(promise: nil) }
     }
 
-    /// Waits until the subscriber has a live connection (or the task is cancelled).
+    /// Waits until the subscriber has a live connection to every primary (or the task is cancelled).
     public func waitUntilConnected() async {
         let id = state.withLockedValue { $0.waiterID() }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
                 let ready = state.withLockedValue { state in
-                    if Task.isCancelled || state.connection?.isActive ?? false { return true }
+                    if Task.isCancelled || state.isConnected { return true }
                     state.connectedWaiters[id] = waiter
                     return false
                 }
@@ -264,53 +430,57 @@ public final class RedisSubscriber: Sendable {
         }
     }
 
-    private func resubscribe(on connection: RedisConnection) {
-        let waiters = state.withLockedValue { state in
-            state.connection = connection
-            state.subscribesInFlight = [:]
-            state.unsubscribesInFlight = [:]
-            for (name, var entry) in state.channels {
-                entry.confirmed = false
-                state.channels[name] = entry
-                state.sendSubscribe(name, on: connection)
+    /// A new connection to `shard`: subscribes there to every channel its primary owns, then
+    /// PINGs. False if the shard is no longer wanted.
+    private func connected(_ connection: RedisConnection, to shard: Shard, link: UInt64) -> Bool {
+        let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>]? in
+            guard state.links[shard]?.id == link, !Task.isCancelled else { return nil }
+            state.links[shard]!.connection = connection
+            state.links[shard]!.subscribesInFlight = [:]
+            state.links[shard]!.unsubscribesInFlight = [:]
+            state.links[shard]!.broken = false
+            state.interrupted = true  // (the first connection too: `onResubscribed` says the subscription is whole)
+            for (name, var channel) in state.channels where channel.shard == nil || channel.shard == shard {
+                channel.shard = channel.shard == shard ? nil : channel.shard
+                _ = state.route(name, &channel)
+                state.channels[name] = channel
             }
-            state.awaitingResubscription = true
-            connection.sendWithoutReply(["PING"])
+            state.ping([shard])
+            guard state.isConnected else { return [] }
             defer { state.connectedWaiters = [:] }
-            return state.connectedWaiters.values
+            return Array(state.connectedWaiters.values)
         }
-        waiters.forEach { $0.resume() }
+        waiters?.forEach { $0.resume() }
+        return waiters != nil
     }
 
-    private func connectionLost() {
-        let (waiters, watchers) = state.withLockedValue { state in
-            state.connection = nil
-            state.subscribesInFlight = [:]
-            state.unsubscribesInFlight = [:]
-            var waiters: [Waiter] = []
-            var watchers: [Watcher] = []
-            for (name, var entry) in state.channels {
-                // A failed subscribe holds no reference: its caller was told it failed.
-                waiters += entry.waiters.values
-                watchers += entry.watchers.values
-                entry.count -= entry.waiters.count
-                entry.waiters = [:]
-                entry.watchers = [:]
-                entry.confirmed = false
-                state.channels[name] = entry.count > 0 ? entry : nil
-            }
-            return (waiters, watchers)
+    private func connectionLost(to shard: Shard, link: UInt64) {
+        let (waiters, watchers) = state.withLockedValue { state -> ([Waiter], [Watcher]) in
+            guard state.links[shard]?.id == link else { return ([], []) }
+            state.interrupted = true
+            state.links[shard]?.connection = nil
+            state.links[shard]?.awaitingPong = false
+            state.links[shard]?.subscribesInFlight = [:]
+            state.links[shard]?.unsubscribesInFlight = [:]
+            return state.detachChannels(from: shard)
         }
+        onInterrupted?()
         waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
         watchers.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
     }
 
-    private func receive(_ reply: RESPValue) {
-        if reply == .simpleString("PONG") { return resubscribed() }  // PING with no channels subscribed
+    private func interrupt() {
+        state.withLockedValue { $0.interrupted = true }
+        onInterrupted?()
+    }
+
+    private func receive(_ reply: RESPValue, on shard: Shard) {
+        if reply == .simpleString("PONG") { return ponged(shard) }  // PING with no channels subscribed
+        if let message = reply.errorMessage { return refused(message, on: shard) }
         guard case .array(let parts) = reply, let kind = parts.first?.string else { return }
         switch kind {
         case "pong":
-            resubscribed()
+            ponged(shard)
         case "smessage":
             guard parts.count == 3, let channel = parts[1].string, case .bulkString(let payload) = parts[2] else { return }
             let message = PubSubMessage(channel: channel, payload: payload)
@@ -318,9 +488,9 @@ public final class RedisSubscriber: Sendable {
         case "ssubscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
             let (waiters, watchers) = state.withLockedValue { state -> ([Waiter], [Watcher]) in
-                let inFlight = (state.subscribesInFlight[channel] ?? 1) - 1
-                state.subscribesInFlight[channel] = inFlight > 0 ? inFlight : nil
-                guard inFlight <= 0, var entry = state.channels[channel] else { return ([], []) }
+                let inFlight = (state.links[shard]?.subscribesInFlight[channel] ?? 1) - 1
+                state.links[shard]?.subscribesInFlight[channel] = inFlight > 0 ? inFlight : nil
+                guard inFlight <= 0, var entry = state.channels[channel], entry.shard == shard else { return ([], []) }
                 entry.confirmed = true
                 defer { entry.waiters = [:]; entry.watchers = [:]; state.channels[channel] = entry }
                 return (Array(entry.waiters.values), Array(entry.watchers.values))
@@ -330,28 +500,51 @@ public final class RedisSubscriber: Sendable {
         case "sunsubscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
             let dropped = state.withLockedValue { state -> Bool in
-                let ours = state.unsubscribesInFlight[channel] ?? 0
-                state.unsubscribesInFlight[channel] = ours > 1 ? ours - 1 : nil
-                guard ours == 0, state.channels[channel] != nil else { return false }
+                let ours = state.links[shard]?.unsubscribesInFlight[channel] ?? 0
+                state.links[shard]?.unsubscribesInFlight[channel] = ours > 1 ? ours - 1 : nil
+                guard ours == 0, state.channels[channel]?.shard == shard else { return false }
                 state.channels[channel]!.confirmed = false
+                state.channels[channel]!.shard = nil
+                state.interrupted = true
                 return true
             }
             if dropped {
-                // Redis dropped a channel still wanted (its slot moved to another shard): a new
-                // connection subscribes to everything again, and the streams catch up.
-                logger.warning("Redis dropped a subscribed channel: reconnecting", metadata: ["channel": "\(channel)"])
-                reconnect()
+                // Redis dropped a channel still wanted: its slot moved to another primary. The
+                // map is read again and the channel subscribed at its owner; streams catch up.
+                logger.warning("Redis dropped a subscribed channel: following its slot", metadata: ["channel": "\(channel)"])
+                onInterrupted?()
+                Task {
+                    _ = try? await self.client.refreshTopology()
+                    self.follow(self.state.withLockedValue { $0.topology })
+                }
             }
         default:
             break
         }
     }
 
-    private func resubscribed() {
-        let first = state.withLockedValue { state in
-            defer { state.awaitingResubscription = false }
-            return state.awaitingResubscription
+    /// The server refused a SSUBSCRIBE (`MOVED`: this primary no longer owns the channel's slot).
+    /// The refusal names no channel, so the connection is replaced once the map is read again.
+    private func refused(_ message: String, on shard: Shard) {
+        let connection = state.withLockedValue { state -> RedisConnection? in
+            state.links[shard]?.broken = true
+            return state.links[shard]?.connection
         }
-        if first { onResubscribed?() }
+        logger.warning("Redis refused a subscription: reconnecting", metadata: ["error": "\(message)"])
+        Task {
+            _ = try? await self.client.refreshTopology()
+            connection?.channel.close(promise: nil)
+        }
+    }
+
+    private func ponged(_ shard: Shard) {
+        let settled = state.withLockedValue { state -> Bool in
+            guard state.links[shard]?.broken == false else { return false }
+            state.links[shard]?.awaitingPong = false
+            guard state.interrupted, state.isSettled else { return false }
+            state.interrupted = false
+            return true
+        }
+        if settled { onResubscribed?() }
     }
 }

@@ -29,6 +29,11 @@ struct Serve: AsyncParsableCommand {
         valueName: "url"))
     var redis: String?
 
+    @Option(help: ArgumentHelp(
+        "Seed nodes of a Redis Cluster: HOST:PORT[,HOST:PORT…], each also redis://[user:password@]host:port; the node learns the others from them. Not with --redis. (env: SWITCHBOARD_REDIS_CLUSTER)",
+        valueName: "seeds"))
+    var redisCluster: String?
+
     @Option(help: "This node's id, unique in the fleet. (env: SWITCHBOARD_NODE_ID, default: hostname-pid)")
     var nodeId: String?
 
@@ -148,20 +153,28 @@ struct Serve: AsyncParsableCommand {
         }
 
         var services: [any Service] = []
-        let endpoint: RedisEndpoint
-        if let url = setting(redis, "SWITCHBOARD_REDIS") {
-            do { endpoint = try RedisEndpoint(url: url) } catch { throw ValidationError("\(error)") }
-        } else {
-            let embedded = try await RedisServerProcess.start()
-            logger.info("started embedded redis-server", metadata: ["redis": "\(embedded.url)"])
-            endpoint = try RedisEndpoint(url: embedded.url)
-            services.append(EmbeddedRedisService(server: embedded))
-        }
-
         let registry = PrometheusCollectorRegistry()
         let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
-        let redisClient = RedisClient(
-            endpoint: endpoint, logger: Logger(label: "switchboard.redis"), onConnectionEvent: metrics.redisConnectionEvent)
+        let redisLogger = Logger(label: "switchboard.redis")
+        let redisClient: RedisClient
+        switch (setting(redis, "SWITCHBOARD_REDIS"), setting(redisCluster, "SWITCHBOARD_REDIS_CLUSTER")) {
+        case (.some, .some):
+            throw ValidationError("give either a Redis URL (--redis) or a Redis Cluster's seeds (--redis-cluster), not both")
+        case (let url?, nil):
+            let endpoint: RedisEndpoint
+            do { endpoint = try RedisEndpoint(url: url) } catch { throw ValidationError("\(error)") }
+            redisClient = RedisClient(endpoint: endpoint, logger: redisLogger, onConnectionEvent: metrics.redisConnectionEvent)
+        case (nil, let seeds?):
+            let endpoints: [RedisEndpoint]
+            do { endpoints = try RedisEndpoint.clusterSeeds(seeds) } catch { throw ValidationError("\(error)") }
+            redisClient = RedisClient(cluster: endpoints, logger: redisLogger, onConnectionEvent: metrics.redisConnectionEvent)
+        case (nil, nil):
+            let embedded = try await RedisServerProcess.start()
+            logger.info("started embedded redis-server", metadata: ["redis": "\(embedded.url)"])
+            services.append(EmbeddedRedisService(server: embedded))
+            redisClient = RedisClient(
+                endpoint: try RedisEndpoint(url: embedded.url), logger: redisLogger, onConnectionEvent: metrics.redisConnectionEvent)
+        }
         let heartbeat = try number(heartbeatInterval, "SWITCHBOARD_HEARTBEAT_INTERVAL", 3.0)
         guard heartbeat >= 0.1 else { throw ValidationError("heartbeat interval must be at least 0.1 s") }
         let grace = try number(gracePeriod, "SWITCHBOARD_GRACE_PERIOD", 10.0)
@@ -172,7 +185,7 @@ struct Serve: AsyncParsableCommand {
         let app = SignalingServer.makeApplication(
             coordinator: coordinator, tokens: tokens, configuration: node, metricsRegistry: registry)
         logger.info("switchboard node starting", metadata: [
-            "node": "\(nodeID)", "listen": "\(node.host):\(node.port)", "redis": "\(endpoint)", "access": "\(accessMode.rawValue)",
+            "node": "\(nodeID)", "listen": "\(node.host):\(node.port)", "redis": "\(redisClient.description)", "access": "\(accessMode.rawValue)",
         ])
         // Services stop in reverse order: HTTP first (streams clean up through the coordinator),
         // then the coordinator, then the embedded Redis.

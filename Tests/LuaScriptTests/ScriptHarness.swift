@@ -48,7 +48,7 @@ final class ScriptHarness: Sendable {
         let endpoint = try RedisEndpoint(url: server.url)
         redis = RedisClient(endpoint: endpoint)
         scripts = ScriptRegistry(redis: redis)
-        subscriber = RedisSubscriber(endpoint: endpoint)
+        subscriber = RedisSubscriber(client: redis)
         let subscriber = subscriber
         let inbox = inbox
         tasks = [

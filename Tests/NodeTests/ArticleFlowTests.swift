@@ -6,8 +6,8 @@ import Testing
 
 @Suite("Two nodes, one Redis, real HTTP")
 struct ArticleFlowTests {
-    @Test func theArticleFlowAcrossTwoNodes() async throws {
-        try await Fleet.with(nodes: 2) { fleet in
+    @Test(arguments: RedisKind.allCases) func theArticleFlowAcrossTwoNodes(on kind: RedisKind) async throws {
+        try await Fleet.with(nodes: 2, on: kind) { fleet in
             let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
             let bob = try await Participant.connect("bob", fleet: fleet, node: 1)
 
@@ -71,6 +71,8 @@ struct ArticleFlowTests {
             #expect(late.status == 404)
             ann.stream.close()
             #expect(try await fleet.eventually { try await fleet.signalingKeys() == [] })
+            // Every publish was sharded: none was copied to every node of a cluster.
+            #expect(try await fleet.classicPublishesOnTheBus() == 0)
         }
     }
 

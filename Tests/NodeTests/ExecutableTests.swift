@@ -234,22 +234,21 @@ struct ExecutableTests {
     /// remaining member hears `remove-peer` exactly once though two survivors notice.
     /// For the clean-up time at the default heartbeat over several runs:
     /// `SWITCHBOARD_CRASH_HEARTBEAT=3 SWITCHBOARD_CRASH_RUNS=5 swift test --filter peersOfAKilledNode`.
-    @Test func peersOfAKilledNodeAreRemovedOnce() async throws {
+    @Test(arguments: RedisKind.allCases) func peersOfAKilledNodeAreRemovedOnce(on kind: RedisKind) async throws {
         let environment = ProcessInfo.processInfo.environment
         let heartbeat = Double(environment["SWITCHBOARD_CRASH_HEARTBEAT"] ?? "") ?? 0.5
         let runs = Int(environment["SWITCHBOARD_CRASH_RUNS"] ?? "") ?? 1
         var times: [Duration] = []
-        for _ in 0..<runs { times.append(try await Self.killANodeOfThree(heartbeat: heartbeat)) }
+        for _ in 0..<runs { times.append(try await Self.killANodeOfThree(heartbeat: heartbeat, on: kind)) }
         times.sort()
         print("crash clean-up over \(runs) run(s), heartbeat \(heartbeat) s (dead after \(3 * heartbeat) s): median \(times[times.count / 2]), max \(times.last!)")
     }
 
     /// Three nodes, a peer on each in one room; one node is killed. Returns how long the
     /// other two peers waited for its peer's `remove-peer`.
-    static func killANodeOfThree(heartbeat: Double) async throws -> Duration {
-        let redisPort = try RedisServerProcess.freePort()
-        return try await RedisServerProcess.with(tcpPort: redisPort) { server in
-            let flags = ["--redis", "redis://127.0.0.1:\(redisPort)", "--heartbeat-interval", String(heartbeat)]
+    static func killANodeOfThree(heartbeat: Double, on kind: RedisKind) async throws -> Duration {
+        try await kind.withRedis { redisFlags, redis in
+            let flags = redisFlags + ["--heartbeat-interval", String(heartbeat)]
             let a = try Node(arguments: flags + ["--node-id", "a"])
             let b = try Node(arguments: flags + ["--node-id", "b"])
             let c = try Node(arguments: flags + ["--node-id", "c"])
@@ -285,11 +284,9 @@ struct ExecutableTests {
                 _ = try await a.client.request(.POST, "/relay/\(ids[index])/marker", token: tokens[index], body: "{}")
                 #expect(await nextSignal(stream)?.event == "marker")
             }
-            let redis = RedisClient(endpoint: try RedisEndpoint(url: server.url))
-            let leftovers = (try await redis.send(["KEYS", "*\(ids[1])*"]).array ?? []) + (try await redis.send(["KEYS", "sb:node:{b}*"]).array ?? [])
+            let leftovers = try await redis.allKeys("*\(ids[1])*") + (try await redis.allKeys("sb:node:{b}*"))
             #expect(leftovers.isEmpty, "\(leftovers)")
             #expect(Set((try await redis.send(["HKEYS", "sb:room:{crash}:members"]).array ?? []).compactMap(\.string)) == [ids[0], ids[2]])
-            await redis.close()
             streams.forEach { $0.close() }
             #expect(await a.terminate() == 0)
             #expect(await c.terminate() == 0)

@@ -10,8 +10,46 @@ import ServiceLifecycle
 import SignalingClient
 import Testing
 
-/// One redis-server and several nodes on it, each a real HTTP server on a loopback port,
-/// sharing one token secret: a fleet behind a load balancer, minus the load balancer.
+/// Which Redis a fleet runs on.
+enum RedisKind: String, Sendable, CaseIterable, CustomTestStringConvertible {
+    /// One redis-server.
+    case single
+    /// A Redis Cluster of 3 primaries, each with a replica.
+    case cluster
+
+    var testDescription: String { rawValue }
+
+    /// Starts a Redis of this kind for nodes run as processes, and stops it afterwards:
+    /// `body` gets the flags that point a node at it, and a client of it.
+    func withRedis<T>(_ body: (_ flags: [String], _ redis: RedisClient) async throws -> T) async throws -> T {
+        switch self {
+        case .single:
+            let port = try RedisServerProcess.freePort()
+            return try await RedisServerProcess.with(tcpPort: port) { server in
+                let redis = RedisClient(endpoint: try RedisEndpoint(url: server.url))
+                defer { Task { await redis.close() } }
+                return try await body(["--redis", "redis://127.0.0.1:\(port)"], redis)
+            }
+        case .cluster:
+            return try await RedisCluster.with { cluster in
+                let redis = RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds))
+                defer { Task { await redis.close() } }
+                return try await body(["--redis-cluster", cluster.seeds], redis)
+            }
+        }
+    }
+}
+
+extension RedisClient {
+    /// Every key matching `pattern`, on every primary (`KEYS`: for tests only).
+    func allKeys(_ pattern: String) async throws -> [String] {
+        try await sendToEachPrimary(["KEYS", pattern]).flatMap { (try $0.get().array ?? []).compactMap(\.string) }.sorted()
+    }
+}
+
+/// One redis-server (or a Redis Cluster) and several nodes on it, each a real HTTP server on a
+/// loopback port, sharing one token secret: a fleet behind a load balancer, minus the load
+/// balancer.
 final class Fleet: Sendable {
     struct Node: Sendable {
         let id: String
@@ -22,12 +60,30 @@ final class Fleet: Sendable {
     }
 
     static let secret = String(repeating: "test-secret-", count: 4)
-    let redisServer: RedisServerProcess
+    private enum Backend {
+        case single(RedisServerProcess)
+        case cluster(RedisCluster)
+    }
+
+    private let backend: Backend
     let redis: RedisClient
     let nodes: [Node]
 
+    /// The one redis-server, for tests that restart or kill it.
+    var redisServer: RedisServerProcess {
+        guard case .single(let server) = backend else { preconditionFailure("this fleet runs on a cluster") }
+        return server
+    }
+
+    /// The cluster, for tests that fail it over or move its slots.
+    var cluster: RedisCluster {
+        guard case .cluster(let cluster) = backend else { preconditionFailure("this fleet runs on one redis-server") }
+        return cluster
+    }
+
     static func with(
         nodes count: Int,
+        on kind: RedisKind = .single,
         configuration: NodeConfiguration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0),
         limits: Coordinator.RoomLimits = .init(),
         streamLimits: PeerStream.Limits = .init(),
@@ -36,9 +92,9 @@ final class Fleet: Sendable {
         previousSecret: String? = nil,
         _ body: (Fleet) async throws -> Void
     ) async throws {
-        try await RedisServerProcess.with { server in
+        func run(_ backend: Backend) async throws {
             let fleet = try await Fleet(
-                redisServer: server, nodes: count, configuration: configuration, limits: limits, streamLimits: streamLimits,
+                backend: backend, nodes: count, configuration: configuration, limits: limits, streamLimits: streamLimits,
                 gracePeriod: gracePeriod, heartbeatInterval: heartbeatInterval, previousSecret: previousSecret)
             do {
                 try await body(fleet)
@@ -48,15 +104,26 @@ final class Fleet: Sendable {
                 throw error
             }
         }
+        switch kind {
+        case .single: try await RedisServerProcess.with { try await run(.single($0)) }
+        case .cluster: try await RedisCluster.with { try await run(.cluster($0)) }
+        }
     }
 
     private init(
-        redisServer: RedisServerProcess, nodes count: Int, configuration: NodeConfiguration, limits: Coordinator.RoomLimits,
+        backend: Backend, nodes count: Int, configuration: NodeConfiguration, limits: Coordinator.RoomLimits,
         streamLimits: PeerStream.Limits, gracePeriod: Duration, heartbeatInterval: Duration, previousSecret: String?
     ) async throws {
-        self.redisServer = redisServer
-        let endpoint = try RedisEndpoint(url: redisServer.url)
-        redis = RedisClient(endpoint: endpoint)
+        self.backend = backend
+        let makeClient: (Logger, NodeMetrics?) throws -> RedisClient = { logger, metrics in
+            switch backend {
+            case .single(let server):
+                RedisClient(endpoint: try RedisEndpoint(url: server.url), logger: logger, onConnectionEvent: metrics?.redisConnectionEvent)
+            case .cluster(let cluster):
+                RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds), logger: logger, onConnectionEvent: metrics?.redisConnectionEvent)
+            }
+        }
+        redis = try makeClient(Logger(label: "test"), nil)
         var logger = Logger(label: "test")
         logger.logLevel = .warning
         let tokens = try await TokenAuthority(secret: Self.secret, previousSecret: previousSecret)
@@ -66,7 +133,7 @@ final class Fleet: Sendable {
             let registry = PrometheusCollectorRegistry()
             let metrics = NodeMetrics(factory: PrometheusMetricsFactory(registry: registry))
             let coordinator = Coordinator(
-                redis: RedisClient(endpoint: endpoint, logger: logger, onConnectionEvent: metrics.redisConnectionEvent),
+                redis: try makeClient(logger, metrics),
                 keys: try KeySpace(prefix: "sb:"), nodeID: id, streamLimits: streamLimits, heartbeatInterval: heartbeatInterval, gracePeriod: gracePeriod, limits: limits,
                 metrics: metrics, logger: logger)
             let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
@@ -117,9 +184,24 @@ final class Fleet: Sendable {
         await redis.close()
     }
 
-    /// Every key in Redis.
+    /// Every key in Redis (on every primary).
     func keys(matching pattern: String = "*") async throws -> [String] {
-        (try await redis.send(["KEYS", pattern]).array ?? []).compactMap(\.string).sorted()
+        try await redis.allKeys(pattern)
+    }
+
+    /// Classic PUBLISH messages this cluster's nodes sent each other over the cluster bus
+    /// (`cluster_stats_messages_publish_sent`, summed): each is copied to every node, which
+    /// sharded pub/sub exists to avoid. 0 on one redis-server.
+    func classicPublishesOnTheBus() async throws -> Int {
+        guard case .cluster(let cluster) = backend else { return 0 }
+        var sent = 0
+        for server in cluster.servers where server.isRunning {
+            for line in try await server.command("CLUSTER", "INFO").split(whereSeparator: \.isNewline)
+            where line.hasPrefix("cluster_stats_messages_publish_sent:") {
+                sent += Int(line.split(separator: ":")[1]) ?? 0
+            }
+        }
+        return sent
     }
 
     /// Every peer and room key: all keys but the nodes' own (heartbeat records, the epoch)

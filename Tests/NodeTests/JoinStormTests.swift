@@ -28,9 +28,9 @@ struct JoinStormTests {
         return view
     }
 
-    @Test func fiftyClientsJoinOneRoomAtOnceTwentyTimes() async throws {
+    @Test(arguments: RedisKind.allCases) func fiftyClientsJoinOneRoomAtOnceTwentyTimes(on kind: RedisKind) async throws {
         // Every client stays in every round's room.
-        try await Fleet.with(nodes: 2, limits: .init(maxRoomSize: 100, maxRoomsPerPeer: Self.rounds)) { fleet in
+        try await Fleet.with(nodes: 2, on: kind, limits: .init(maxRoomSize: 100, maxRoomsPerPeer: Self.rounds)) { fleet in
             var participants: [Participant] = []
             for i in 0..<Self.clients {
                 participants.append(try await Participant.connect("p\(i)", fleet: fleet, node: i % 2))
@@ -64,7 +64,8 @@ struct JoinStormTests {
                 tally.add(views: views, ids: ids)
                 #expect(try await fleet.roomMembers(room) == Set(ids))
             }
-            print("join storm: \(Self.clients) clients, 2 nodes, \(Self.rounds) rounds, \(tally)")
+            print("join storm on \(kind): \(Self.clients) clients, 2 nodes, \(Self.rounds) rounds, \(tally)")
+            #expect(try await fleet.classicPublishesOnTheBus() == 0)
             #expect(tally.pairs == Self.rounds * Self.clients * (Self.clients - 1) / 2)
             #expect(tally.misses == 0)
             #expect(tally.duplicates == 0)

@@ -11,30 +11,30 @@ import Testing
 ///
 /// CI runs the seeds below; `SWITCHBOARD_MODEL_RUNS=200 swift test --filter ModelTests`
 /// (or `make model RUNS=200`) runs that many seeds more.
-@Suite("Randomized model: three nodes, one Redis")
+@Suite("Randomized model: three nodes, one Redis or a cluster")
 struct ModelTests {
     static let seeds: [UInt64] = {
         let extra = Int(ProcessInfo.processInfo.environment["SWITCHBOARD_MODEL_RUNS"] ?? "") ?? 0
         return [1, 2, 3] + (0..<UInt64(extra)).map { 1000 + $0 }
     }()
 
-    @Test(arguments: seeds)
-    func guaranteesHoldUnderRandomInterleavings(seed: UInt64) async throws {
-        let redisPort = try RedisServerProcess.freePort()
-        try await RedisServerProcess.with(tcpPort: redisPort) { server in
-            let flags = ["--redis", "redis://127.0.0.1:\(redisPort)", "--heartbeat-interval", "0.3", "--relay-rate", "0", "--join-rate", "0"]
+    /// Every seed on one Redis, the first on a cluster too.
+    static let runs: [(RedisKind, UInt64)] = seeds.map { (.single, $0) } + [(.cluster, seeds[0])]
+
+    @Test(arguments: runs)
+    func guaranteesHoldUnderRandomInterleavings(on kind: RedisKind, seed: UInt64) async throws {
+        try await kind.withRedis { redisFlags, redis in
+            let flags = redisFlags + ["--heartbeat-interval", "0.3", "--relay-rate", "0", "--join-rate", "0"]
             let nodes = try (0..<3).map { try ExecutableTests.Node(arguments: flags + ["--node-id", "n\($0)"]) }
             for node in nodes { try await node.waitUntilHealthy() }
             let world = World(nodes: nodes, seed: seed)
             do {
                 try await world.run(rounds: 40)
-                let redis = RedisClient(endpoint: try RedisEndpoint(url: server.url))
                 let report = try await world.check(redis: redis)
-                await redis.close()
-                print("model seed \(seed): \(report.summary)")
-                #expect(report.problems.isEmpty, "seed \(seed): \(report.problems.prefix(20))")
+                print("model seed \(seed) on \(kind): \(report.summary)")
+                #expect(report.problems.isEmpty, "seed \(seed) on \(kind): \(report.problems.prefix(20))")
             } catch {
-                Issue.record("seed \(seed): \(error)")
+                Issue.record("seed \(seed) on \(kind): \(error)")
             }
             await world.closeAll()
             for node in nodes where node.process.isRunning { _ = await node.terminate() }

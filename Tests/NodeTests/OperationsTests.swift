@@ -71,8 +71,8 @@ struct OperationsTests {
         }
     }
 
-    @Test func statusListsTheFleet() async throws {
-        try await Fleet.with(nodes: 2) { fleet in
+    @Test(arguments: RedisKind.allCases) func statusListsTheFleet(on kind: RedisKind) async throws {
+        try await Fleet.with(nodes: 2, on: kind) { fleet in
             // Each node writes its heartbeat record as it starts.
             var status: [String: Any] = [:]
             let listed = try await fleet.eventually {

@@ -30,8 +30,8 @@ struct ResumeTests {
         return (ann, bob)
     }
 
-    @Test func aDroppedStreamResumesOnAnotherNodeWithWhatItMissed() async throws {
-        try await Fleet.with(nodes: 2, gracePeriod: .seconds(5)) { fleet in
+    @Test(arguments: RedisKind.allCases) func aDroppedStreamResumesOnAnotherNodeWithWhatItMissed(on kind: RedisKind) async throws {
+        try await Fleet.with(nodes: 2, on: kind, gracePeriod: .seconds(5)) { fleet in
             let (ann, bob) = try await pair(fleet)
             #expect(try await send(1, from: bob, to: ann, fleet: fleet) == 200)
             let seen = await nextSignal(ann.stream)

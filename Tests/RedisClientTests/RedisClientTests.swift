@@ -175,7 +175,7 @@ struct RedisClientTests {
         try await RedisServerProcess.with { server in
             let endpoint = try RedisEndpoint(url: server.url)
             let client = RedisClient(endpoint: endpoint)
-            let subscriber = RedisSubscriber(endpoint: endpoint)
+            let subscriber = RedisSubscriber(client: client)
             let running = Task { await subscriber.run() }
             defer { running.cancel() }
             await subscriber.waitUntilConnected()
