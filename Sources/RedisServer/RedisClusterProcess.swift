@@ -144,6 +144,40 @@ public final class RedisCluster: Sendable {
         return nil
     }
 
+    /// The running replica of `primary`, as the replicas say (`ROLE`).
+    public func replica(of primary: RedisServerProcess) async throws -> RedisServerProcess? {
+        guard let port = primary.tcpPort else { return nil }
+        for server in servers where server.isRunning && server !== primary {
+            let role = try await server.command("ROLE").split(separator: "\n")
+            if role.first == "slave", role.count > 2, Int(role[2]) == port { return server }
+        }
+        return nil
+    }
+
+    /// How a primary gives way to its replica.
+    public enum Failover: String, Sendable, CaseIterable {
+        /// `CLUSTER FAILOVER` on the replica: the two agree, nothing is lost.
+        case manual
+        /// The primary is killed with SIGKILL; its replica takes over after `cluster-node-timeout`.
+        case kill
+    }
+
+    /// Fails `primary` over to its replica and returns the replica once it serves the slots and
+    /// every running node reports `cluster_state:ok`.
+    public func failOver(_ primary: RedisServerProcess, _ how: Failover, timeout: Duration = .seconds(30)) async throws -> RedisServerProcess {
+        guard let replica = try await replica(of: primary) else { throw FailedToForm(why: "\(primary.tcpPort ?? 0) has no replica") }
+        switch how {
+        case .manual: try await replica.command("CLUSTER", "FAILOVER")
+        case .kill: await primary.kill()
+        }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await replica.command("ROLE").hasPrefix("master"), try await waitUntilHealthy(timeout: .milliseconds(100)) { return replica }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw FailedToForm(why: "the replica of \(primary.tcpPort ?? 0) did not take over within \(timeout)")
+    }
+
     /// A slot on its way from one primary to another, as `redis-cli --cluster reshard` moves
     /// one: IMPORTING on the target, MIGRATING on the source, keys moved with MIGRATE, then the
     /// new owner given to every primary.

@@ -90,6 +90,7 @@ final class Fleet: Sendable {
         gracePeriod: Duration = .zero,
         heartbeatInterval: Duration = .seconds(3),
         previousSecret: String? = nil,
+        clusterNodeTimeout: Int = 15000,
         _ body: (Fleet) async throws -> Void
     ) async throws {
         func run(_ backend: Backend) async throws {
@@ -106,7 +107,7 @@ final class Fleet: Sendable {
         }
         switch kind {
         case .single: try await RedisServerProcess.with { try await run(.single($0)) }
-        case .cluster: try await RedisCluster.with { try await run(.cluster($0)) }
+        case .cluster: try await RedisCluster.with(nodeTimeout: clusterNodeTimeout) { try await run(.cluster($0)) }
         }
     }
 
