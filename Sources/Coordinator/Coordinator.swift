@@ -118,6 +118,10 @@ public final class Coordinator: Service, Sendable {
             context: context, gate: gate, sessions: sessions, logs: logs, heartbeatInterval: heartbeatInterval, startedAt: startedAt,
             probe: probe)
         self.status = FleetStatus(context: context, localStreams: localStreams)
+        let identities = ServerIdentities()
+        redis.observeServers { [weak recovery] endpoint, identity in
+            if identities.changed(identity, at: endpoint.address) { recovery?.serverChanged(endpoint) }
+        }
     }
 
     // MARK: Running

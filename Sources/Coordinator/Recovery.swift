@@ -85,34 +85,69 @@ final class Recovery: Sendable {
         await gate.recovered(lostEpoch: lost, succeeded: await reassertSessions())
     }
 
-    /// Redis lost its data: puts back, silently, the session and rooms of every stream this
-    /// node answers for, so rooms are as they were and nobody sees churn. Sessions already
-    /// ended stay ended once their clean-up runs again (their members still get remove-peer).
-    /// Returns false if it failed (Redis went away again): the next heartbeat tries again.
-    func reassertSessions() async -> Bool {
+    /// Redis lost its data, or `server` (one server, or one primary of a cluster) may have:
+    /// puts back, silently, what this node answers for that lives there: the session and rooms
+    /// of every stream it holds, and their memberships, so rooms are as they were and nobody
+    /// sees churn. A room is repaired even when its members' sessions, on other shards, are
+    /// intact. Safe when nothing was lost. Sessions already ended stay ended once their
+    /// clean-up runs again (their members still get remove-peer). Returns false if it failed
+    /// (Redis went away again): the caller tries again.
+    func reassertSessions(on server: RedisEndpoint.Address? = nil) async -> Bool {
         gate.reassertions.begin()
         defer { gate.reassertions.end() }
-        let streams = sessions.heldStreams
-        context.logger.warning("Redis lost its data: putting back the sessions this node holds", metadata: ["sessions": "\(streams.count)"])
+        let topology = server == nil ? nil : try? await context.redis.topology()
+        let keys = context.keys
+        // Whether `key` lives on the server that may have lost it (every key, if it is not known).
+        let lost = { (key: String) in server == nil || topology == nil || topology?.owner(of: key)?.address == server }
+        let nodeRecordLost = lost(keys.nodeStreams(context.nodeID))
+        let streams = sessions.heldStreams.filter { stream in
+            nodeRecordLost || lost(keys.peer(stream.user.id)) || stream.rooms.keys.contains { lost(keys.roomMembers($0)) }
+        }
+        guard !streams.isEmpty else { return true }
+        context.logger.warning(
+            "Redis may have lost data: putting back the sessions this node holds there",
+            metadata: ["sessions": "\(streams.count)", "server": "\(server.map { "\($0)" } ?? "all")"])
         do {
-            let putBack = try await context.scripts.run(streams.map { stream in
-                ReassertCall(context.keys, user: stream.user, session: stream.session, node: context.nodeID, rooms: stream.rooms)
+            // Run on each peer's own shard, which says whether the stream is still its session.
+            let outcomes = try await context.scripts.run(streams.map { stream in
+                ReassertCall(keys, user: stream.user, session: stream.session, node: context.nodeID, rooms: stream.rooms)
             })
             // (With no heartbeat record yet, as after the loss: other nodes wait a heartbeat
             // before they take these for a dead node's streams, see `reapDeadNodes`.)
-            var commands = streams.map { ["SADD", context.keys.nodeStreams(context.nodeID), Sessions.streamEntry($0)] }
+            var commands = nodeRecordLost ? streams.map { ["SADD", keys.nodeStreams(context.nodeID), Sessions.streamEntry($0)] } : []
             var restored = 0
-            for (stream, wasPutBack) in zip(streams, putBack) where wasPutBack {
-                restored += 1
-                for room in stream.rooms.keys { commands.append(["HSETNX", context.keys.roomMembers(room), stream.user.id.rawValue, stream.user.json]) }
+            for (stream, outcome) in zip(streams, outcomes) where outcome != .superseded {
+                if outcome == .putBack { restored += 1 }
+                for room in stream.rooms.keys where lost(keys.roomMembers(room)) {
+                    commands.append(["HSETNX", keys.roomMembers(room), stream.user.id.rawValue, stream.user.json])
+                }
             }
-            _ = try await context.redis.pipeline(commands)
+            if !commands.isEmpty { _ = try await context.redis.pipeline(commands) }
             context.metrics.sessionsReasserted.increment(by: restored)
-            context.logger.info("sessions put back", metadata: ["sessions": "\(restored)"])
+            context.logger.info("sessions put back", metadata: ["sessions": "\(restored)", "checked": "\(streams.count)"])
             return true
         } catch {
             context.logger.error("putting back sessions failed", metadata: ["error": "\(error)"])
             return false
+        }
+    }
+
+    /// A command connection opened to a server with another identity than this node last saw
+    /// there (a restart, a promoted replica): it may have lost writes, which its epoch cannot
+    /// show when it kept most keys. Membership changes on this node wait from now (the call
+    /// comes before any command runs on the new connection), the recovery window opens for
+    /// the others, and this node puts back what it holds there.
+    func serverChanged(_ endpoint: RedisEndpoint) {
+        gate.reassertions.begin()
+        Task {
+            defer { gate.reassertions.end() }
+            context.logger.warning("a Redis server restarted or was promoted: it may have lost writes", metadata: ["server": "\(endpoint)"])
+            _ = try? await gate.openWindow()
+            for attempt in 1...20 {
+                if await reassertSessions(on: endpoint.address) { break }
+                if attempt < 20 { try? await Task.sleep(for: heartbeatInterval / 4) }
+            }
+            _ = try? await gate.openWindow()
         }
     }
 
@@ -310,5 +345,25 @@ final class Reassertions: Sendable {
         } onCancel: {
             state.withLockedValue { $0.waiters.removeValue(forKey: id) }?.resume(throwing: CancellationError())
         }
+    }
+}
+
+/// The identity each primary had when this node last opened a connection to it (see
+/// `ServerIdentity`).
+final class ServerIdentities: Sendable {
+    private let known = NIOLockedValueBox<[RedisEndpoint.Address: ServerIdentity]>([:])
+
+    /// Records the identity a server gave; true if it may have lost writes since: it restarted
+    /// or was promoted since this node last saw it, or this node never saw it and it was a
+    /// replica once (a promoted replica, or one at an address this node meets late: putting
+    /// back what it holds there is safe either way). A replica holds no slots: false.
+    func changed(_ identity: ServerIdentity, at address: RedisEndpoint.Address) -> Bool {
+        guard identity.isPrimary else { return false }
+        let previous = known.withLockedValue { known in
+            defer { known[address] = identity }
+            return known[address]
+        }
+        guard let previous else { return identity.wasPromoted }
+        return previous.runID != identity.runID || previous.replicationID != identity.replicationID
     }
 }

@@ -100,7 +100,8 @@ final class RecoveryGate: Sendable {
         _ = try? await openWindow()
     }
 
-    private func openWindow() async throws {
+    /// Opens the recovery window: membership changes on every node wait 1.5 heartbeats.
+    func openWindow() async throws {
         try await context.redis.send(["SET", context.keys.recovering, context.nodeID, "PX", String(recoveryWindow.inMilliseconds)])
     }
 }

@@ -363,11 +363,20 @@ struct ReassertCall: ScriptCall {
         arguments = [session, node, user.json] + rooms.flatMap { [$0.key.rawValue, $0.value.description] }
     }
 
-    /// Whether the session was put back (false: Redis had one for the peer already).
-    func decode(_ reply: RESPValue) -> Bool? {
+    enum Outcome: Equatable {
+        /// Redis had lost the session: it is back, with the rooms.
+        case putBack
+        /// Redis still has this session (any of its rooms it had lost are recorded again).
+        case stillThere
+        /// Redis has a newer session for the peer: this stream is being replaced.
+        case superseded
+    }
+
+    func decode(_ reply: RESPValue) -> Outcome? {
         switch reply.int {
-        case 1: true
-        case 0: false
+        case 1: .putBack
+        case 2: .stillThere
+        case 0: .superseded
         default: nil
         }
     }

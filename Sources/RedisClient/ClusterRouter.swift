@@ -14,6 +14,7 @@ final class ClusterRouter: Sendable {
     private let commandTimeout: TimeAmount
     private let logger: Logger
     private let onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)?
+    private let identityObserver: IdentityObserver
     private let state = NIOLockedValueBox(State())
 
     /// Redirections and waits one command may go through before it fails as unavailable: a
@@ -30,8 +31,9 @@ final class ClusterRouter: Sendable {
 
     init(
         seeds: [RedisEndpoint], group: EventLoopGroup, commandTimeout: TimeAmount, logger: Logger,
-        onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)?
+        onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)?, identityObserver: IdentityObserver
     ) {
+        self.identityObserver = identityObserver
         precondition(!seeds.isEmpty, "a cluster needs at least one seed")
         self.seeds = seeds
         self.group = group
@@ -117,7 +119,8 @@ final class ClusterRouter: Sendable {
             var endpoint = seeds[0]
             endpoint.address = address
             let server = RedisServerClient(
-                endpoint: endpoint, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent)
+                endpoint: endpoint, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent,
+                identityObserver: identityObserver)
             state.servers[address] = server
             return server
         }

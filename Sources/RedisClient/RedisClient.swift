@@ -13,6 +13,7 @@ public final class RedisClient: Sendable {
     }
 
     private let mode: Mode
+    private let identities = IdentityObserver()
 
     /// How a batch of commands may be sent.
     public enum Order: Sendable {
@@ -34,7 +35,8 @@ public final class RedisClient: Sendable {
     ) {
         mode = .single(
             RedisServerClient(
-                endpoint: endpoint, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent))
+                endpoint: endpoint, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent,
+                identityObserver: identities))
     }
 
     /// A client of the Redis Cluster these seed nodes belong to; it learns the other nodes from
@@ -47,7 +49,15 @@ public final class RedisClient: Sendable {
         onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)? = nil
     ) {
         mode = .cluster(
-            ClusterRouter(seeds: seeds, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent))
+            ClusterRouter(
+                seeds: seeds, group: group, commandTimeout: commandTimeout, logger: logger, onConnectionEvent: onConnectionEvent,
+                identityObserver: identities))
+    }
+
+    /// Calls `handler` each time a command connection opens, with the server's identity, before
+    /// any command runs on it: a changed identity means the server may have lost writes.
+    public func observeServers(_ handler: @escaping @Sendable (RedisEndpoint, ServerIdentity) -> Void) {
+        identities.set(handler)
     }
 
     public var isCluster: Bool {

@@ -49,3 +49,31 @@ public enum RedisConnectionEvent: Sendable {
     /// An attempt to connect failed.
     case connectFailed
 }
+
+/// Who a server is, as `INFO` says when a connection opens: a restart gives it a new run id, a
+/// promotion (a replica taking over) a new replication id. Either may mean that writes were
+/// lost, so the caller puts back what it holds there.
+public struct ServerIdentity: Sendable, Equatable {
+    public var runID: String
+    public var replicationID: String
+    /// The replication id it had before it was last promoted; all zeros if it never was.
+    public var previousReplicationID: String
+    public var isPrimary: Bool
+
+    /// Whether this server was a replica once and was promoted.
+    public var wasPromoted: Bool { previousReplicationID.contains { $0 != "0" } }
+
+    /// Reads `INFO server replication`; nil if a field is missing.
+    init?(info: String) {
+        var fields: [Substring: Substring] = [:]
+        for line in info.split(whereSeparator: \.isNewline) {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            fields[line[..<colon]] = line[line.index(after: colon)...]
+        }
+        guard let runID = fields["run_id"], let replicationID = fields["master_replid"], let role = fields["role"] else { return nil }
+        self.runID = String(runID)
+        self.replicationID = String(replicationID)
+        self.previousReplicationID = String(fields["master_replid2"] ?? "")
+        self.isPrimary = role == "master"
+    }
+}

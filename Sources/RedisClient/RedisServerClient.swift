@@ -15,6 +15,7 @@ public final class RedisServerClient: Sendable {
     private let logger: Logger
     private let state: NIOLockedValueBox<State>
     private let onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)?
+    private let identityObserver: IdentityObserver?
 
     private struct State {
         var connection: RedisConnection?
@@ -30,9 +31,11 @@ public final class RedisServerClient: Sendable {
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         commandTimeout: TimeAmount = .seconds(5),
         logger: Logger = Logger(label: "redis"),
-        onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)? = nil
+        onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)? = nil,
+        identityObserver: IdentityObserver? = nil
     ) {
         self.onConnectionEvent = onConnectionEvent
+        self.identityObserver = identityObserver
         self.endpoint = endpoint
         self.group = group
         self.commandTimeout = commandTimeout
@@ -89,6 +92,12 @@ public final class RedisServerClient: Sendable {
         do {
             let connection = try await RedisConnection.connect(
                 to: endpoint, on: group, commandTimeout: commandTimeout)
+            if let identityObserver {
+                // Before any command runs on the new connection: the observer learns of a
+                // restart or a promotion first (see `ServerIdentity`).
+                let info = try? await connection.send(["INFO", "server", "replication"]).string
+                if let identity = info.flatMap(ServerIdentity.init(info:)) { identityObserver.observe(endpoint, identity) }
+            }
             let wasDown = state.withLockedValue { state in
                 let wasDown = state.failedAttempts > 0
                 state.failedAttempts = 0
@@ -139,5 +148,21 @@ public final class RedisServerClient: Sendable {
             return state.connection
         }
         await connection?.close()
+    }
+}
+
+/// Tells whoever asks (`RedisClient.observeServers`) who each server is when a connection to it
+/// opens. Settable after the client is made, since the coordinator that watches comes later.
+public final class IdentityObserver: Sendable {
+    private let handler = NIOLockedValueBox<(@Sendable (RedisEndpoint, ServerIdentity) -> Void)?>(nil)
+
+    public init() {}
+
+    func set(_ handler: @escaping @Sendable (RedisEndpoint, ServerIdentity) -> Void) {
+        self.handler.withLockedValue { $0 = handler }
+    }
+
+    func observe(_ endpoint: RedisEndpoint, _ identity: ServerIdentity) {
+        handler.withLockedValue { $0 }?(endpoint, identity)
     }
 }

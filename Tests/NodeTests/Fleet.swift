@@ -63,6 +63,8 @@ final class Fleet: Sendable {
     private enum Backend {
         case single(RedisServerProcess)
         case cluster(RedisCluster)
+        /// A Redis the test runs itself (behind a proxy, say).
+        case url(String)
     }
 
     private let backend: Backend
@@ -111,6 +113,24 @@ final class Fleet: Sendable {
         }
     }
 
+    /// A fleet on a Redis the test runs itself, at `redisURL`.
+    static func with(
+        nodes count: Int, redisURL: String, gracePeriod: Duration = .zero, heartbeatInterval: Duration = .seconds(3),
+        _ body: (Fleet) async throws -> Void
+    ) async throws {
+        let fleet = try await Fleet(
+            backend: .url(redisURL), nodes: count,
+            configuration: NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0), limits: .init(),
+            streamLimits: .init(), gracePeriod: gracePeriod, heartbeatInterval: heartbeatInterval, previousSecret: nil)
+        do {
+            try await body(fleet)
+            await fleet.stop()
+        } catch {
+            await fleet.stop()
+            throw error
+        }
+    }
+
     private init(
         backend: Backend, nodes count: Int, configuration: NodeConfiguration, limits: Coordinator.RoomLimits,
         streamLimits: PeerStream.Limits, gracePeriod: Duration, heartbeatInterval: Duration, previousSecret: String?
@@ -122,6 +142,8 @@ final class Fleet: Sendable {
                 RedisClient(endpoint: try RedisEndpoint(url: server.url), logger: logger, onConnectionEvent: metrics?.redisConnectionEvent)
             case .cluster(let cluster):
                 RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds), logger: logger, onConnectionEvent: metrics?.redisConnectionEvent)
+            case .url(let url):
+                RedisClient(endpoint: try RedisEndpoint(url: url), logger: logger, onConnectionEvent: metrics?.redisConnectionEvent)
             }
         }
         redis = try makeClient(Logger(label: "test"), nil)

@@ -240,23 +240,24 @@ final class SwitchingProxy: Sendable {
         link.upstream.withLockedValue { $0 = upstream }
     }
 
-    static func start(upstreamPort: Int) async throws -> SwitchingProxy {
+    static func start(upstreamPort initialPort: Int) async throws -> SwitchingProxy {
         let links = NIOLockedValueBox<[Link]>([])
+        let upstreamPort = NIOLockedValueBox(initialPort)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelOption(.autoRead, value: true)
             .childChannelInitializer { client in
                 let link = Link(client: client)
                 links.withLockedValue { $0.append(link) }
-                let ready = client.eventLoop.makeFutureWithTask { try await connectUpstream(link, port: upstreamPort) }
+                let ready = client.eventLoop.makeFutureWithTask { try await connectUpstream(link, port: upstreamPort.withLockedValue { $0 }) }
                 return ready.flatMap { client.pipeline.addHandler(Forward { link.upstream.withLockedValue { $0 } }) }
             }
             .bind(host: "127.0.0.1", port: 0).get()
         return SwitchingProxy(server: server, links: links, port: server.localAddress!.port!, upstreamPort: upstreamPort)
     }
 
-    private let upstreamPort: Int
+    private let upstreamPort: NIOLockedValueBox<Int>
 
-    private init(server: Channel, links: NIOLockedValueBox<[Link]>, port: Int, upstreamPort: Int) {
+    private init(server: Channel, links: NIOLockedValueBox<[Link]>, port: Int, upstreamPort: NIOLockedValueBox<Int>) {
         self.server = server
         self.links = links
         self.port = port
@@ -268,8 +269,22 @@ final class SwitchingProxy: Sendable {
     func switchUpstreams() async throws {
         for link in links.withLockedValue({ $0 }) {
             let old = link.upstream.withLockedValue { $0 }
-            try await Self.connectUpstream(link, port: upstreamPort)
+            try await Self.connectUpstream(link, port: upstreamPort.withLockedValue { $0 })
             old?.eventLoop.scheduleTask(in: .milliseconds(100)) { old?.close(promise: nil) }
+        }
+    }
+
+    /// A failover as a virtual IP moving to another server does it: every connection drops,
+    /// and new ones reach the server on `port`.
+    func failOver(to port: Int) {
+        upstreamPort.withLockedValue { $0 = port }
+        let dropped = links.withLockedValue { links in
+            defer { links = [] }
+            return links
+        }
+        for link in dropped {
+            link.client.close(promise: nil)
+            link.upstream.withLockedValue { $0 }?.close(promise: nil)
         }
     }
 
