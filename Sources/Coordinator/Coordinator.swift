@@ -88,14 +88,15 @@ public final class Coordinator: Service, Sendable {
                 if message.channel == probeChannel { probe.received(message.payload) } else { localStreams.route(message) }
             },
             onConnectionEvent: metrics.redisConnectionEvent,
-            onInterrupted: {
-                // Nothing reaches the streams until they have caught up from the logs.
-                continuity.lost()
+            onInterrupted: { shard in
+                // Nothing reaches the streams listening there until they have caught up from
+                // the logs; the other shards' streams go on.
+                continuity.lost(shard)
                 localStreams.subscriptionBroke()
-                localStreams.all.forEach { $0.hold() }
+                localStreams.streams(listeningOn: shard).forEach { $0.hold() }
             },
-            onResubscribed: {
-                continuity.resubscribed()
+            onResubscribed: { shard in
+                continuity.resubscribed(shard)
                 catchUp.trigger()
             })
         localStreams.attach(subscriber)

@@ -92,6 +92,30 @@ final class LocalStreams: RoomFeedObserver {
         catchUpSink.yield(RoomCatchUp(stream: stream, room: room, after: position))
     }
 
+    /// The channels `stream` listens on: its peer's, and those of the rooms it follows.
+    func channels(of stream: PeerStream) -> [String] {
+        let rooms = followed.withLockedValue { followed in
+            followed.compactMap { room, followers in followers.streams[ObjectIdentifier(stream)] == nil ? nil : room }
+        }
+        return [keys.channel(stream.user.id)] + rooms.map(keys.channel)
+    }
+
+    /// The streams that listen on a channel of `shard`: those to hold when messages there may
+    /// have been missed.
+    func streams(listeningOn shard: RedisSubscriber.Shard) -> [PeerStream] {
+        guard let subscriber = subscriber() else { return all }
+        var affected: [ObjectIdentifier: PeerStream] = [:]
+        followed.withLockedValue { followed in
+            for (room, followers) in followed where subscriber.shard(of: keys.channel(room)) == shard {
+                affected.merge(followers.streams) { stream, _ in stream }
+            }
+        }
+        for stream in all where subscriber.shard(of: keys.channel(stream.user.id)) == shard {
+            affected[ObjectIdentifier(stream)] = stream
+        }
+        return Array(affected.values)
+    }
+
     /// The subscription broke (its connection is gone): the recent entries may miss some now.
     func subscriptionBroke() {
         followed.withLockedValue { followed in

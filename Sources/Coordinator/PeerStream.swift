@@ -332,6 +332,9 @@ public final class PeerStream: Sendable {
     /// Whether `connected` was queued (a stream still starting reads its logs by itself).
     var isStarted: Bool { state.withLockedValue { $0.started } }
 
+    /// Whether live entries wait (`hold`) for a catch-up from the logs.
+    var isHolding: Bool { state.withLockedValue { $0.holding } }
+
     /// Where the stream is in each log.
     var cursor: EventCursor { state.withLockedValue { $0.cursor } }
 

@@ -151,21 +151,27 @@ final class Recovery: Sendable {
         }
     }
 
-    /// After the subscription came back: gives every held stream what was sent to it while the
-    /// subscription was down, from the logs, then lets live events through again. A stream
-    /// the logs cannot complete is closed; its client resumes or starts afresh.
+    /// After a shard's subscription came back: gives every held stream whose channels are all
+    /// subscribed again what was sent to it meanwhile, from the logs, then lets live events
+    /// through again. A stream the logs cannot complete is closed; its client resumes or starts
+    /// afresh. A stream that listens on a shard still down keeps holding: that shard's return
+    /// runs this again.
     ///
-    /// Only under the subscription that is live now: if it is lost again meanwhile, the streams
-    /// keep holding, and the catch-up that follows the next resubscription reads on.
+    /// Only under the subscriptions live now: if one of the stream's shards is lost again
+    /// meanwhile, the stream keeps holding, and the catch-up that follows reads on.
     func catchUpStreams() async {
-        guard let losses = continuity.liveSince else { return }
-        let stillLive = { self.continuity.unbroken(since: losses) }
-        let streams = sessions.localStreams.all.filter(\.isStarted)
-        var caughtUp = 0
-        for stream in streams {
+        let localStreams = sessions.localStreams
+        var (streams, caughtUp) = (0, 0)
+        for stream in localStreams.all where stream.isStarted && stream.isHolding {
+            let channels = localStreams.channels(of: stream)
+            guard channels.allSatisfy(context.subscriber.isConfirmed) else { continue }
+            let shards = Set(channels.compactMap(context.subscriber.shard(of:)))
+            guard let mark = continuity.mark(ifLive: shards) else { continue }
+            let stillLive = { self.continuity.unbroken(since: mark, on: shards) }
+            streams += 1
             // The command connection may still be coming back: try for a while before giving up.
             for attempt in 1...50 where stream.endReason == nil {
-                guard stillLive() else { return }
+                guard stillLive() else { break }
                 do {
                     if let missed = try await logs.missed(by: stream) {
                         stream.start(connected: nil, replay: missed, stillLive: stillLive)
@@ -180,8 +186,8 @@ final class Recovery: Sendable {
                 }
             }
         }
-        if !streams.isEmpty {
-            context.logger.info("streams caught up after the subscription came back", metadata: ["streams": "\(streams.count)", "events": "\(caughtUp)"])
+        if streams > 0 {
+            context.logger.info("streams caught up after the subscription came back", metadata: ["streams": "\(streams)", "events": "\(caughtUp)"])
         }
     }
 
@@ -263,26 +269,42 @@ final class SubscriptionProbe: Sendable {
     }
 }
 
-/// The losses of the node's subscription, and the last one it has come back from (Redis
-/// confirmed every channel again): a held stream may let live events through only after a
-/// catch-up read under the subscription that is live now.
+/// The losses of each shard's subscription, and the last one it has come back from (Redis
+/// confirmed its channels again): a held stream may let live events through only after a
+/// catch-up read under the subscriptions of its shards that are live now.
 final class SubscriptionContinuity: Sendable {
-    private let state = NIOLockedValueBox<(losses: Int, recoveredFrom: Int)>((0, 0))
+    typealias Shard = RedisSubscriber.Shard
+    /// Each shard's losses so far, to compare with later.
+    typealias Mark = [Shard: Int]
 
-    /// The connection dropped or could not be made.
-    func lost() { state.withLockedValue { $0.losses += 1 } }
+    private let state = NIOLockedValueBox<[Shard: (losses: Int, recoveredFrom: Int)]>([:])
 
-    /// Redis confirmed every channel on a new connection.
-    func resubscribed() { state.withLockedValue { $0.recoveredFrom = $0.losses } }
+    /// The shard's connection dropped or could not be made, or a channel moved there.
+    func lost(_ shard: Shard) { state.withLockedValue { $0[shard, default: (0, 0)].losses += 1 } }
 
-    var losses: Int { state.withLockedValue { $0.losses } }
+    /// Redis confirmed the shard's channels again.
+    func resubscribed(_ shard: Shard) {
+        state.withLockedValue { state in state[shard, default: (0, 0)].recoveredFrom = state[shard, default: (0, 0)].losses }
+    }
 
-    /// Whether the subscription has not been lost since `losses` was read.
-    func unbroken(since losses: Int) -> Bool { self.losses == losses }
+    /// Every shard's losses now.
+    var mark: Mark { state.withLockedValue { $0.mapValues(\.losses) } }
 
-    /// The number of losses so far if the subscription has come back from the last one; nil
-    /// while it is down.
-    var liveSince: Int? { state.withLockedValue { $0.recoveredFrom == $0.losses ? $0.losses : nil } }
+    /// Every shard's losses now, if each of `shards` has come back from its last loss; nil
+    /// while one is down.
+    func mark(ifLive shards: Set<Shard>) -> Mark? {
+        state.withLockedValue { state in
+            for shard in shards { if let entry = state[shard], entry.recoveredFrom != entry.losses { return nil } }
+            return state.mapValues(\.losses)
+        }
+    }
+
+    /// Whether none of `shards` (every shard if nil) has been lost since `mark` was taken.
+    func unbroken(since mark: Mark, on shards: Set<Shard>? = nil) -> Bool {
+        state.withLockedValue { state in
+            (shards.map(Array.init) ?? Array(state.keys)).allSatisfy { (state[$0]?.losses ?? 0) == (mark[$0] ?? 0) }
+        }
+    }
 }
 
 /// Requests to run one job (a catch-up, an epoch check), coalesced: a request made while the

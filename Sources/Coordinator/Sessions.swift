@@ -59,7 +59,7 @@ final class Sessions: Sendable {
         localStreams.add(stream)
         // Everything for the peer comes on its channel from the moment Redis confirms the
         // subscription, unless the subscription is lost again before the stream starts.
-        let losses = continuity.losses
+        let mark = continuity.mark
         do {
             try await context.subscriber.subscribe(context.keys.channel(user.id))
         } catch {
@@ -70,7 +70,7 @@ final class Sessions: Sendable {
         do {
             // Recorded under this node first, so that if the node dies the stream is found.
             try await context.redis.send(["SADD", context.keys.nodeStreams(context.nodeID), Self.streamEntry(stream)])
-            try await startSession(of: stream, granted: granted, resumingAfter: lastEvent, subscribedAt: losses, claimed: claimed)
+            try await startSession(of: stream, granted: granted, resumingAfter: lastEvent, subscribedAt: mark, claimed: claimed)
         } catch {
             stream.end(.closed)
             if claimed.withLockedValue({ $0 }) {
@@ -93,16 +93,17 @@ final class Sessions: Sendable {
     /// client missed, when it can; otherwise starts a fresh session.
     /// - Parameter claimed: set once connect.lua may have run, making `stream` the peer's session.
     private func startSession(
-        of stream: PeerStream, granted: RoomGrants, resumingAfter lastEvent: EventCursor?, subscribedAt losses: Int,
+        of stream: PeerStream, granted: RoomGrants, resumingAfter lastEvent: EventCursor?, subscribedAt mark: SubscriptionContinuity.Mark,
         claimed: NIOLockedValueBox<Bool>
     ) async throws {
         let peer = stream.user.id
-        /// Lets the stream's events through, unless the subscription was lost since the peer's
-        /// channel was confirmed: then it holds them until a catch-up has read the logs.
+        /// Lets the stream's events through, unless a subscription was lost since the peer's
+        /// channel was confirmed (any shard's: the rooms it resumes may live on any): then it
+        /// holds them until a catch-up has read the logs.
         func start(resumed: Bool, replay: [Inbound] = []) {
             let released = stream.start(
                 connected: connectedEvent(stream, resumed: resumed), replay: replay, fresh: !resumed,
-                stillLive: { continuity.unbroken(since: losses) })
+                stillLive: { continuity.unbroken(since: mark) })
             if !released { catchUp.trigger() }
         }
         if let lastEvent {

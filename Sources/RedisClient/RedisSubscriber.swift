@@ -24,8 +24,8 @@ public final class RedisSubscriber: Sendable {
     private let messageSink: AsyncStream<PubSubMessage>.Continuation
     private let onMessage: (@Sendable (PubSubMessage) -> Void)?
     private let onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)?
-    private let onInterrupted: (@Sendable () -> Void)?
-    private let onResubscribed: (@Sendable () -> Void)?
+    private let onInterrupted: (@Sendable (Shard) -> Void)?
+    private let onResubscribed: (@Sendable (Shard) -> Void)?
     private let group: EventLoopGroup
     private let logger: Logger
     private let state = NIOLockedValueBox(State())
@@ -34,7 +34,8 @@ public final class RedisSubscriber: Sendable {
     /// Waits for a channel's confirmation without holding a reference: false if the channel
     /// stops being wanted first.
     private typealias Watcher = CheckedContinuation<Bool, Error>
-    private typealias Shard = RedisEndpoint.Address
+    /// A primary, by address: each has a connection of its own, and its own continuity.
+    public typealias Shard = RedisEndpoint.Address
 
     private struct Channel {
         /// References held: confirmed subscribers, and `waiters` (which hold one each).
@@ -73,9 +74,9 @@ public final class RedisSubscriber: Sendable {
         var links: [Shard: Link] = [:]
         var channels: [String: Channel] = [:]
         var connectedWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-        /// Some channel may have missed messages (a connection lost, a channel moved or
-        /// dropped) and `onResubscribed` has not been called since.
-        var interrupted = false
+        /// Shards on whose channels messages may have been missed (a connection lost or not
+        /// made, a channel moved there or dropped) and `onResubscribed` has not been called since.
+        var interrupted: Set<Shard> = []
         var nextWaiter: UInt64 = 0
 
         mutating func waiterID() -> UInt64 {
@@ -85,8 +86,12 @@ public final class RedisSubscriber: Sendable {
 
         var isConnected: Bool { topology != nil && !links.isEmpty && links.values.allSatisfy(\.isUp) }
 
-        /// Whether every channel is as wanted on live connections: nothing missed since can go unnoticed.
-        var isSettled: Bool { isConnected && links.values.allSatisfy { !$0.awaitingPong && !$0.broken } }
+        /// Whether every channel of `shard` is as wanted on a live connection: nothing missed
+        /// from now on can go unnoticed.
+        func isSettled(_ shard: Shard) -> Bool {
+            guard let link = links[shard] else { return false }
+            return link.isUp && !link.awaitingPong && !link.broken
+        }
 
         /// The live link of the primary owning `channel`.
         func liveOwner(of channel: String) -> Shard? {
@@ -96,13 +101,14 @@ public final class RedisSubscriber: Sendable {
 
         /// Sends SSUBSCRIBE for `channel` to the primary owning it now, unless it went there
         /// already; drops it where it was if that is elsewhere. Returns the shard written to.
-        mutating func route(_ name: String, _ channel: inout Channel) -> Shard? {
+        /// - Parameter resuming: the channel was wanted before (it moved, or its connection was
+        ///   lost): messages published meanwhile at its owner are missed, so that shard is
+        ///   interrupted.
+        mutating func route(_ name: String, _ channel: inout Channel, resuming: Bool) -> Shard? {
             let owner = liveOwner(of: name)
             guard channel.shard != owner || channel.shard == nil else { return nil }
-            if let old = channel.shard {
-                sendUnsubscribe(name, on: old)
-                interrupted = true  // messages published at the new owner before it is subscribed there are missed
-            }
+            if let old = channel.shard { sendUnsubscribe(name, on: old) }
+            if resuming, let owner { interrupted.insert(owner) }
             channel.confirmed = false
             channel.shard = owner
             guard let owner, let connection = links[owner]?.connection else { return nil }
@@ -126,8 +132,8 @@ public final class RedisSubscriber: Sendable {
                 channel.confirmed = false
                 channel.shard = nil
                 channels[name] = channel.count > 0 ? channel : nil
-                interrupted = true
             }
+            interrupted.insert(shard)
             return (waiters, watchers)
         }
 
@@ -156,19 +162,20 @@ public final class RedisSubscriber: Sendable {
     /// - Parameter onMessage: if given, called with each message on the connection's event
     ///   loop, in order, instead of queueing it on `messages` (saves a task switch per message;
     ///   it must not block).
-    /// - Parameter onInterrupted: called when messages may have been missed: a connection
-    ///   dropped or could not be made, or a channel's slot moved to another primary.
-    /// - Parameter onResubscribed: called once every primary has a live connection and Redis
-    ///   has confirmed every channel again after an interruption (and at the first start):
-    ///   messages published from then on arrive; some published before may not have.
+    /// - Parameter onInterrupted: called when messages on a shard's channels may have been
+    ///   missed: its connection dropped or could not be made, a channel moved there (its slot
+    ///   changed primary), or the server dropped one.
+    /// - Parameter onResubscribed: called once a shard's connection is live and Redis has
+    ///   confirmed each of its channels again after an interruption (and when it first
+    ///   connects): messages published there from then on arrive; some before may not have.
     public init(
         client: RedisClient,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "redis.subscriber"),
         onMessage: (@Sendable (PubSubMessage) -> Void)? = nil,
         onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)? = nil,
-        onInterrupted: (@Sendable () -> Void)? = nil,
-        onResubscribed: (@Sendable () -> Void)? = nil
+        onInterrupted: (@Sendable (Shard) -> Void)? = nil,
+        onResubscribed: (@Sendable (Shard) -> Void)? = nil
     ) {
         self.client = client
         self.onResubscribed = onResubscribed
@@ -200,7 +207,7 @@ public final class RedisSubscriber: Sendable {
                     defer { state.channels[channel] = entry }
                     if entry.confirmed { return .subscribed }
                     entry.waiters[id] = waiter
-                    _ = state.route(channel, &entry)
+                    _ = state.route(channel, &entry, resuming: entry.count > 1)
                     return .waiting
                 }
                 switch outcome {
@@ -233,7 +240,7 @@ public final class RedisSubscriber: Sendable {
         state.withLockedValue { state in
             var entry = state.channels[channel, default: Channel()]
             entry.count += 1
-            if entry.count == 1 { _ = state.route(channel, &entry) }
+            if entry.count == 1 { _ = state.route(channel, &entry, resuming: false) }
             state.channels[channel] = entry
         }
     }
@@ -274,6 +281,11 @@ public final class RedisSubscriber: Sendable {
     /// flight from an earlier subscription of the channel comes before the confirmation).
     public func isConfirmed(_ channel: String) -> Bool {
         state.withLockedValue { $0.channels[channel]?.confirmed ?? false }
+    }
+
+    /// The shard `channel` is subscribed on, or would be (its slot's primary now).
+    public func shard(of channel: String) -> Shard? {
+        state.withLockedValue { $0.channels[channel]?.shard ?? $0.topology?.owner(of: channel)?.address }
     }
 
     /// Drops one reference to `channel`; the last one unsubscribes.
@@ -330,11 +342,8 @@ public final class RedisSubscriber: Sendable {
     /// and sends each channel whose slot moved to its new owner.
     private func follow(_ topology: ClusterTopology?) {
         guard let topology else { return }
-        let (stopped, interrupted, waiters, watchers) = state.withLockedValue { state -> ([Task<Void, Never>], Bool, [Waiter], [Watcher]) in
-            // Whether this change itself interrupts a channel, whatever came before.
-            let wasInterrupted = state.interrupted
-            state.interrupted = false
-            defer { state.interrupted = state.interrupted || wasInterrupted }
+        let (stopped, interrupted, waiters, watchers) = state.withLockedValue { state -> ([Task<Void, Never>], Set<Shard>, [Waiter], [Watcher]) in
+            let before = state.interrupted
             state.topology = topology
             let wanted = Set(topology.primaries.map(\.address))
             var stopped: [Task<Void, Never>] = []
@@ -345,6 +354,7 @@ public final class RedisSubscriber: Sendable {
                 waiters += lostWaiters
                 watchers += lostWatchers
                 state.links[shard] = nil
+                state.interrupted.remove(shard)
             }
             for primary in topology.primaries where state.links[primary.address] == nil {
                 let id = state.waiterID()
@@ -354,14 +364,14 @@ public final class RedisSubscriber: Sendable {
             }
             var written: Set<Shard> = []
             for (name, var channel) in state.channels {
-                if let shard = state.route(name, &channel) { written.insert(shard) }
+                if let shard = state.route(name, &channel, resuming: true) { written.insert(shard) }
                 state.channels[name] = channel
             }
             state.ping(written)
-            return (stopped, state.interrupted, waiters, watchers)
+            return (stopped, state.interrupted.subtracting(before).union(written), waiters, watchers)
         }
         stopped.forEach { $0.cancel() }
-        if interrupted { onInterrupted?() }
+        for shard in interrupted { onInterrupted?(shard) }
         waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
         watchers.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
     }
@@ -396,7 +406,7 @@ public final class RedisSubscriber: Sendable {
                 }
             } catch {
                 recovering = true
-                interrupt()
+                interrupt(shard)
                 logger.warning("subscriber cannot connect", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
                 onConnectionEvent?(.connectFailed)
             }
@@ -439,10 +449,11 @@ public final class RedisSubscriber: Sendable {
             state.links[shard]!.subscribesInFlight = [:]
             state.links[shard]!.unsubscribesInFlight = [:]
             state.links[shard]!.broken = false
-            state.interrupted = true  // (the first connection too: `onResubscribed` says the subscription is whole)
+            // The first connection too: `onResubscribed` says the shard's subscription is whole.
+            state.interrupted.insert(shard)
             for (name, var channel) in state.channels where channel.shard == nil || channel.shard == shard {
                 channel.shard = channel.shard == shard ? nil : channel.shard
-                _ = state.route(name, &channel)
+                _ = state.route(name, &channel, resuming: true)
                 state.channels[name] = channel
             }
             state.ping([shard])
@@ -457,21 +468,20 @@ public final class RedisSubscriber: Sendable {
     private func connectionLost(to shard: Shard, link: UInt64) {
         let (waiters, watchers) = state.withLockedValue { state -> ([Waiter], [Watcher]) in
             guard state.links[shard]?.id == link else { return ([], []) }
-            state.interrupted = true
             state.links[shard]?.connection = nil
             state.links[shard]?.awaitingPong = false
             state.links[shard]?.subscribesInFlight = [:]
             state.links[shard]?.unsubscribesInFlight = [:]
             return state.detachChannels(from: shard)
         }
-        onInterrupted?()
+        onInterrupted?(shard)
         waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
         watchers.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
     }
 
-    private func interrupt() {
-        state.withLockedValue { $0.interrupted = true }
-        onInterrupted?()
+    private func interrupt(_ shard: Shard) {
+        state.withLockedValue { _ = $0.interrupted.insert(shard) }
+        onInterrupted?(shard)
     }
 
     private func receive(_ reply: RESPValue, on shard: Shard) {
@@ -505,14 +515,15 @@ public final class RedisSubscriber: Sendable {
                 guard ours == 0, state.channels[channel]?.shard == shard else { return false }
                 state.channels[channel]!.confirmed = false
                 state.channels[channel]!.shard = nil
-                state.interrupted = true
+                state.interrupted.insert(shard)
+                state.ping([shard])  // its reply ends the interruption of what stays on this shard
                 return true
             }
             if dropped {
                 // Redis dropped a channel still wanted: its slot moved to another primary. The
                 // map is read again and the channel subscribed at its owner; streams catch up.
                 logger.warning("Redis dropped a subscribed channel: following its slot", metadata: ["channel": "\(channel)"])
-                onInterrupted?()
+                onInterrupted?(shard)
                 Task {
                     _ = try? await self.client.refreshTopology()
                     self.follow(self.state.withLockedValue { $0.topology })
@@ -541,10 +552,10 @@ public final class RedisSubscriber: Sendable {
         let settled = state.withLockedValue { state -> Bool in
             guard state.links[shard]?.broken == false else { return false }
             state.links[shard]?.awaitingPong = false
-            guard state.interrupted, state.isSettled else { return false }
-            state.interrupted = false
+            guard state.interrupted.contains(shard), state.isSettled(shard) else { return false }
+            state.interrupted.remove(shard)
             return true
         }
-        if settled { onResubscribed?() }
+        if settled { onResubscribed?(shard) }
     }
 }

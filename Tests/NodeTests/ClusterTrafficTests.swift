@@ -42,6 +42,61 @@ struct ClusterTrafficTests {
     }
 }
 
+/// Continuity is per shard: while one shard fails over, streams whose channels all live on
+/// other shards go on receiving live; those listening on the failed shard catch up after.
+@Suite("Continuity per shard", .serialized)
+struct ShardContinuityTests {
+    @Test func aShardsFailoverHoldsOnlyTheStreamsListeningThere() async throws {
+        try await Fleet.with(nodes: 2, on: .cluster, gracePeriod: .seconds(60), clusterNodeTimeout: 2000) { fleet in
+            let topology = try await fleet.redis.topology()
+            let (failing, healthy) = (topology.primaries[0].address, topology.primaries[1].address)
+            /// A name whose hash tag's slot the primary at `address` owns.
+            func name(_ prefix: String, on address: RedisEndpoint.Address) -> String {
+                (0...).lazy.map { "\(prefix)-\($0)" }.first { topology.owner(of: "{\($0)}")?.address == address }!
+            }
+            func peer(_ id: String, node: Int) async throws -> Participant {
+                let token = try await TestTokens.mint(id: id, username: id, secret: Fleet.secret)
+                let stream = try await fleet.client(node).connect(token: token)
+                #expect(await connectedPeerID(stream) == id)
+                return Participant(name: id, token: token, id: id, stream: stream, node: node)
+            }
+            // x and y, and their room, live on the healthy shard; u and v, and theirs, on the failing one.
+            let (x, y) = (try await peer(name("x", on: healthy), node: 0), try await peer(name("y", on: healthy), node: 1))
+            let (u, v) = (try await peer(name("u", on: failing), node: 0), try await peer(name("v", on: failing), node: 1))
+            let (calm, stormy) = (name("calm", on: healthy), name("stormy", on: failing))
+            for (room, members) in [(calm, [x, y]), (stormy, [u, v])] {
+                for member in members { #expect(try await fleet.client(1).request(.POST, "/\(room)/join", token: member.token).status == 200) }
+                for member in members { #expect(await nextSignal(member.stream)?.event == "add-peer") }
+            }
+
+            guard case .tcp(_, let port) = failing, let primary = fleet.cluster.server(port: port) else {
+                Issue.record("the failing primary is not one of the cluster's servers")
+                return
+            }
+            await primary.kill()
+            // The replica takes over after the 2 s node timeout at the earliest: until then x
+            // gets y's relays live, each at once.
+            let killed = ContinuousClock.now
+            for number in 1...5 {
+                #expect(try await fleet.client(1).request(.POST, "/relay/\(x.id)/note", token: y.token, body: "\(number)").status == 200)
+                let event = await nextSignal(x.stream, seconds: 1)
+                #expect(event?.event == "note" && json(event?.data ?? "")["data"] as? Int == number, "relay \(number): \(String(describing: event))")
+            }
+            let live = ContinuousClock.now - killed
+            #expect(try await fleet.cluster.owner(ofSlot: HashSlot.of("{\(u.id)}")) === primary, "the failover was over before the relays were checked")
+            print("continuity per shard: 5 relays delivered live \(live) after the other shard's primary was killed")
+
+            // The failed shard comes back through its replica; u gets v's relays again.
+            #expect(try await fleet.cluster.waitUntilHealthy())
+            #expect(try await fleet.eventually(seconds: 20) {
+                (try? await fleet.client(0).request(.POST, "/relay/\(u.id)/note", token: v.token, body: "0").status) == 200
+            })
+            #expect(await nextSignal(u.stream, seconds: 10)?.event == "note")
+            [x, y, u, v].forEach { $0.stream.close() }
+        }
+    }
+}
+
 /// Three pairs of peers, each pair in a room of its own, the two of a pair on different nodes,
 /// each peer's stream a browser-like EventSource that resumes with `Last-Event-ID`. Each
 /// sender relays numbered messages to its partner, one after the other, through the node that

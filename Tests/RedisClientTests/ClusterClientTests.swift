@@ -70,7 +70,7 @@ struct ClusterClientTests {
         try await RedisCluster.with(replicasPerPrimary: 0) { cluster in
             let client = RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds))
             let interruptions = NIOLockedValueBox(0)
-            let subscriber = RedisSubscriber(client: client, onInterrupted: { interruptions.withLockedValue { $0 += 1 } })
+            let subscriber = RedisSubscriber(client: client, onInterrupted: { _ in interruptions.withLockedValue { $0 += 1 } })
             let running = Task { await subscriber.run() }
             defer { running.cancel() }
             await subscriber.waitUntilConnected()
