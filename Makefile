@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both install what is missing first.
-.PHONY: deps browser-deps build run test test-swift test-browser model soak lua
+.PHONY: deps browser-deps build run run-cluster test test-swift test-browser model soak lua
 
 APT_PACKAGES := redis-server libhiredis-dev pkg-config
 BROWSER_PACKAGES := chromium chromium-driver iproute2
@@ -26,6 +26,11 @@ build: deps
 # One node on http://127.0.0.1:8080 with a private redis-server; pass flags with ARGS="--port 9000".
 run: deps
 	swift run switchboard serve $(ARGS)
+
+# A private Redis Cluster (3 primaries, each with a replica) and two nodes on it, on ports
+# 8080 and 8081; Ctrl-C stops everything. Flags with ARGS="--nodes 3 --shards 2".
+run-cluster: deps
+	swift run switchboard cluster $(ARGS)
 
 # Every test: Lua scripts (and that Lua/expanded/ matches them), Redis client, multi-node HTTP,
 # join storms, the binary itself (each starts its own redis-server in a temporary directory);

@@ -55,6 +55,10 @@ final class Recovery: Sendable {
                 first = false
             }
             await observeEpoch(replies[1].string ?? candidate)
+            // A command connection to each primary, opened again if it dropped: a primary that
+            // restarted or took over is noticed at its opening (see `serverChanged`), by every
+            // node within a heartbeat, whether or not it had anything to send there.
+            _ = try? await context.redis.sendToEachPrimary(["PING"])
             await sessions.retryUnfinished()
             await checkSubscription()
             await reapDeadNodes()

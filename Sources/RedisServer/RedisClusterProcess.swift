@@ -70,6 +70,18 @@ public final class RedisCluster: Sendable {
     }
 
     private func create() async throws {
+        let primaryCount = servers.count / (1 + replicasPerPrimary)
+        if primaryCount >= 3 { try await createWithRedisCLI() } else { try await createByHand(primaries: primaryCount) }
+        // Ready when every node sees the whole cluster, and every replica its primary.
+        for _ in 0..<400 {
+            if try await isFormed() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw FailedToForm(why: "not every node reported cluster_state:ok within 20 s")
+    }
+
+    /// `redis-cli --cluster create`, which wants at least three primaries.
+    private func createWithRedisCLI() async throws {
         guard let cli = RedisServerProcess.findExecutable("redis-cli") else { throw FailedToForm(why: "redis-cli not found on PATH") }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: cli)
@@ -83,13 +95,31 @@ public final class RedisCluster: Sendable {
         let log = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { throw FailedToForm(why: log) }
-        // Ready when every node sees the whole cluster, and every replica its primary.
-        for _ in 0..<400 {
-            if try await isFormed() { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        throw FailedToForm(why: "not every node reported cluster_state:ok within 20 s")
     }
+
+    /// One or two primaries (a baseline to compare with): the slots split between them, each
+    /// node introduced to the first, each replica attached to its primary.
+    private func createByHand(primaries count: Int) async throws {
+        let (primaries, replicas) = (Array(servers.prefix(count)), Array(servers.dropFirst(count)))
+        for (index, primary) in primaries.enumerated() {
+            let (first, last) = (index * Self.slotCount / count, (index + 1) * Self.slotCount / count - 1)
+            try await primary.command("CLUSTER", "SET-CONFIG-EPOCH", String(index + 1))
+            try await primary.command("CLUSTER", "ADDSLOTSRANGE", String(first), String(last))
+        }
+        guard let port = servers[0].tcpPort else { return }
+        for server in servers.dropFirst() { try await server.command("CLUSTER", "MEET", "127.0.0.1", String(port)) }
+        for (index, replica) in replicas.enumerated() {
+            let primaryID = try await nodeID(of: primaries[index % count])
+            // It must know the primary first: MEET takes a moment to spread.
+            for _ in 0..<200 where !(try await replica.command("CLUSTER", "NODES").contains(primaryID)) {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let reply = try await replica.command("CLUSTER", "REPLICATE", primaryID)
+            guard reply.hasPrefix("OK") else { throw FailedToForm(why: "CLUSTER REPLICATE answered \(reply)") }
+        }
+    }
+
+    private static let slotCount = 16384  // Redis Cluster's hash slots
 
     private func isFormed() async throws -> Bool {
         for server in servers where server.isRunning {

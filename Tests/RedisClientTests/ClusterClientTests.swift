@@ -62,6 +62,21 @@ struct ClusterClientTests {
         }
     }
 
+    /// Fewer than three primaries (which `redis-cli --cluster create` refuses) are joined by
+    /// hand: the baseline of the shard benchmarks.
+    @Test func aClusterOfTwoPrimariesWithReplicasServesEverySlot() async throws {
+        try await RedisCluster.with(primaries: 2, replicasPerPrimary: 1) { cluster in
+            let client = RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds))
+            let topology = try await client.topology()
+            #expect(topology.primaries.count == 2 && topology.coversEverySlot)
+            #expect(try await cluster.primaries().count == 2)
+            let keys = (0..<50).map { "k\($0)" }
+            _ = try await client.pipeline(keys.map { ["SET", $0, $0] })
+            #expect(try await client.pipeline(keys.map { ["GET", $0] }).map(\.string) == keys)
+            await client.close()
+        }
+    }
+
     /// While a slot migrates, a key already moved is reached with ASK and one still at the
     /// source at the source; once the slot has moved, MOVED updates the map. A subscriber of a
     /// channel in that slot is dropped by the old owner, follows the slot, and says it may have
