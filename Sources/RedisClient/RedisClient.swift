@@ -116,20 +116,16 @@ public final class RedisClient: Sendable {
     }
 
     /// Sends a command that names no key to every primary (the one server, or each primary
-    /// of the cluster) at once, and returns each one's reply (an error reply as `.error`) or
-    /// the error that kept it from answering.
+    /// of the cluster), one after the other, and returns each one's reply (an error reply as
+    /// `.error`) or the error that kept it from answering. (Its uses are rare: script loads, a
+    /// ping each heartbeat, readiness. A task group filling the replies by index made a release
+    /// build with Swift 6.3.1 trap in `Array.subscript.modify` every time; debug builds did not.)
     public func sendToEachPrimary(_ command: [String]) async throws -> [Result<RESPValue, Error>] {
-        let servers = try await primaries()
-        return await withTaskGroup(of: (Int, Result<RESPValue, Error>).self) { group in
-            for (index, server) in servers.enumerated() {
-                group.addTask {
-                    do { return (index, .success(try await server.reply(to: command))) } catch { return (index, .failure(error)) }
-                }
-            }
-            var replies = [Result<RESPValue, Error>](repeating: .success(.null), count: servers.count)
-            for await (index, reply) in group { replies[index] = reply }
-            return replies
+        var replies: [Result<RESPValue, Error>] = []
+        for server in try await primaries() {
+            do { replies.append(.success(try await server.reply(to: command))) } catch { replies.append(.failure(error)) }
         }
+        return replies
     }
 
     /// Every key matching `pattern`, on every primary (`SCAN … MATCH`). A key may be listed

@@ -11,7 +11,7 @@ struct LoadTool: AsyncParsableCommand {
             /relay), so it drives Switchboard or the original Express + Redis server alike.
             Give every node of the fleet with --node; clients are spread over them.
             """,
-        subcommands: [StormCommand.self, RelayCommand.self, JoinCommand.self, IdleCommand.self]
+        subcommands: [StormCommand.self, RelayCommand.self, JoinCommand.self, ChurnCommand.self, IdleCommand.self]
     )
 }
 

@@ -83,9 +83,13 @@ final class Fleet: Sendable {
         return cluster
     }
 
+    /// - Parameters:
+    ///   - kind: the Redis the fleet starts for itself;
+    ///   - redisURL: a Redis the test runs itself (behind a proxy, say), instead.
     static func with(
         nodes count: Int,
         on kind: RedisKind = .single,
+        redisURL: String? = nil,
         configuration: NodeConfiguration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0),
         limits: Coordinator.RoomLimits = .init(),
         streamLimits: PeerStream.Limits = .init(),
@@ -107,27 +111,10 @@ final class Fleet: Sendable {
                 throw error
             }
         }
-        switch kind {
-        case .single: try await RedisServerProcess.with { try await run(.single($0)) }
-        case .cluster: try await RedisCluster.with(nodeTimeout: clusterNodeTimeout) { try await run(.cluster($0)) }
-        }
-    }
-
-    /// A fleet on a Redis the test runs itself, at `redisURL`.
-    static func with(
-        nodes count: Int, redisURL: String, gracePeriod: Duration = .zero, heartbeatInterval: Duration = .seconds(3),
-        _ body: (Fleet) async throws -> Void
-    ) async throws {
-        let fleet = try await Fleet(
-            backend: .url(redisURL), nodes: count,
-            configuration: NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0), limits: .init(),
-            streamLimits: .init(), gracePeriod: gracePeriod, heartbeatInterval: heartbeatInterval, previousSecret: nil)
-        do {
-            try await body(fleet)
-            await fleet.stop()
-        } catch {
-            await fleet.stop()
-            throw error
+        switch (kind, redisURL) {
+        case (_, let url?): try await run(.url(url))
+        case (.single, nil): try await RedisServerProcess.with { try await run(.single($0)) }
+        case (.cluster, nil): try await RedisCluster.with(nodeTimeout: clusterNodeTimeout) { try await run(.cluster($0)) }
         }
     }
 
