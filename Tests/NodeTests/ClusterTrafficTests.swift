@@ -123,6 +123,7 @@ enum TrafficScenario {
                 #expect(try await senders[pair].waitFor { $0.event == "add-peer" } != nil)
             }
             let stop = NIOLockedValueBox(false)
+            let sentSoFar = NIOLockedValueBox([Int](repeating: 0, count: pairs))
             // Per pair: the numbers sent and each one's status.
             let statuses = try await withThrowingTaskGroup(of: (Int, [Int: Int]).self) { group in
                 for pair in 0..<pairs {
@@ -134,11 +135,14 @@ enum TrafficScenario {
                             let response = try? await fleet.client((pair + 1) % 2).request(
                                 .POST, "/relay/\(receivers[pair].id)/seq", token: senders[pair].token, body: "{\"n\":\(number)}")
                             statuses[number] = response?.status ?? -1
+                            sentSoFar.withLockedValue { $0[pair] = number }
                             try await Task.sleep(for: .milliseconds(10))
                         }
                         return (pair, statuses)
                     }
                 }
+                // Traffic first, however busy the machine: the disruption meets relays in flight.
+                _ = try await fleet.eventually(seconds: 30) { sentSoFar.withLockedValue { $0.allSatisfy { $0 >= 10 } } }
                 try await disruption(fleet, receivers.map(\.id))
                 #expect(try await fleet.cluster.waitUntilHealthy())
                 try await Task.sleep(for: .seconds(1))
