@@ -4,7 +4,10 @@
 # churn (join + leave) runs go to one cluster after the other, ROUNDS times (default 2,
 # alternating the order), so all see the same machine. Reports operations per second, and
 # Redis CPU per operation on each shard and summed, from /proc, less each shard's idle CPU
-# over as long (measured just before, in the same round).
+# over as long (measured just before, in the same round). Each load runs twice: closed-loop
+# (as fast as the fleet answers: the throughput, with batches per primary that thin out as
+# the shards grow) and at a fixed rate (RELAY_RATE, CHURN_RATE: the same load, well below
+# saturation, on every cluster: the cost per operation).
 #   swift build -c release --product switchboard --product switchboard-load
 #   Benchmarks/cluster-shards.sh .build/release
 # On one machine all shards share its cores: what to read is that the work spreads over the
@@ -16,6 +19,8 @@ BIN=$1
 for tool in switchboard switchboard-load; do [ -x "$BIN/$tool" ] || { echo "no $tool in $BIN" >&2; exit 2; }; done
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}
+RELAY_RATE=${RELAY_RATE:-1000}
+CHURN_RATE=${CHURN_RATE:-200}
 SHARDS=(1 2 3)
 
 WORK=$(mktemp -d)
@@ -95,17 +100,21 @@ for round in $(seq 1 "$ROUNDS"); do
     # shellcheck disable=SC2086
     pids=(${REDIS_PIDS[$n]})
     idle=$(idle_cpu "${pids[@]}")
-    before=$(cpu "${pids[@]}")
-    # shellcheck disable=SC2086
-    relay=$("$BIN/switchboard-load" relay ${NODES[$n]} --pairs 16 --duration "$DURATION" --json 2>/dev/null)
-    after=$(cpu "${pids[@]}")
-    delivered=$(echo "$relay" | field delivered)
-    echo "round $round, $n shard(s): relays $(echo "$relay" | field per_second | cut -d. -f1)/s, p99 $(echo "$relay" | field p99_ms) ms, lost $(echo "$relay" | field lost); Redis CPU per relay $(per_op "$before" "$after" "$delivered" "$idle")"
-    before=$(cpu "${pids[@]}")
-    # shellcheck disable=SC2086
-    churn=$("$BIN/switchboard-load" churn ${NODES[$n]} --peers 32 --duration "$DURATION" --json 2>/dev/null)
-    after=$(cpu "${pids[@]}")
-    joins=$(echo "$churn" | field joins)
-    echo "round $round, $n shard(s): joins $(echo "$churn" | field per_second | cut -d. -f1)/s (each with a leave), p99 $(echo "$churn" | field p99_ms) ms, errors $(echo "$churn" | field errors); Redis CPU per join + leave $(per_op "$before" "$after" "$joins" "$idle")"
+    for pace in closed fixed; do
+      relay_rate=0 churn_rate=0
+      [ "$pace" = fixed ] && relay_rate=$RELAY_RATE churn_rate=$CHURN_RATE
+      before=$(cpu "${pids[@]}")
+      # shellcheck disable=SC2086
+      relay=$("$BIN/switchboard-load" relay ${NODES[$n]} --pairs 16 --rate "$relay_rate" --duration "$DURATION" --json 2>/dev/null)
+      after=$(cpu "${pids[@]}")
+      delivered=$(echo "$relay" | field delivered)
+      echo "round $round, $n shard(s), $pace: relays $(echo "$relay" | field per_second | cut -d. -f1)/s, p99 $(echo "$relay" | field p99_ms) ms, lost $(echo "$relay" | field lost); Redis CPU per relay $(per_op "$before" "$after" "$delivered" "$idle")"
+      before=$(cpu "${pids[@]}")
+      # shellcheck disable=SC2086
+      churn=$("$BIN/switchboard-load" churn ${NODES[$n]} --peers 32 --rate "$churn_rate" --duration "$DURATION" --json 2>/dev/null)
+      after=$(cpu "${pids[@]}")
+      joins=$(echo "$churn" | field joins)
+      echo "round $round, $n shard(s), $pace: joins $(echo "$churn" | field per_second | cut -d. -f1)/s (each with a leave), p99 $(echo "$churn" | field p99_ms) ms, errors $(echo "$churn" | field errors); Redis CPU per join + leave $(per_op "$before" "$after" "$joins" "$idle")"
+    done
   done
 done

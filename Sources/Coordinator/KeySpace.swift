@@ -42,12 +42,13 @@ public struct KeySpace: Sendable {
     public func nodeReaper(_ id: String) -> String { "\(prefix)node:{\(id)}:reaper" }
 
     /// String: a random id made when Redis holds none. If it changes, Redis lost its data and
-    /// every node puts back the sessions and memberships it holds.
-    public var epoch: String { "\(prefix)epoch" }
+    /// every node puts back the sessions and memberships it holds. In one slot with
+    /// `recovering`, so that a join's check of both visits one server of a cluster.
+    public var epoch: String { "\(prefix){fleet}:epoch" }
     /// String, expiring: set while the nodes put back what they hold after Redis lost its
     /// data. Joins, leaves and session ends wait (503) until it expires, so none of them sees a
     /// room only partly put back.
-    public var recovering: String { "\(prefix)recovering" }
+    public var recovering: String { "\(prefix){fleet}:recovering" }
     /// Sharded pub/sub: a node's own channel, on which it checks that its subscription is alive.
     public func nodeProbe(_ id: String) -> String { "\(prefix)node:{\(id)}:probe" }
 

@@ -33,6 +33,10 @@ struct EventStreamResponse: Sendable {
     /// event, the end of a stream as the node stops) may take to reach a client before the node
     /// closes the connection.
     static let finalWriteDeadline = TimeAmount.seconds(5)
+    /// The kernel send buffer of a stream's connection (Linux keeps twice this). Left to grow,
+    /// it reaches megabytes behind a client that stops reading; the node's own queue is bounded
+    /// by `StreamLimits`, and 128 KiB is a hundred times what signaling sends in a round trip.
+    static let sendBufferBytes = 64 << 10
 
     /// What a browser waits before it reconnects, in milliseconds, with jitter so that a fleet's
     /// browsers do not all come back in the same millisecond: about a second after a drop
@@ -51,18 +55,19 @@ struct EventStreamResponse: Sendable {
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
         headers[HTTPField.Name("X-Accel-Buffering")!] = "no"  // proxies must not buffer the stream
+        _ = connection.setOption(ChannelOptions.socketOption(.so_sndbuf), value: Self.sendBufferBytes)
         // A stream the node ends may have a write stuck on a client that stopped reading:
-        // closing the connection frees it, and the clean-up runs. A stream cut off for falling
-        // behind is closed at once; a replaced one, or one the node ends as it stops, once its
+        // resetting the connection frees it, and the clean-up runs. A stream cut off for falling
+        // behind is reset at once; a replaced one, or one the node ends as it stops, once its
         // last bytes have had `finalWriteDeadline` to go out.
         let pendingClose = NIOLockedValueBox<Scheduled<Void>?>(nil)
         let closeSoon: @Sendable () -> Void = {
-            let close = connection.eventLoop.scheduleTask(in: Self.finalWriteDeadline) { connection.close(promise: nil) }
+            let close = connection.eventLoop.scheduleTask(in: Self.finalWriteDeadline) { Self.reset(connection) }
             pendingClose.withLockedValue { $0 = close }
         }
         let onEnd: @Sendable (PeerStream.EndReason) -> Void = { reason in
             switch reason {
-            case .tooSlow: connection.close(promise: nil)
+            case .tooSlow: Self.reset(connection)
             case .replaced: closeSoon()
             case .closed: break
             }
@@ -135,6 +140,14 @@ struct EventStreamResponse: Sendable {
     }
 
     private struct NodeStopping: Error {}
+
+    /// Closes with a reset (SO_LINGER 0) rather than a FIN: a graceful close of a connection
+    /// whose client stopped reading leaves its socket in FIN-WAIT-1, still holding everything
+    /// queued for it, until the kernel gives up minutes later.
+    private static func reset(_ connection: any Channel) {
+        guard let socket = connection as? SocketOptionProvider else { return connection.close(promise: nil) }
+        socket.setSoLinger(NIOLinger(l_onoff: 1, l_linger: 0)).whenComplete { _ in connection.close(promise: nil) }
+    }
 
     private func logStreamOpened() {
         logger.info("stream opened", metadata: ["peer": "\(user.id)", "resuming": "\(lastEvent != nil)"])

@@ -92,8 +92,7 @@ final class ClusterRouter: Sendable {
             do {
                 let reply = try await server(at: candidate.address).send(["CLUSTER", "SLOTS"])
                 let topology = try ClusterTopology(clusterSlots: reply, asked: candidate, credentials: seeds[0])
-                adopt(topology)
-                return topology
+                return adopt { _ in topology } ?? topology
             } catch {
                 lastError = error
             }
@@ -101,15 +100,22 @@ final class ClusterRouter: Sendable {
         throw lastError
     }
 
-    private func adopt(_ topology: ClusterTopology) {
-        let watchers = state.withLockedValue { state -> [AsyncStream<ClusterTopology>.Continuation] in
-            guard state.topology != topology else { return [] }
+    /// Makes `change(current map)` the map, unless it is nil or the same, and tells the
+    /// watchers. Returns the map now (nil if none was ever read). Under the lock, so that a change made from a map is
+    /// never applied over a newer one, and watchers get the maps in the order adopted.
+    @discardableResult
+    private func adopt(_ change: (ClusterTopology?) -> ClusterTopology?) -> ClusterTopology? {
+        let (current, changed) = state.withLockedValue { state -> (ClusterTopology?, Bool) in
+            guard var topology = change(state.topology), topology != state.topology else { return (state.topology, false) }
+            topology.version = (state.topology?.version ?? 0) + 1
             state.topology = topology
-            return Array(state.watchers.values)
+            for watcher in state.watchers.values { watcher.yield(topology) }
+            return (topology, true)
         }
-        guard !watchers.isEmpty else { return }
-        logger.info("cluster map read", metadata: ["primaries": "\(topology.primaries.map(\.description))"])
-        for watcher in watchers { watcher.yield(topology) }
+        if changed, let current {
+            logger.info("cluster map read", metadata: ["primaries": "\(current.primaries.map(\.description))"])
+        }
+        return current
     }
 
     /// The client of the server at `address` (made on first use, with the seeds' credentials).
@@ -208,7 +214,7 @@ final class ClusterRouter: Sendable {
             } else {
                 // No primary serves the slot (the cluster is failing over): read again after a pause.
                 try await Task.sleep(for: wait)
-                wait *= 2
+                wait = min(wait * 2, .milliseconds(500))
                 _ = try? await refresh()
                 continue
             }
@@ -232,7 +238,7 @@ final class ClusterRouter: Sendable {
             case .moved(let movedSlot, let newOwner):
                 var primary = seeds[0]
                 primary.address = newOwner
-                if let moved = currentTopology?.moving(slot: movedSlot, to: primary) { adopt(moved) }
+                adopt { $0?.moving(slot: movedSlot, to: primary) }
                 refreshSoon()
                 (target, asking) = (newOwner, false)
             case .ask(_, let importing):

@@ -6,6 +6,13 @@ public struct ClusterTopology: Sendable, Equatable {
     public let primaries: [RedisEndpoint]
     /// For each of the 16384 slots, its owner's index in `primaries`; -1 if no primary serves it.
     private let owners: [Int16]
+    /// The order in which the client adopted its maps: a later one is newer. Maps reach their
+    /// users from several tasks; this tells which one is current. Not part of equality.
+    public internal(set) var version: UInt64 = 0
+
+    public static func == (a: ClusterTopology, b: ClusterTopology) -> Bool {
+        a.primaries == b.primaries && a.owners == b.owners
+    }
 
     /// A single server owning every slot.
     public init(single endpoint: RedisEndpoint) {

@@ -95,7 +95,17 @@ public final class RedisServerClient: Sendable {
             if let identityObserver {
                 // Before any command runs on the new connection: the observer learns of a
                 // restart or a promotion first (see `ServerIdentity`).
-                let info = try? await connection.send(["INFO", "server", "replication"]).string
+                // A server that accepts connections but does not answer (a stopped process)
+                // fails the attempt, so it is retried with back-off rather than handed out.
+                let info: String?
+                do {
+                    info = try await connection.send(["INFO", "server", "replication"]).string
+                } catch let error as RedisConnectionError {
+                    await connection.close()
+                    throw error
+                } catch {
+                    info = nil  // refused (a user without INFO): no identity to watch
+                }
                 if let identity = info.flatMap(ServerIdentity.init(info:)) { identityObserver.observe(endpoint, identity) }
             }
             let wasDown = state.withLockedValue { state in

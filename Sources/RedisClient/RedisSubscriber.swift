@@ -37,7 +37,8 @@ public final class RedisSubscriber: Sendable {
     /// A primary, by address: each has a connection of its own, and its own continuity.
     public typealias Shard = RedisEndpoint.Address
 
-    private struct Channel {
+    /// A channel the node wants, and where it stands.
+    private struct Subscription {
         /// References held: confirmed subscribers, and `waiters` (which hold one each).
         var count = 0
         var confirmed = false
@@ -61,8 +62,9 @@ public final class RedisSubscriber: Sendable {
         /// SUNSUBSCRIBEs sent and not confirmed, by channel: a `sunsubscribe` beyond these is
         /// the server dropping the channel (its slot moved away).
         var unsubscribesInFlight: [String: Int] = [:]
-        /// A PING follows SUBSCRIBEs sent after a reconnect or a move: its reply says they all took.
-        var awaitingPong = false
+        /// PINGs sent, or about to be, whose PONG has not come back. A PING follows SSUBSCRIBEs
+        /// sent after a reconnect or a move: its reply says they all took.
+        var pongsAwaited = 0
         /// The server refused a command on this connection (a stale map): it is being replaced.
         var broken = false
 
@@ -72,7 +74,7 @@ public final class RedisSubscriber: Sendable {
     private struct State {
         var topology: ClusterTopology?
         var links: [Shard: Link] = [:]
-        var channels: [String: Channel] = [:]
+        var channels: [String: Subscription] = [:]
         var connectedWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         /// Shards on whose channels messages may have been missed (a connection lost or not
         /// made, a channel moved there or dropped) and `onResubscribed` has not been called since.
@@ -90,7 +92,7 @@ public final class RedisSubscriber: Sendable {
         /// from now on can go unnoticed.
         func isSettled(_ shard: Shard) -> Bool {
             guard let link = links[shard] else { return false }
-            return link.isUp && !link.awaitingPong && !link.broken
+            return link.isUp && link.pongsAwaited == 0 && !link.broken
         }
 
         /// The live link of the primary owning `channel`.
@@ -104,11 +106,13 @@ public final class RedisSubscriber: Sendable {
         /// - Parameter resuming: the channel was wanted before (it moved, or its connection was
         ///   lost): messages published meanwhile at its owner are missed, so that shard is
         ///   interrupted.
-        mutating func route(_ name: String, _ channel: inout Channel, resuming: Bool) -> Shard? {
+        mutating func route(_ name: String, _ channel: inout Subscription, resuming: Bool) -> Shard? {
             let owner = liveOwner(of: name)
             guard channel.shard != owner || channel.shard == nil else { return nil }
             if let old = channel.shard { sendUnsubscribe(name, on: old) }
-            if resuming, let owner { interrupted.insert(owner) }
+            // Messages published at the new owner before it is subscribed there are missed,
+            // whether or not its connection is up yet.
+            if resuming, let target = owner ?? topology?.owner(of: name)?.address { interrupted.insert(target) }
             channel.confirmed = false
             channel.shard = owner
             guard let owner, let connection = links[owner]?.connection else { return nil }
@@ -138,7 +142,7 @@ public final class RedisSubscriber: Sendable {
         }
 
         /// Forgets a channel nothing holds any more, unsubscribing where it was subscribed.
-        mutating func drop(_ name: String, _ channel: Channel) {
+        mutating func drop(_ name: String, _ channel: Subscription) {
             channels[name] = nil
             if let shard = channel.shard { sendUnsubscribe(name, on: shard) }
         }
@@ -151,11 +155,35 @@ public final class RedisSubscriber: Sendable {
 
         /// Follows SSUBSCRIBEs sent to `shards` with a PING: its reply says they all took.
         mutating func ping(_ shards: Set<Shard>) {
-            for shard in shards {
-                guard let connection = links[shard]?.connection else { continue }
-                links[shard]!.awaitingPong = true
-                connection.sendWithoutReply(["PING"])
+            expectPongs(shards).forEach { $0.sendWithoutReply(["PING"]) }
+        }
+
+        /// Counts a PING as sent to each of `shards` that is connected, and returns the
+        /// connections to send them on: for a caller that must send them later, outside the
+        /// lock, while the shards count as unsettled from now.
+        mutating func expectPongs(_ shards: Set<Shard>) -> [RedisConnection] {
+            shards.compactMap { shard in
+                guard let connection = links[shard]?.connection else { return nil }
+                links[shard]!.pongsAwaited += 1
+                return connection
             }
+        }
+
+        /// Gives up the references of those waiting on channels that are subscribed nowhere
+        /// (their slot's primary is not connected): they are told it is unavailable, rather
+        /// than waiting for as long as it stays down.
+        mutating func detachUnrouted() -> ([Waiter], [Watcher]) {
+            var waiters: [Waiter] = []
+            var watchers: [Watcher] = []
+            for (name, var channel) in channels where channel.shard == nil && !(channel.waiters.isEmpty && channel.watchers.isEmpty) {
+                waiters += channel.waiters.values
+                watchers += channel.watchers.values
+                channel.count -= channel.waiters.count
+                channel.waiters = [:]
+                channel.watchers = [:]
+                channels[name] = channel.count > 0 ? channel : nil
+            }
+            return (waiters, watchers)
         }
     }
 
@@ -202,7 +230,7 @@ public final class RedisSubscriber: Sendable {
                 let outcome: Outcome = state.withLockedValue { state in
                     if Task.isCancelled { return .cancelled }
                     guard state.liveOwner(of: channel) != nil else { return .unavailable }
-                    var entry = state.channels[channel, default: Channel()]
+                    var entry = state.channels[channel, default: Subscription()]
                     entry.count += 1
                     defer { state.channels[channel] = entry }
                     if entry.confirmed { return .subscribed }
@@ -238,7 +266,7 @@ public final class RedisSubscriber: Sendable {
     /// wait for the confirmation later with `waitUntilSubscribed`.
     public func retain(_ channel: String) {
         state.withLockedValue { state in
-            var entry = state.channels[channel, default: Channel()]
+            var entry = state.channels[channel, default: Subscription()]
             entry.count += 1
             if entry.count == 1 { _ = state.route(channel, &entry, resuming: false) }
             state.channels[channel] = entry
@@ -314,8 +342,8 @@ public final class RedisSubscriber: Sendable {
                 // dropped; the map is read again then, and every few seconds in any case.
                 group.addTask {
                     while (try? await Task.sleep(for: .seconds(2))) != nil {
-                        _ = try? await self.client.refreshTopology()
-                        self.follow(self.state.withLockedValue { $0.topology })
+                        // Followed even if unchanged: channels left subscribed nowhere go out again.
+                        self.follow(try? await self.client.refreshTopology())
                     }
                 }
                 group.addTask {
@@ -338,11 +366,15 @@ public final class RedisSubscriber: Sendable {
         messageSink.finish()
     }
 
-    /// Takes the map: starts a connection to each new primary, stops those to primaries gone,
-    /// and sends each channel whose slot moved to its new owner.
+    /// Takes the map, unless a newer one was taken already: starts a connection to each new
+    /// primary, stops those to primaries gone, and sends each channel whose slot moved to its
+    /// new owner. Those waiting on a channel whose owner is not connected are told it is
+    /// unavailable.
     private func follow(_ topology: ClusterTopology?) {
         guard let topology else { return }
-        let (stopped, interrupted, waiters, watchers) = state.withLockedValue { state -> ([Task<Void, Never>], Set<Shard>, [Waiter], [Watcher]) in
+        typealias Followed = (stopped: [Task<Void, Never>], interrupted: Set<Shard>, pings: [RedisConnection], waiters: [Waiter], watchers: [Watcher])
+        let followed = state.withLockedValue { state -> Followed? in
+            guard topology.version >= state.topology?.version ?? 0 else { return nil }
             let before = state.interrupted
             state.topology = topology
             let wanted = Set(topology.primaries.map(\.address))
@@ -367,13 +399,18 @@ public final class RedisSubscriber: Sendable {
                 if let shard = state.route(name, &channel, resuming: true) { written.insert(shard) }
                 state.channels[name] = channel
             }
-            state.ping(written)
-            return (stopped, state.interrupted.subtracting(before).union(written), waiters, watchers)
+            let (unroutedWaiters, unroutedWatchers) = state.detachUnrouted()
+            // The PINGs count from now, but go out after `onInterrupted`: their PONG (and so
+            // `onResubscribed`) must not come before it.
+            let pings = state.expectPongs(written)
+            return (stopped, state.interrupted.subtracting(before).union(written), pings, waiters + unroutedWaiters, watchers + unroutedWatchers)
         }
-        stopped.forEach { $0.cancel() }
-        for shard in interrupted { onInterrupted?(shard) }
-        waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
-        watchers.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
+        guard let followed else { return }
+        followed.stopped.forEach { $0.cancel() }
+        for shard in followed.interrupted { onInterrupted?(shard) }
+        followed.pings.forEach { $0.sendWithoutReply(["PING"]) }
+        followed.waiters.forEach { $0.resume(throwing: RedisConnectionError.unavailable(retryAfterMilliseconds: 1000)) }
+        followed.watchers.forEach { $0.resume(throwing: RedisConnectionError.unavailable(retryAfterMilliseconds: 1000)) }
     }
 
     /// Keeps the connection to one primary up until the task is cancelled.
@@ -385,7 +422,7 @@ public final class RedisSubscriber: Sendable {
             do {
                 let connection = try await RedisConnection.connect(
                     to: endpoint, on: group, connectTimeout: .seconds(2), commandTimeout: .seconds(5),
-                    onPush: { [weak self] reply in self?.receive(reply, on: shard) })
+                    onPush: { [weak self] reply in self?.receive(reply, on: shard, link: link) })
                 backoff.reset()
                 if recovering { onConnectionEvent?(.restored) }
                 recovering = true
@@ -406,7 +443,7 @@ public final class RedisSubscriber: Sendable {
                 }
             } catch {
                 recovering = true
-                interrupt(shard)
+                interrupt(shard, link: link)
                 logger.warning("subscriber cannot connect", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
                 onConnectionEvent?(.connectFailed)
             }
@@ -448,6 +485,7 @@ public final class RedisSubscriber: Sendable {
             state.links[shard]!.connection = connection
             state.links[shard]!.subscribesInFlight = [:]
             state.links[shard]!.unsubscribesInFlight = [:]
+            state.links[shard]!.pongsAwaited = 0
             state.links[shard]!.broken = false
             // The first connection too: `onResubscribed` says the shard's subscription is whole.
             state.interrupted.insert(shard)
@@ -465,36 +503,48 @@ public final class RedisSubscriber: Sendable {
         return waiters != nil
     }
 
+    /// Only for the shard's current link: an earlier one's end says nothing about the shard now.
     private func connectionLost(to shard: Shard, link: UInt64) {
-        let (waiters, watchers) = state.withLockedValue { state -> ([Waiter], [Watcher]) in
-            guard state.links[shard]?.id == link else { return ([], []) }
+        let lost = state.withLockedValue { state -> ([Waiter], [Watcher])? in
+            guard state.links[shard]?.id == link else { return nil }
             state.links[shard]?.connection = nil
-            state.links[shard]?.awaitingPong = false
+            state.links[shard]?.pongsAwaited = 0
             state.links[shard]?.subscribesInFlight = [:]
             state.links[shard]?.unsubscribesInFlight = [:]
             return state.detachChannels(from: shard)
         }
+        guard let (waiters, watchers) = lost else { return }
         onInterrupted?(shard)
         waiters.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
         watchers.forEach { $0.resume(throwing: RedisConnectionError.connectionClosed) }
     }
 
-    private func interrupt(_ shard: Shard) {
-        state.withLockedValue { _ = $0.interrupted.insert(shard) }
-        onInterrupted?(shard)
+    private func interrupt(_ shard: Shard, link: UInt64) {
+        let current = state.withLockedValue { state in
+            guard state.links[shard]?.id == link else { return false }
+            state.interrupted.insert(shard)
+            return true
+        }
+        if current { onInterrupted?(shard) }
     }
 
-    private func receive(_ reply: RESPValue, on shard: Shard) {
+    /// What a subscriber connection read. Messages count from any connection; the rest only
+    /// from the shard's current link (an earlier one's late replies would confirm or break
+    /// the wrong connection's state).
+    private func receive(_ reply: RESPValue, on shard: Shard, link: UInt64) {
+        if case .array(let parts) = reply, parts.first?.string == "smessage" {
+            guard parts.count == 3, let channel = parts[1].string, case .bulkString(let payload) = parts[2] else { return }
+            let message = PubSubMessage(channel: channel, payload: payload)
+            if let onMessage { onMessage(message) } else { messageSink.yield(message) }
+            return
+        }
+        guard state.withLockedValue({ $0.links[shard]?.id == link }) else { return }
         if reply == .simpleString("PONG") { return ponged(shard) }  // PING with no channels subscribed
         if let message = reply.errorMessage { return refused(message, on: shard) }
         guard case .array(let parts) = reply, let kind = parts.first?.string else { return }
         switch kind {
         case "pong":
             ponged(shard)
-        case "smessage":
-            guard parts.count == 3, let channel = parts[1].string, case .bulkString(let payload) = parts[2] else { return }
-            let message = PubSubMessage(channel: channel, payload: payload)
-            if let onMessage { onMessage(message) } else { messageSink.yield(message) }
         case "ssubscribe":
             guard parts.count == 3, let channel = parts[1].string else { return }
             let (waiters, watchers) = state.withLockedValue { state -> ([Waiter], [Watcher]) in
@@ -524,10 +574,7 @@ public final class RedisSubscriber: Sendable {
                 // map is read again and the channel subscribed at its owner; streams catch up.
                 logger.warning("Redis dropped a subscribed channel: following its slot", metadata: ["channel": "\(channel)"])
                 onInterrupted?(shard)
-                Task {
-                    _ = try? await self.client.refreshTopology()
-                    self.follow(self.state.withLockedValue { $0.topology })
-                }
+                Task { self.follow(try? await self.client.refreshTopology()) }
             }
         default:
             break
@@ -551,7 +598,7 @@ public final class RedisSubscriber: Sendable {
     private func ponged(_ shard: Shard) {
         let settled = state.withLockedValue { state -> Bool in
             guard state.links[shard]?.broken == false else { return false }
-            state.links[shard]?.awaitingPong = false
+            if let awaited = state.links[shard]?.pongsAwaited, awaited > 0 { state.links[shard]!.pongsAwaited = awaited - 1 }
             guard state.interrupted.contains(shard), state.isSettled(shard) else { return false }
             state.interrupted.remove(shard)
             return true

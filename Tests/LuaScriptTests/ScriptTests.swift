@@ -517,4 +517,9 @@ struct ScriptSlotTests {
         let remember = RememberRoomCall(keys, peer: peer, room: room, maxRooms: 16, snapshot: snapshot, log: log)
         #expect(slots(join) != slots(remember))
     }
+
+    @Test func theFleetsEpochAndRecoveryWindowShareASlot() {
+        // A join checks both with its peer's keys: at most two primaries of a cluster.
+        #expect(HashSlot.of(keys.epoch) == HashSlot.of(keys.recovering))
+    }
 }

@@ -32,12 +32,12 @@ struct DataLossTests {
                     #expect(try await fleet.client(1).request(.POST, "/s/join", token: carol.token).status == 200)
                     for _ in 0..<3 { #expect(await nextSignal(carol.stream)?.event == "add-peer") }
                     for peer in [ann, bob, ann] { #expect(await nextSignal(peer.stream)?.event == "add-peer") }
-                    let epoch = try await primary.command("GET", "sb:epoch")
+                    let epoch = try await primary.command("GET", "sb:{fleet}:epoch")
 
                     // The address moves to the replica; the primary is gone.
                     proxy.failOver(to: replicaPort)
                     await primary.kill()
-                    #expect(try await replica.command("GET", "sb:epoch") == epoch, "the epoch survived: only the server's identity shows the loss")
+                    #expect(try await replica.command("GET", "sb:{fleet}:epoch") == epoch, "the epoch survived: only the server's identity shows the loss")
                     #expect(try await fleet.eventually {
                         let (r, s) = (try await fleet.roomMembers("r"), try await fleet.roomMembers("s"))
                         return r == [ann.id, bob.id, carol.id] && s == [ann.id, carol.id]

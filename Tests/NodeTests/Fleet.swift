@@ -217,7 +217,7 @@ final class Fleet: Sendable {
     /// Every peer and room key: all keys but the nodes' own (heartbeat records, the epoch)
     /// and the event logs (which expire by themselves).
     func signalingKeys() async throws -> [String] {
-        try await keys().filter { !$0.hasPrefix("sb:node:") && $0 != "sb:epoch" && $0 != "sb:recovering" && !$0.hasSuffix(":log") }
+        try await keys().filter { !$0.hasPrefix("sb:node:") && !$0.hasPrefix("sb:{fleet}:") && !$0.hasSuffix(":log") }
     }
 
     /// Every peer and room key with its contents, to show that something changed nothing.

@@ -144,7 +144,9 @@ struct RedisRestartTests {
         try await RedisServerProcess.with(tcpPort: try RedisServerProcess.freePort()) { server in
             let proxy = try await SwitchingProxy.start(upstreamPort: server.tcpPort!)
             defer { proxy.stop() }
-            let redis = RedisClient(endpoint: try RedisEndpoint(url: "redis://127.0.0.1:\(proxy.port)"))
+            // A long command time-out: a loaded machine can hold a reply for seconds, and this
+            // test is about a subscription lost behind a live connection, not about time-outs.
+            let redis = RedisClient(endpoint: try RedisEndpoint(url: "redis://127.0.0.1:\(proxy.port)"), commandTimeout: .seconds(60))
             let coordinator = Coordinator(
                 // The probe runs each heartbeat: relays are held from the old subscription's end
                 // until the next one, up to a second, a window the relays below cannot miss.

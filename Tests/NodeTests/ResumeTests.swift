@@ -216,7 +216,7 @@ struct ResumeTests {
                 var held = 0
                 for n in 1...total {
                     let status = try await connection.request(.POST, "/relay/\(ann.id)/note", token: bob.token, body: "\(n)").status
-                    #expect(status == 200 || status == 202)
+                    #expect(status == 200 || status == 202, "relay \(n): \(status)")
                     if status == 202 { held += 1 }
                 }
                 await connection.close()

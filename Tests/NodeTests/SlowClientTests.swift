@@ -82,6 +82,9 @@ struct SlowClientTests {
             let metrics = try await scrape()
             #expect(OperationsTests.sample(metrics, "switchboard_slow_clients_dropped_total") == 1, "after \(sent) relays: \(statuses)")
             #expect(try await fleet.eventually { OperationsTests.sample(try await scrape(), "switchboard_streams_open") == 1 })
+            // Reset, not closed: a FIN would leave the node's socket holding megabytes queued
+            // for a client that never reads, until the kernel gave up on it minutes later.
+            #expect(try await Self.endOfReading(fd) == ECONNRESET, "the socket should be reset (ECONNRESET), not closed (-1)")
             // It left the room like any stream that ends; the sender was told.
             #expect(try await fleet.roomMembers("slow") == [sender.id])
             sender.stream.close()
@@ -123,6 +126,22 @@ struct SlowClientTests {
             second.close()
             sender.stream.close()
         }
+    }
+
+    /// Reads `fd` until it ends, for up to 5 s: the error that ended it (`ECONNRESET` for a
+    /// reset), -1 for an orderly close, 0 if it is still open.
+    static func endOfReading(_ fd: Int32) async throws -> Int32 {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if count == 0 { return -1 }
+            if count < 0 {
+                guard errno == EAGAIN || errno == EWOULDBLOCK else { return errno }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        return 0
     }
 
     static func peerID(token: String, fleet: Fleet) async throws -> String {
