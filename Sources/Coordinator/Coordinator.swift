@@ -77,15 +77,14 @@ public final class Coordinator: Service, Sendable {
     ) {
         self.limits = limits
         let localStreams = LocalStreams(keys: keys)
-        let probe = SubscriptionProbe()
+        let probes = SubscriptionProbes(keys: keys, nodeID: nodeID)
         let continuity = SubscriptionContinuity()
         let catchUp = CoalescedRequests()
         // Messages are routed on the subscriber's event loop, straight into the streams' queues.
-        let probeChannel = keys.nodeProbe(nodeID)
         let subscriber = RedisSubscriber(
             client: redis, logger: logger,
             onMessage: { message in
-                if message.channel == probeChannel { probe.received(message.payload) } else { localStreams.route(message) }
+                if !probes.received(message) { localStreams.route(message) }
             },
             onConnectionEvent: metrics.redisConnectionEvent,
             onInterrupted: { shard in
@@ -117,7 +116,7 @@ public final class Coordinator: Service, Sendable {
         self.sessions = sessions
         self.recovery = Recovery(
             context: context, gate: gate, sessions: sessions, logs: logs, heartbeatInterval: heartbeatInterval, startedAt: startedAt,
-            probe: probe)
+            probes: probes)
         self.status = FleetStatus(context: context, localStreams: localStreams)
         let identities = ServerIdentities()
         redis.observeServers { [weak recovery] endpoint, identity in

@@ -49,8 +49,11 @@ public struct KeySpace: Sendable {
     /// data. Joins, leaves and session ends wait (503) until it expires, so none of them sees a
     /// room only partly put back.
     public var recovering: String { "\(prefix){fleet}:recovering" }
-    /// Sharded pub/sub: a node's own channel, on which it checks that its subscription is alive.
-    public func nodeProbe(_ id: String) -> String { "\(prefix)node:{\(id)}:probe" }
+    /// Sharded pub/sub: a node's own channels, on which it checks that its subscription is
+    /// alive: `sb:node:{N~V}:probe`, one variant `V` in a slot of each primary.
+    public func nodeProbe(_ id: String, variant: Int) -> String { "\(nodeProbePrefix(id))\(variant)}:probe" }
+    /// What every probe channel of the node starts with.
+    public func nodeProbePrefix(_ id: String) -> String { "\(prefix)node:{\(id)~" }
 
     /// Sharded pub/sub: everything addressed to one peer, `sb:peer:{P}:events`, in the slot of
     /// the peer's keys; only the node holding its stream listens.

@@ -15,19 +15,19 @@ final class Recovery: Sendable {
     /// How often the node renews its heartbeat record and looks for dead nodes.
     let heartbeatInterval: Duration
     let startedAt: Date
-    private let probe: SubscriptionProbe
+    private let probes: SubscriptionProbes
     /// The nodes whose streams had no heartbeat record at the last look (see `reapDeadNodes`).
     private let unrecorded = NIOLockedValueBox<Set<String>>([])
     private var continuity: SubscriptionContinuity { sessions.continuity }
 
-    init(context: NodeContext, gate: RecoveryGate, sessions: Sessions, logs: EventLogs, heartbeatInterval: Duration, startedAt: Date, probe: SubscriptionProbe) {
+    init(context: NodeContext, gate: RecoveryGate, sessions: Sessions, logs: EventLogs, heartbeatInterval: Duration, startedAt: Date, probes: SubscriptionProbes) {
         self.context = context
         self.gate = gate
         self.sessions = sessions
         self.logs = logs
         self.heartbeatInterval = heartbeatInterval
         self.startedAt = startedAt
-        self.probe = probe
+        self.probes = probes
     }
 
     /// Keeps this node's record in Redis (`/status` lists the fleet from these records) and,
@@ -195,24 +195,29 @@ final class Recovery: Sendable {
         }
     }
 
-    /// Publishes a probe on this node's own channel. If Redis has no subscriber for it, or the
-    /// previous probe never came back, the subscription is dead though its connection looks
-    /// alive: reconnect it (it subscribes again to every channel).
+    /// Publishes a probe on this node's own channel in each shard. If Redis has no subscriber
+    /// for it, or the previous probe there never came back, the shard's subscription is dead
+    /// though its connection looks alive: reconnect it (it subscribes again to its channels).
     func checkSubscription() async {
-        let channel = context.keys.nodeProbe(context.nodeID)
-        if !probe.isSubscribed {
-            guard (try? await context.subscriber.subscribe(channel)) != nil else { return }
-            probe.isSubscribed = true
-        }
-        guard context.subscriber.isConnected else { return }
-        let lost = probe.outstanding
-        let sent = probe.next()
-        let receivers = (try? await context.redis.send(["SPUBLISH", channel, String(sent)]).int) ?? -1
-        if receivers == 0 || lost {
-            context.metrics.subscriptionProbesFailed.increment()
-            context.logger.warning("subscription is dead though its connection is open: reconnecting", metadata: ["node": "\(context.nodeID)"])
-            probe.reset()
-            context.subscriber.reconnect()
+        guard let topology = try? await context.redis.topology() else { return }
+        let channels = probes.channels(for: topology)
+        for gone in probes.forget(allBut: Set(channels.values)) { context.subscriber.unsubscribe(gone) }
+        for (shard, channel) in channels {
+            if !probes.isSubscribed(channel) {
+                guard (try? await context.subscriber.subscribe(channel)) != nil else { continue }
+                probes.subscribed(channel)
+            }
+            guard context.subscriber.isConnected(to: shard) else { continue }
+            let probe = probes.next(on: channel)
+            let receivers = (try? await context.redis.send(["SPUBLISH", channel, String(probe.number)]).int) ?? -1
+            if receivers == 0 || probe.previousLost {
+                context.metrics.subscriptionProbesFailed.increment()
+                context.logger.warning(
+                    "subscription is dead though its connection is open: reconnecting",
+                    metadata: ["node": "\(context.nodeID)", "shard": "\(shard)"])
+                probes.reset(channel)
+                context.subscriber.reconnect(shard)
+            }
         }
     }
 
@@ -239,37 +244,6 @@ final class Recovery: Sendable {
         }
         // Only after a whole scan: a partial one would forget nodes already found missing.
         unrecorded.withLockedValue { $0 = missing }
-    }
-}
-
-/// The probes a node publishes on its own channel: their number, and the last one back.
-final class SubscriptionProbe: Sendable {
-    private let state = NIOLockedValueBox<(sent: UInt64, received: UInt64, subscribed: Bool)>((0, 0, false))
-
-    var isSubscribed: Bool {
-        get { state.withLockedValue { $0.subscribed } }
-        set { state.withLockedValue { $0.subscribed = newValue } }
-    }
-
-    /// Whether the last probe sent has not come back.
-    var outstanding: Bool { state.withLockedValue { $0.received < $0.sent } }
-
-    /// The number of the next probe.
-    func next() -> UInt64 {
-        state.withLockedValue { state in
-            state.sent += 1
-            return state.sent
-        }
-    }
-
-    func received(_ payload: ByteBuffer) {
-        guard let number = UInt64(String(buffer: payload)) else { return }
-        state.withLockedValue { $0.received = max($0.received, number) }
-    }
-
-    /// Forgets the probes in flight (the connection is being replaced).
-    func reset() {
-        state.withLockedValue { $0.received = $0.sent }
     }
 }
 

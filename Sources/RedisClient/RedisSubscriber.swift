@@ -453,12 +453,17 @@ public final class RedisSubscriber: Sendable {
         }
     }
 
-    /// Drops every connection; each opens again and subscribes again to its channels. For a
-    /// subscription found dead while its connection looks alive.
-    public func reconnect() {
-        let connections = state.withLockedValue { $0.links.values.compactMap(\.connection) }
+    /// Drops the connection to `shard` (or every connection); it opens again and subscribes
+    /// again to its channels. For a subscription found dead while its connection looks alive.
+    public func reconnect(_ shard: Shard? = nil) {
+        let connections = state.withLockedValue { state in
+            state.links.filter { shard == nil || $0.key == shard }.values.compactMap(\.connection)
+        }
         for connection in connections { connection.channel.close(promise: nil) }
     }
+
+    /// Whether the connection to `shard` is up.
+    public func isConnected(to shard: Shard) -> Bool { state.withLockedValue { $0.links[shard]?.isUp ?? false } }
 
     /// Waits until the subscriber has a live connection to every primary (or the task is cancelled).
     public func waitUntilConnected() async {

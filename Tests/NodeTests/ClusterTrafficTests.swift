@@ -50,6 +50,13 @@ struct ShardContinuityTests {
         try await Fleet.with(nodes: 2, on: .cluster, gracePeriod: .seconds(60), clusterNodeTimeout: 2000) { fleet in
             let topology = try await fleet.redis.topology()
             let (failing, healthy) = (topology.primaries[0].address, topology.primaries[1].address)
+            // Each node probes its subscription on every shard: one channel of its own on each primary.
+            for primary in try await fleet.cluster.primaries() {
+                let probes = { try await primary.command("PUBSUB", "SHARDCHANNELS", "sb:node:*:probe").split(separator: "\n").count }
+                let subscribed = try await fleet.eventually(seconds: 10) { try await probes() == 2 }
+                let count = try await probes()
+                #expect(subscribed, "\(count) probe channels on a primary")
+            }
             /// A name whose hash tag's slot the primary at `address` owns.
             func name(_ prefix: String, on address: RedisEndpoint.Address) -> String {
                 (0...).lazy.map { "\(prefix)-\($0)" }.first { topology.owner(of: "{\($0)}")?.address == address }!
