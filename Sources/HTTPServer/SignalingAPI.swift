@@ -151,11 +151,8 @@ struct SignalingAPI: Sendable {
         }
         context.logger.debug("relay", metadata: ["peer": "\(user.id)", "to": "\(target)", "event": "\(event)", "outcome": "\(outcome)"])
         switch outcome {
-        case .delivered: return try json(["delivered": true])
-        case .held:
-            var response = try json(["delivered": false, "held": true])
-            response.status = .accepted
-            return response
+        case .delivered: return Self.relayAnswer(.ok, Self.deliveredBody)
+        case .held: return Self.relayAnswer(.accepted, Self.heldBody)
         case .noSuchPeer: throw HTTPError(.notFound, message: "peer '\(target)' has no open stream")
         case .notInSharedRoom: throw HTTPError(.forbidden, message: "peer '\(target)' shares no room with you")
         }
@@ -259,6 +256,14 @@ struct SignalingAPI: Sendable {
         return room
     }
 
+    /// A relay's answers, made once: they never change, and relays are the hot path.
+    private static let deliveredBody = ByteBuffer(string: #"{"delivered":true}"#)
+    private static let heldBody = ByteBuffer(string: #"{"delivered":false,"held":true}"#)
+
+    private static func relayAnswer(_ status: HTTPResponse.Status, _ body: ByteBuffer) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
+    }
+
     private func json(_ object: [String: any Sendable]) throws -> Response {
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         return Response(
@@ -268,15 +273,18 @@ struct SignalingAPI: Sendable {
 }
 
 /// Relay bodies go into SSE `data:` lines, so they must be JSON without line breaks.
-enum RelayBody {
+public enum RelayBody {
     /// The body as JSON text on one line, or nil if it is not JSON. An empty body is `{}` (as
     /// the original's body parser gave). Line breaks in valid JSON can only be whitespace
     /// between tokens (inside strings they must be escaped), so they become spaces.
-    static func compactJSON(_ body: ByteBuffer) -> String? {
+    public static func compactJSON(_ body: ByteBuffer) -> String? {
         guard body.readableBytes > 0 else { return "{}" }
-        let bytes = Data(body.readableBytesView)
-        guard (try? JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed])) != nil else { return nil }
+        guard body.withUnsafeReadableBytes(JSONSyntax.isValid) else { return nil }
+        let bytes = body.readableBytesView
+        guard bytes.contains(where: { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }) else {
+            return String(validating: bytes, as: UTF8.self)
+        }
         let oneLine = bytes.map { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") ? UInt8(ascii: " ") : $0 }
-        return String(decoding: oneLine, as: UTF8.self)
+        return String(validating: oneLine, as: UTF8.self)
     }
 }
