@@ -13,7 +13,6 @@ trap 'git worktree remove --force "$WORK/base" 2>/dev/null || true; rm -rf "$WOR
 git worktree add --detach "$WORK/base" "$REV" >/dev/null
 echo "== $REV ($(git rev-parse --short "$REV")): recording the baseline"
 (cd "$WORK/base/Benchmarks" && swift package --disable-sandbox --allow-writing-to-package-directory benchmark baseline update base --no-progress)
-mkdir -p .benchmarkBaselines
 rm -rf .benchmarkBaselines/SwitchboardBenchmarks/base
 mkdir -p .benchmarkBaselines/SwitchboardBenchmarks
 cp -r "$WORK/base/Benchmarks/.benchmarkBaselines/SwitchboardBenchmarks/base" .benchmarkBaselines/SwitchboardBenchmarks/

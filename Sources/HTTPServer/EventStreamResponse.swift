@@ -34,8 +34,8 @@ struct EventStreamResponse: Sendable {
     /// closes the connection.
     static let finalWriteDeadline = TimeAmount.seconds(5)
     /// The kernel send buffer of a stream's connection (Linux keeps twice this). Left to grow,
-    /// it reaches megabytes behind a client that stops reading; the node's own queue is bounded
-    /// by `StreamLimits`, and 128 KiB is a hundred times what signaling sends in a round trip.
+    /// it reaches megabytes behind a client that stops reading; what the node queues itself is
+    /// bounded by `PeerStream.Limits`.
     static let sendBufferBytes = 64 << 10
 
     /// What a browser waits before it reconnects, in milliseconds, with jitter so that a fleet's

@@ -124,10 +124,21 @@ public final class RedisSubscriber: Sendable {
         /// The connection to `shard` is gone: its channels are subscribed nowhere until they are
         /// routed again. Returns those waiting for a confirmation, to be told it failed.
         mutating func detachChannels(from shard: Shard) -> ([Waiter], [Watcher]) {
+            interrupted.insert(shard)
+            return detachWaiting { $0.shard == shard }
+        }
+
+        /// Gives up the references of those waiting on channels that are subscribed nowhere
+        /// (their slot's primary is not connected): they are told it is unavailable, rather
+        /// than waiting for as long as it stays down.
+        mutating func detachUnrouted() -> ([Waiter], [Watcher]) { detachWaiting { $0.shard == nil } }
+
+        /// Takes the channels `matching` off their shard and returns those waiting on them. A
+        /// failed subscribe holds no reference: its caller is told it failed.
+        private mutating func detachWaiting(_ matching: (Subscription) -> Bool) -> ([Waiter], [Watcher]) {
             var waiters: [Waiter] = []
             var watchers: [Watcher] = []
-            for (name, var channel) in channels where channel.shard == shard {
-                // A failed subscribe holds no reference: its caller was told it failed.
+            for (name, var channel) in channels where matching(channel) {
                 waiters += channel.waiters.values
                 watchers += channel.watchers.values
                 channel.count -= channel.waiters.count
@@ -137,7 +148,6 @@ public final class RedisSubscriber: Sendable {
                 channel.shard = nil
                 channels[name] = channel.count > 0 ? channel : nil
             }
-            interrupted.insert(shard)
             return (waiters, watchers)
         }
 
@@ -167,23 +177,6 @@ public final class RedisSubscriber: Sendable {
                 links[shard]!.pongsAwaited += 1
                 return connection
             }
-        }
-
-        /// Gives up the references of those waiting on channels that are subscribed nowhere
-        /// (their slot's primary is not connected): they are told it is unavailable, rather
-        /// than waiting for as long as it stays down.
-        mutating func detachUnrouted() -> ([Waiter], [Watcher]) {
-            var waiters: [Waiter] = []
-            var watchers: [Watcher] = []
-            for (name, var channel) in channels where channel.shard == nil && !(channel.waiters.isEmpty && channel.watchers.isEmpty) {
-                waiters += channel.waiters.values
-                watchers += channel.watchers.values
-                channel.count -= channel.waiters.count
-                channel.waiters = [:]
-                channel.watchers = [:]
-                channels[name] = channel.count > 0 ? channel : nil
-            }
-            return (waiters, watchers)
         }
     }
 
@@ -603,7 +596,7 @@ public final class RedisSubscriber: Sendable {
     private func ponged(_ shard: Shard) {
         let settled = state.withLockedValue { state -> Bool in
             guard state.links[shard]?.broken == false else { return false }
-            if let awaited = state.links[shard]?.pongsAwaited, awaited > 0 { state.links[shard]!.pongsAwaited = awaited - 1 }
+            if let awaited = state.links[shard]?.pongsAwaited { state.links[shard]!.pongsAwaited = max(0, awaited - 1) }
             guard state.interrupted.contains(shard), state.isSettled(shard) else { return false }
             state.interrupted.remove(shard)
             return true

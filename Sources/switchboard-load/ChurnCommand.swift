@@ -22,20 +22,13 @@ struct ChurnCommand: AsyncParsableCommand {
         let run = UUID().uuidString.prefix(8)
         let start = monotonicNanoseconds()
         let deadline = start + UInt64(duration * 1e9)
-        let perPeerInterval = rate > 0 ? 1e9 / (rate / Double(peers)) : 0
+        let pacer = Pacer(start: start, rate: rate, senders: peers)
         let (latencies, joins, errors) = try await withThrowingTaskGroup(of: (Latencies, Int, Int).self) { group in
             for (index, peer) in all.enumerated() {
                 group.addTask {
                     var (latencies, joins, errors) = (Latencies(), 0, 0)
                     while true {
-                        var sentAt = monotonicNanoseconds()
-                        if perPeerInterval > 0 {
-                            // Fixed rate, peers staggered: stamp the time it *should* go, so a
-                            // stall counts against latency.
-                            sentAt = start + UInt64((Double(joins + errors) + Double(index) / Double(peers)) * perPeerInterval)
-                            let now = monotonicNanoseconds()
-                            if sentAt > now { try await Task.sleep(for: .nanoseconds(Int(sentAt - now))) }
-                        }
+                        let sentAt = try await pacer.due(joins + errors, offset: Double(index) / Double(peers))
                         if sentAt >= deadline { break }
                         let room = "churn-\(run)-\(index)-\(joins + errors)"
                         let joined = try await peer.post("/\(room)/join", via: nodes.randomElement()!).status

@@ -29,8 +29,8 @@ struct RelayCommand: AsyncParsableCommand {
         let progress = Progress()
         progress.start("relay")
         let padding = String(repeating: "x", count: padding)
-        let perPairInterval = rate > 0 ? 1e9 / (rate / Double(pairs)) : 0
         let start = monotonicNanoseconds()
+        let pacer = Pacer(start: start, rate: rate, senders: pairs)
         let stop = start + UInt64(duration * 1e9)
         let latencies = try await withThrowingTaskGroup(of: Latencies?.self) { group in
             for index in 0..<pairs {
@@ -42,13 +42,7 @@ struct RelayCommand: AsyncParsableCommand {
                     defer { Task { await connection.close() } }
                     var sequence = 0
                     while true {
-                        var sendAt = monotonicNanoseconds()
-                        if perPairInterval > 0 {
-                            // Fixed rate: stamp the time it *should* go, so a stall counts against latency.
-                            sendAt = start + UInt64(Double(sequence) * perPairInterval)
-                            let now = monotonicNanoseconds()
-                            if sendAt > now { try await Task.sleep(for: .nanoseconds(Int(sendAt - now))) }
-                        }
+                        let sendAt = try await pacer.due(sequence)
                         if sendAt >= stop { break }
                         let body = #"{"s":\#(sequence),"t":\#(sendAt),"p":"\#(padding)"}"#
                         let result = try await connection.request(.POST, "/relay/\(receiver.id)/load", token: sender.token, body: body)
