@@ -91,9 +91,7 @@ public final class RedisCluster: Sendable {
         process.standardOutput = output
         process.standardError = output
         process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let log = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let log = try await process.runToEnd(reading: output)
         guard process.terminationStatus == 0 else { throw FailedToForm(why: log) }
     }
 

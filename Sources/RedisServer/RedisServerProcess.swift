@@ -135,10 +135,7 @@ public final class RedisServerProcess: @unchecked Sendable {
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return text
+        return try await process.runToEnd(reading: output)
     }
 
     /// Whether nothing listens on this loopback TCP port.

@@ -52,7 +52,7 @@ struct TryCluster: AsyncParsableCommand {
         print("Ctrl-C stops the nodes and the cluster.")
         for await _ in signals { break }
         for child in children where child.isRunning { child.terminate() }
-        for child in children { child.waitUntilExit() }
+        for child in children { await child.exited() }
         await cluster.stop()
         print("stopped")
     }
