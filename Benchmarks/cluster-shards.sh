@@ -13,6 +13,7 @@
 # On one machine all shards share its cores: what to read is that the work spreads over the
 # shards and that the cost per operation does not grow with them, not a speed-up.
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 
 [ $# -eq 1 ] || { echo "usage: $0 BIN_DIR (a folder holding switchboard and switchboard-load)" >&2; exit 2; }
 BIN=$1
@@ -90,13 +91,10 @@ idle_cpu() {
   for i in "${!before[@]}"; do out+="$((after[i] - before[i])) "; done
   echo "${out% }"
 }
-# The machine's CPU ticks: stolen by the hypervisor, and all.
-steal() { awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
-field() { sed -n "s/.*\"$1\" *: *\([0-9.]*\).*/\1/p" | head -1; }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f3), $(date -u +%F)"
 for round in $(seq 1 "$ROUNDS"); do
-  read -r stolen_before ticks_before < <(steal)
+  stolen_before=$(steal)
   ORDER=("${SHARDS[@]}")
   [ $((round % 2)) -eq 0 ] && ORDER=(3 2 1)
   for n in "${ORDER[@]}"; do
@@ -120,7 +118,5 @@ for round in $(seq 1 "$ROUNDS"); do
       echo "round $round, $n shard(s), $pace: joins $(echo "$churn" | field per_second | cut -d. -f1)/s (each with a leave), p99 $(echo "$churn" | field p99_ms) ms, errors $(echo "$churn" | field errors); Redis CPU per join + leave $(per_op "$before" "$after" "$joins" "$idle")"
     done
   done
-  read -r stolen_after ticks_after < <(steal)
-  # A VM whose host is busy gets less than its cores, and every figure of the round suffers.
-  echo "round $round: $(( (stolen_after - stolen_before) * 100 / (ticks_after - ticks_before) ))% of the machine's CPU time stolen by the hypervisor"
+  echo "round $round: $(stolen_percent "$stolen_before" "$(steal)")% of the machine's CPU time stolen by the hypervisor"
 done

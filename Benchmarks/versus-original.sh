@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Switchboard against the original article's design (Benchmarks/original: Express + node-redis),
 # in one run: each gets two nodes on a redis-server of its own, and the same load tool drives
-# one, then the other, ROUNDS times (default 3, alternating the order, since this VM drifts
-# over a run). Per round and per design:
+# each in turn, ROUNDS times (default 3, the order reversed every other round, since this VM
+# drifts over a run). Per round and per design:
 #   - closed-loop relays (16 pairs, each sender posting to the node after its receiver's):
 #     throughput, p99, and CPU µs per relay summed over both nodes and Redis (from /proc);
 #   - relays at a fixed RATE (default 2000/s): p50, p99 and CPU µs per relay;
@@ -14,6 +14,7 @@
 #   swift build -c release --product switchboard --product switchboard-load
 #   Benchmarks/versus-original.sh .build/release [BEFORE_BIN_DIR]
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 
 [ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: $0 BIN_DIR [BEFORE_BIN_DIR] (folders holding switchboard; the first also switchboard-load)" >&2; exit 2; }
@@ -67,16 +68,15 @@ NODE_PIDS+=("$(sed -n 's/^node pid \([0-9]*\):.*/\1/p' "$WORK/original.out" | xa
 # CPU ticks summed over the listed processes (every thread, user + system).
 cpu() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | paste -sd+ | bc; }
 # Context switches summed over the listed processes' threads: a hop between two threads costs
-# one on each side, and unlike CPU time this count does not move with the host's load.
+# one on each side, and the host's stealing moves this count far less than CPU time (the
+# offered rate does move it: at a low rate nothing is batched).
 switches() { for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 us_per() { echo $(( ($2 - $1) * 1000000 / TICKS / ($3 > 0 ? $3 : 1) )); }
-field() { sed -n "s/.*\"$1\" *: *\([0-9.]*\).*/\1/p" | head -1; }
-steal() { awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 head -1 "$WORK/original.out"
 for round in $(seq 1 "$ROUNDS"); do
-  read -r stolen_before ticks_before < <(steal)
+  stolen_before=$(steal)
   ORDER=("${!NAMES[@]}")
   [ $((round % 2)) -eq 0 ] && ORDER=($(printf '%s\n' "${ORDER[@]}" | tac))
   for i in "${ORDER[@]}"; do
@@ -112,6 +112,5 @@ for round in $(seq 1 "$ROUNDS"); do
     node_us=$(echo "$join" | field node_cpu_us | cut -d. -f1)
     echo "round $round, $name: join into 99 members, joiner p50 $(echo "$join" | field joiner_p50_ms) ms, all p50 $(echo "$join" | field all_p50_ms) ms; CPU per join $((redis_us + node_us)) µs (nodes $node_us, Redis $redis_us)"
   done
-  read -r stolen_after ticks_after < <(steal)
-  echo "round $round: $(( (stolen_after - stolen_before) * 100 / (ticks_after - ticks_before) ))% of the machine's CPU time stolen by the hypervisor"
+  echo "round $round: $(stolen_percent "$stolen_before" "$(steal)")% of the machine's CPU time stolen by the hypervisor"
 done

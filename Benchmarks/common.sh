@@ -1,0 +1,12 @@
+# Helpers the benchmark scripts share: source it (`. "$(dirname "$0")/common.sh"`).
+
+# The first number after "KEY": in the load tool's --json output.
+field() { sed -n "s/.*\"$1\" *: *\([0-9.]*\).*/\1/p" | head -1; }
+# The machine's CPU ticks: stolen by the hypervisor, and all.
+steal() { awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+# The share of the machine's CPU time stolen between two `steal` readings, in percent: a VM
+# whose host is busy gets less than its cores, and every figure measured meanwhile suffers.
+stolen_percent() {
+  local before=($1) after=($2)
+  echo $(( (after[0] - before[0]) * 100 / (after[1] - before[1]) ))
+}
