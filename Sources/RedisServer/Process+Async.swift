@@ -2,25 +2,27 @@ import Dispatch
 import Foundation
 
 extension Process {
-    /// Runs the process to its end and returns what it wrote to `pipe`.
+    /// Runs the process to its end and returns what it wrote to `pipe`. The reading and the
+    /// waiting happen on a Dispatch thread: blocking a Swift concurrency thread stalls every
+    /// task queued behind it, and `switchboard` runs its tasks on NIO's event loops.
     func runToEnd(reading pipe: Pipe) async throws -> String {
         try run()
-        nonisolated(unsafe) let pipe = pipe
-        let data = await Self.offConcurrencyThreads { pipe.fileHandleForReading.readDataToEndOfFile() }
-        await exited()
-        return String(decoding: data, as: UTF8.self)
+        return await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                self.waitUntilExit()
+                continuation.resume(returning: String(decoding: data, as: UTF8.self))
+            }
+        }
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit, on a Dispatch thread (see `runToEnd(reading:)`).
     public func exited() async {
-        await Self.offConcurrencyThreads { self.waitUntilExit() }
-    }
-
-    /// Runs blocking `work` on a Dispatch thread: blocking a Swift concurrency thread stalls
-    /// every task queued behind it, and `switchboard` runs its tasks on NIO's event loops.
-    private static func offConcurrencyThreads<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
         await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: work()) }
+            DispatchQueue.global().async {
+                self.waitUntilExit()
+                continuation.resume()
+            }
         }
     }
 }
