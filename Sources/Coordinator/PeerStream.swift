@@ -81,7 +81,8 @@ public final class PeerStream: Sendable {
         case replaced, tooSlow, closed
     }
 
-    private typealias Reader = CheckedContinuation<[StreamEvent]?, Never>
+    /// What a waiting reader is handed: everything queued, or nil once the stream has ended.
+    public typealias Reader = @Sendable ([StreamEvent]?) -> Void
 
     /// Where the stream is in one room's log.
     private struct RoomFeed {
@@ -301,21 +302,39 @@ public final class PeerStream: Sendable {
     /// the reading task is cancelled.
     public func nextBatch() async -> [StreamEvent]? {
         await withTaskCancellationHandler {
-            await withCheckedContinuation { (reader: Reader) in
-                let ready: [StreamEvent]?? = state.withLockedValue { state in
-                    if state.ended != nil || Task.isCancelled { return .some(.none) }
-                    if !state.queue.isEmpty { return .some(state.takeAll()) }
-                    state.reader = reader
-                    return .none
-                }
-                if let ready { reader.resume(returning: ready) }
+            await withCheckedContinuation { (continuation: CheckedContinuation<[StreamEvent]?, Never>) in
+                // Checked under the lock: a cancellation after it finds the reader there.
+                wait({ continuation.resume(returning: $0) }, unless: { Task.isCancelled })
             }
         } onCancel: {
-            state.withLockedValue { state in
-                defer { state.reader = nil }
-                return state.reader
-            }?.resume(returning: nil)
+            stopWaiting()
         }
+    }
+
+    /// Hands `reader` everything queued: at once if something is, else as soon as something
+    /// comes; nil once the stream has ended. One reader at a time (which calls `written()` once
+    /// the batch is out). `reader` runs outside the stream's lock, on whichever thread queued
+    /// the events or ended the stream, or on this one.
+    public func whenReady(_ reader: @escaping Reader) {
+        wait(reader, unless: { false })
+    }
+
+    private func wait(_ reader: @escaping Reader, unless givenUp: () -> Bool) {
+        let ready: [StreamEvent]?? = state.withLockedValue { state in
+            if state.ended != nil || givenUp() { return .some(.none) }
+            if !state.queue.isEmpty { return .some(state.takeAll()) }
+            state.reader = reader
+            return .none
+        }
+        if let ready { reader(ready) }
+    }
+
+    /// The waiting reader, if any, is handed nil and forgotten; the stream stays open.
+    private func stopWaiting() {
+        state.withLockedValue { state in
+            defer { state.reader = nil }
+            return state.reader
+        }?(nil)
     }
 
     /// Redis confirmed this stream as the peer's current one: deliver from now on.
@@ -454,7 +473,7 @@ public final class PeerStream: Sendable {
         }
         for (room, position) in catchUps { observer?.stream(self, catchesUpIn: room, after: position) }
         if !fits { end(.tooSlow) }
-        if let wake { wake.reader.resume(returning: wake.batch) }
+        if let wake { wake.reader(wake.batch) }
     }
 
     /// Ends the stream; the reader gets nil, and it follows no room. The first reason given sticks.
@@ -472,7 +491,7 @@ public final class PeerStream: Sendable {
             defer { state.reader = nil }
             return (true, state.reader)
         }
-        reader?.resume(returning: nil)
+        reader?(nil)
         if first { onEnd?(reason) }
     }
 }

@@ -27,9 +27,9 @@ struct SignalingAPI: Sendable {
         joinLimiter = RateLimiter(rate: configuration.joinRate, burst: configuration.joinBurst)
     }
 
-    func addRoutes(to router: Router<SignalingRequestContext>) {
+    func addRoutes(to router: Router<BasicRequestContext>) {
         router.post("access", use: access)
-        router.get("connect", use: connect)
+        // `GET /connect` never reaches the router: see `EventStreamHandler`.
         router.post(":roomId/join", use: join)
         router.post(":roomId/leave", use: leave)
         router.post("relay/:peerId/:event", use: relay)
@@ -50,9 +50,9 @@ struct SignalingAPI: Sendable {
     /// with the same room grants and lifetime, signed with the current secret (a token signed
     /// with the previous one renews too, so that a rotation logs nobody out). 404 with
     /// `--access off`: tokens come from the application.
-    @Sendable func access(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func access(request: Request, context: BasicRequestContext) async throws -> Response {
         guard configuration.access == .open else { throw APIError.accessOff }
-        if let current = bearerToken(request) {
+        if let current = TokenAuthority.bearerToken(request.headers) {
             guard let identity = await tokens.verify(current) else { throw APIError.invalidToken }
             return try json(["token": try await tokens.issue(for: identity.user, rooms: identity.rooms, lifetime: identity.lifetime)])
         }
@@ -68,35 +68,8 @@ struct SignalingAPI: Sendable {
         return try json(["token": token])
     }
 
-    /// `GET /connect`: the peer's event stream. Refused (non-200) only for what retrying cannot
-    /// mend: no token (401), a bad one (403), no `Accept: text/event-stream` (406). Anything
-    /// transient is handled inside the stream (see `EventStreamResponse`).
-    @Sendable func connect(request: Request, context: SignalingRequestContext) async throws -> Response {
-        let identity = try await authenticate(request)
-        guard request.headers[values: .accept].contains(where: { $0.contains("text/event-stream") }) else {
-            throw APIError.notEventStream
-        }
-        return await EventStreamResponse(
-            coordinator: coordinator, user: identity.user, rooms: identity.rooms, lastEvent: lastEvent(of: request), logger: context.logger)
-            .response(to: request, on: context.channel)
-    }
-
-    /// Where the client asks to resume: `Last-Event-ID` (an EventSource sends it when it
-    /// reconnects), else `?lastEventId=` (a page that opens a new EventSource, with a fresh
-    /// token, to go on where the old one stopped). An id the node cannot use, from an older
-    /// version for example, starts a fresh session: a 400 would end the EventSource for good.
-    private func lastEvent(of request: Request) -> EventCursor? {
-        let header = request.headers[HTTPField.Name("Last-Event-ID")!].flatMap { $0.isEmpty ? nil : $0 }
-        guard let text = header ?? request.uri.queryParameters["lastEventId"].map(String.init), !text.isEmpty else { return nil }
-        guard let cursor = EventCursor(lastEventID: text) else {
-            coordinator.metrics.resumed("unrecognized")
-            return nil
-        }
-        return cursor
-    }
-
     /// `POST /:roomId/join`.
-    @Sendable func join(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func join(request: Request, context: BasicRequestContext) async throws -> Response {
         let identity = try await authenticate(request)
         let user = identity.user
         let room = try roomID(context)
@@ -123,7 +96,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `POST /:roomId/leave`.
-    @Sendable func leave(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func leave(request: Request, context: BasicRequestContext) async throws -> Response {
         let user = try await authenticate(request).user
         let room = try roomID(context)
         context.logger.info("leave", metadata: ["peer": "\(user.id)", "room": "\(room)"])
@@ -134,7 +107,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `POST /relay/:peerId/:event` with a JSON body: delivers `{"peer": sender, "data": body}`.
-    @Sendable func relay(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func relay(request: Request, context: BasicRequestContext) async throws -> Response {
         let user = try await authenticate(request).user
         guard let target = context.parameters.get("peerId").flatMap(PeerID.init) else { throw APIError.invalidID("peer id") }
         guard let event = context.parameters.get("event").flatMap(EventName.init) else {
@@ -159,13 +132,13 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /healthz`: the process is up.
-    @Sendable func health(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func health(request: Request, context: BasicRequestContext) async throws -> Response {
         try json(["status": "ok", "node": coordinator.nodeID, "streams": coordinator.openStreamCount])
     }
 
     /// `GET /readyz`: 200 once Redis answers, the scripts are loaded and the subscription is
     /// live; 503 until then.
-    @Sendable func ready(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func ready(request: Request, context: BasicRequestContext) async throws -> Response {
         let checks = await coordinator.readiness()
         var response = try json(checks.mapValues { $0 as any Sendable })
         if checks.values.contains(false) { response.status = .serviceUnavailable }
@@ -173,7 +146,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /status`: this node and the fleet as Redis sees it; a page for browsers.
-    @Sendable func status(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func status(request: Request, context: BasicRequestContext) async throws -> Response {
         if request.headers[values: .accept].contains(where: { $0.contains("text/html") }) {
             return page(WebAsset.status)
         }
@@ -188,7 +161,7 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /metrics`: Prometheus text format.
-    @Sendable func metrics(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func metrics(request: Request, context: BasicRequestContext) async throws -> Response {
         guard let metricsRegistry else { throw HTTPError(.notFound, message: "metrics are off") }
         try? await coordinator.refreshMembershipGauges()
         var bytes: [UInt8] = []
@@ -199,20 +172,20 @@ struct SignalingAPI: Sendable {
     }
 
     /// `GET /`: a new room with a random name.
-    @Sendable func newRoom(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func newRoom(request: Request, context: BasicRequestContext) async throws -> Response {
         let alphabet = Array("abcdefghijkmnpqrstuvwxyz23456789")
         let name = String((0..<10).map { _ in alphabet.randomElement()! })
         return Response(status: .found, headers: [.location: "/\(name)"])
     }
 
     /// `GET /:roomId`: the demo client's page for that room.
-    @Sendable func roomPage(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func roomPage(request: Request, context: BasicRequestContext) async throws -> Response {
         _ = try roomID(context)
         return page(WebAsset.index)
     }
 
     /// `GET /static/:file`: the demo client's scripts and styles.
-    @Sendable func asset(request: Request, context: SignalingRequestContext) async throws -> Response {
+    @Sendable func asset(request: Request, context: BasicRequestContext) async throws -> Response {
         guard let asset = context.parameters.get("file").flatMap(WebAsset.named) else {
             throw HTTPError(.notFound, message: "no such file")
         }
@@ -236,22 +209,12 @@ struct SignalingAPI: Sendable {
         }
     }
 
-    /// The token of an `Authorization: Bearer …` header, if there is one.
-    private func bearerToken(_ request: Request) -> String? {
-        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else { return nil }
-        let token = header.dropFirst("bearer ".count).trimmingCharacters(in: .whitespaces)
-        return token.isEmpty ? nil : token
-    }
-
     /// Who the request's token speaks for: 401 without a token, 403 with a bad one.
     private func authenticate(_ request: Request) async throws -> TokenAuthority.Identity {
-        let token = bearerToken(request) ?? request.uri.queryParameters["token"].map(String.init)
-        guard let token, !token.isEmpty else { throw APIError.missingToken }
-        guard let identity = await tokens.verify(token) else { throw APIError.invalidToken }
-        return identity
+        try await tokens.authenticate(request.headers, request.uri)
     }
 
-    private func roomID(_ context: SignalingRequestContext) throws -> RoomID {
+    private func roomID(_ context: BasicRequestContext) throws -> RoomID {
         guard let room = context.parameters.get("roomId").flatMap(RoomID.init) else { throw APIError.invalidID("room id") }
         return room
     }

@@ -1,6 +1,7 @@
 import Coordinator
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import Prometheus
@@ -16,7 +17,7 @@ public enum SignalingServer {
         logger: Logger = Logger(label: "switchboard.http"),
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
-        let router = Router(context: SignalingRequestContext.self)
+        let router = Router(context: BasicRequestContext.self)
         let allowsAnyOrigin = configuration.allowedOrigins.contains("*")
         if !allowsAnyOrigin {
             router.add(middleware: OriginFilter(allowed: Set(configuration.allowedOrigins)))
@@ -29,10 +30,13 @@ public enum SignalingServer {
                 maxAge: .seconds(600)))
         SignalingAPI(coordinator: coordinator, tokens: tokens, configuration: configuration, metricsRegistry: metricsRegistry)
             .addRoutes(to: router)
+        let eventStreams = EventStreamEndpoint(coordinator: coordinator, tokens: tokens, configuration: configuration, logger: logger)
         return Application(
             router: router,
+            server: HTTPServerBuilder { responder in SignalingChannel(http1: HTTP1Channel(responder: responder), endpoint: eventStreams) },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "switchboard"),
-            services: [PingService(coordinator: coordinator, interval: configuration.pingInterval)],
+            // Stopped in reverse order: the server (which ends the streams), then the drain.
+            services: [PingService(coordinator: coordinator, interval: configuration.pingInterval), StreamDrain(coordinator: coordinator)],
             onServerRunning: onServerRunning,
             logger: logger)
     }
@@ -51,6 +55,24 @@ struct PingService: Service {
             while (try? await Task.sleep(for: interval)) != nil {
                 coordinator.sendToAllStreams(ping)
             }
+        }
+    }
+}
+
+/// Waits, as the node stops, until every stream the server ended has closed its session. The
+/// server's own shutdown waits for its connections' tasks, and a stream has none
+/// (`EventStreamHandler`); the coordinator, stopped next, must not go while streams still
+/// close through it.
+struct StreamDrain: Service {
+    let coordinator: Coordinator
+    /// A stream's last bytes get `finalWriteDeadline` before it is reset, then its session closes.
+    static let limit = Duration.seconds(10)
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        let deadline = ContinuousClock.now + Self.limit
+        while coordinator.openStreamCount > 0, ContinuousClock.now < deadline, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(20))
         }
     }
 }

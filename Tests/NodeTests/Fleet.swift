@@ -83,6 +83,9 @@ final class Fleet: Sendable {
         return cluster
     }
 
+    /// Every node on a free loopback port, with no rate limits (tests send in bursts).
+    static let defaultConfiguration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0)
+
     /// - Parameters:
     ///   - kind: the Redis the fleet starts for itself;
     ///   - redisURL: a Redis the test runs itself (behind a proxy, say), instead.
@@ -90,7 +93,7 @@ final class Fleet: Sendable {
         nodes count: Int,
         on kind: RedisKind = .single,
         redisURL: String? = nil,
-        configuration: NodeConfiguration = NodeConfiguration(host: "127.0.0.1", port: 0, relayRate: 0, joinRate: 0),
+        configuration: NodeConfiguration = defaultConfiguration,
         limits: Coordinator.RoomLimits = .init(),
         streamLimits: PeerStream.Limits = .init(),
         gracePeriod: Duration = .zero,

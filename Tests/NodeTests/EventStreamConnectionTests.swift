@@ -1,0 +1,149 @@
+import Foundation
+import HTTPServer
+import SignalingClient
+import Testing
+
+/// `GET /connect` is served on the connection itself, before Hummingbird (`EventStreamHandler`):
+/// what a connection carries around a stream, the checks a route would have made, and the
+/// node's shutdown.
+@Suite("GET /connect on its connection")
+struct EventStreamConnectionTests {
+    /// A plain socket: requests written as text, the answers read as text, without waiting
+    /// forever.
+    final class RawConnection {
+        private var fd: Int32
+        private(set) var received = ""
+
+        init(port: Int) throws {
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard connected == 0 else {
+                Glibc.close(fd)
+                throw SignalingClientError.connectionClosed
+            }
+        }
+
+        deinit { close() }
+
+        /// Closes the socket, once: a second `close` could close a descriptor NIO reuses.
+        func close() {
+            guard fd >= 0 else { return }
+            Glibc.close(fd)
+            fd = -1
+        }
+
+        func send(_ method: String, _ path: String, headers: [String] = []) {
+            let request = "\(method) \(path) HTTP/1.1\r\nHost: x\r\n" + headers.map { "\($0)\r\n" }.joined() + "\r\n"
+            _ = request.withCString { Glibc.send(fd, $0, strlen($0), 0) }
+        }
+
+        /// Reads until `text` has come (true) or the connection ended or 10 s passed (false);
+        /// what was read up to `text` is taken out of `received`.
+        func read(until text: String) async throws -> String? {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                if let range = received.range(of: text) {
+                    defer { received.removeSubrange(..<range.upperBound) }
+                    return String(received[..<range.upperBound])
+                }
+                let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                if count == 0 { return nil }
+                if count < 0 {
+                    guard errno == EAGAIN || errno == EWOULDBLOCK else { return nil }
+                    try await Task.sleep(for: .milliseconds(10))
+                    continue
+                }
+                received += String(decoding: buffer[..<count], as: UTF8.self)
+            }
+            return nil
+        }
+    }
+
+    /// A browser reuses keep-alive connections: its EventSource may go out on one that has
+    /// fetched a page or a token, and a refused stream leaves its connection usable.
+    @Test func oneConnectionCarriesARefusalARequestAndThenAStream() async throws {
+        try await Fleet.with(nodes: 1) { fleet in
+            let client = fleet.client(0)
+            let bob = try await Participant.connect("bob", fleet: fleet, node: 0)
+            let annToken = try await client.access(username: "ann")
+            let connection = try RawConnection(port: fleet.nodes[0].port)
+
+            connection.send("GET", "/connect", headers: ["Accept: text/event-stream"])
+            let refusal = try #require(try await connection.read(until: "\"}}"))
+            #expect(refusal.hasPrefix("HTTP/1.1 401"), "\(refusal)")
+            #expect(refusal.contains(#"{"error":{"message":"missing token"#), "\(refusal)")
+
+            connection.send("GET", "/healthz")
+            let health = try #require(try await connection.read(until: "}"))
+            #expect(health.hasPrefix("HTTP/1.1 200"), "\(health)")
+
+            connection.send("GET", "/connect?token=\(annToken)", headers: ["Accept: text/event-stream"])
+            let head = try #require(try await connection.read(until: "event: connected"))
+            #expect(head.hasPrefix("HTTP/1.1 200"), "\(head)")
+            #expect(head.lowercased().contains("content-type: text/event-stream"), "\(head)")
+            let annID = try await SlowClientTests.peerID(token: annToken, fleet: fleet)
+            #expect(try await client.request(.POST, "/reuse/join", token: annToken).status == 200)
+            #expect(try await client.request(.POST, "/reuse/join", token: bob.token).status == 200)
+            #expect(try await client.request(.POST, "/relay/\(annID)/note", token: bob.token, body: #"{"n":1}"#).status == 200)
+            #expect(try await connection.read(until: #"event: note"#) != nil)
+
+            // The client goes away: its stream closes, and bob hears it leave.
+            connection.close()
+            var events: [String] = []
+            while let event = await nextSignal(bob.stream), event.event != "remove-peer" { events.append(event.event) }
+            #expect(events == ["add-peer"])
+            bob.stream.close()
+        }
+    }
+
+    /// The origin rules of the rest of the API: a page from an origin not allowed is refused; an
+    /// allowed one gets its origin echoed, so that it may read the stream.
+    @Test func originRulesHoldForStreams() async throws {
+        var configuration = Fleet.defaultConfiguration
+        configuration.allowedOrigins = ["https://app.example"]
+        try await Fleet.with(nodes: 1, configuration: configuration) { fleet in
+            let token = try await fleet.client(0).access(username: "ann")
+            let stranger = try RawConnection(port: fleet.nodes[0].port)
+            stranger.send("GET", "/connect?token=\(token)", headers: ["Accept: text/event-stream", "Origin: https://elsewhere.example"])
+            let refusal = try #require(try await stranger.read(until: "\"}}"))
+            #expect(refusal.hasPrefix("HTTP/1.1 403"), "\(refusal)")
+            #expect(refusal.contains("origin not allowed"), "\(refusal)")
+
+            let page = try RawConnection(port: fleet.nodes[0].port)
+            page.send("GET", "/connect?token=\(token)", headers: ["Accept: text/event-stream", "Origin: https://app.example"])
+            let head = try #require(try await page.read(until: "event: connected")).lowercased()
+            #expect(head.hasPrefix("http/1.1 200"), "\(head)")
+            #expect(head.contains("access-control-allow-origin: https://app.example"), "\(head)")
+            #expect(head.contains("vary: origin"), "\(head)")
+        }
+    }
+
+    /// A node asked to stop ends its streams (the client sees its connection close and comes
+    /// back elsewhere), closes their sessions, and only then has stopped.
+    @Test func aStoppingNodeEndsItsStreamsBeforeItStops() async throws {
+        try await Fleet.with(nodes: 2) { fleet in
+            let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
+            let bob = try await Participant.connect("bob", fleet: fleet, node: 1)
+            #expect(try await fleet.client(1).request(.POST, "/stop/join", token: ann.token).status == 200)
+            #expect(try await fleet.client(1).request(.POST, "/stop/join", token: bob.token).status == 200)
+            #expect(await nextSignal(bob.stream)?.event == "add-peer")
+
+            let stopping = ContinuousClock.now
+            await fleet.nodes[0].group.triggerGracefulShutdown()
+            var rest: [String] = []
+            while let event = await nextSignal(ann.stream, seconds: 10) { rest.append(event.event) }
+            #expect(rest.allSatisfy { $0 == "add-peer" }, "\(rest)")
+            #expect(ContinuousClock.now - stopping < .seconds(10))
+            _ = try? await fleet.nodes[0].task.value
+            #expect(await nextSignal(bob.stream)?.event == "remove-peer")
+            bob.stream.close()
+        }
+    }
+}
