@@ -82,6 +82,13 @@ struct HTTPExchange {
         let channel = try await connectHTTP(host: host, port: port, group: group, idleTimeout: idleTimeout) {
             ResponsePartForwarder(sink: sink)
         }
+        let exchange = HTTPExchange(channel: channel, parts: parts)
+        try await exchange.send(method: method, path: path, headers: headers, body: body, host: host, port: port)
+        return exchange
+    }
+
+    /// Writes a request on the connection (the next one after a response has ended).
+    func send(method: HTTPMethod, path: String, headers: [(String, String)], body: String?, host: String, port: Int) async throws {
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "Host", value: "\(host):\(port)")
         for (name, value) in headers { head.headers.add(name: name, value: value) }
@@ -93,6 +100,5 @@ struct HTTPExchange {
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(string: body))), promise: nil) }
         try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
-        return HTTPExchange(channel: channel, parts: parts)
     }
 }

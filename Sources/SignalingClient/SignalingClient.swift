@@ -53,11 +53,48 @@ public struct SignalingClient: Sendable {
 
     /// `POST /access`: a token for a new peer.
     public func access(username: String) async throws -> String {
-        let result = try await request(.POST, "/access", body: #"{"username":"\#(username)"}"#)
-        guard result.status == 200, let token = result.body.split(separator: "\"").dropFirst(3).first else {
+        let result = try await request(.POST, "/access", body: Self.accessBody(username))
+        guard result.status == 200, let token = Self.token(in: result.body) else {
             throw SignalingClientError.unexpectedStatus(result.status, result.body)
         }
-        return String(token)
+        return token
+    }
+
+    private static func accessBody(_ username: String) -> String { #"{"username":"\#(username)"}"# }
+
+    /// The token of `{"token":"…"}`.
+    private static func token(in body: String) -> String? {
+        body.split(separator: "\"").dropFirst(3).first.map(String.init)
+    }
+
+    /// `POST /access`, then `GET /connect` with that token on the same keep-alive connection, as
+    /// a page does that fetches its token and then opens an EventSource: the stream goes out on
+    /// a connection that has answered another request first.
+    public func accessThenConnect(username: String) async throws -> (token: String, stream: EventStream) {
+        let exchange = try await HTTPExchange.start(
+            host: host, port: port, method: .POST, path: "/access", headers: [("Content-Type", "application/json")],
+            body: Self.accessBody(username), group: group, idleTimeout: idleTimeout)
+        var parts = exchange.parts.makeAsyncIterator()
+        let channel = exchange.channel
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
+        var status = 0
+        var bytes: [UInt8] = []
+        reading: while let part = await parts.next() {
+            switch part {
+            case .head(let head): status = Int(head.status.code)
+            case .body(let buffer): bytes += buffer.readableBytesView
+            case .end: break reading
+            }
+        }
+        deadline.cancel()
+        let body = String(decoding: bytes, as: UTF8.self)
+        guard status == 200, let token = Self.token(in: body) else {
+            channel.close(promise: nil)
+            throw SignalingClientError.unexpectedStatus(status, body)
+        }
+        try await exchange.send(
+            method: .GET, path: "/connect?token=\(token)", headers: [("Accept", "text/event-stream")], body: nil, host: host, port: port)
+        return (token, try await stream(on: exchange, reading: parts))
     }
 
     /// `GET /connect`: opens the event stream. Returns once the response head arrived with 200.
@@ -68,7 +105,14 @@ public struct SignalingClient: Sendable {
         let path = useQueryToken ? "/connect?token=\(token)" : "/connect"
         let exchange = try await HTTPExchange.start(
             host: host, port: port, method: .GET, path: path, headers: headers, body: nil, group: group, idleTimeout: idleTimeout)
-        var parts = exchange.parts.makeAsyncIterator()
+        return try await stream(on: exchange, reading: exchange.parts.makeAsyncIterator())
+    }
+
+    /// The event stream whose request went out on `exchange`, once its head came with 200.
+    private func stream(
+        on exchange: HTTPExchange, reading parts: AsyncStream<HTTPClientResponsePart>.AsyncIterator
+    ) async throws -> EventStream {
+        var parts = parts
         let channel = exchange.channel
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
         defer { deadline.cancel() }

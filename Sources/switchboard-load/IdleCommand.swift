@@ -13,6 +13,10 @@ struct IdleCommand: AsyncParsableCommand {
     @Option(help: "Seconds to hold them before measuring.") var hold = 5.0
     @Option(name: .customLong("pid"), help: "A node's process id, to read its memory (repeat per node).") var pids: [Int32] = []
     @Option(help: "Redis URL, to read connected_clients.") var redis: String?
+    @Option(help: "The node's ping interval in seconds (its SWITCHBOARD_PING_INTERVAL): the node CPU of the hold is then also given per ping round to every stream.")
+    var pingInterval: Double?
+    @Flag(help: "Open each stream on the keep-alive connection that fetched its token (POST /access), as a page does, rather than on a fresh one.")
+    var afterAccess = false
     @Flag(help: "Instead of streams, hold plain keep-alive HTTP connections that each made one GET /healthz: the HTTP stack's own cost per connection, the ceiling for a stream.")
     var plainHTTP = false
 
@@ -31,25 +35,33 @@ struct IdleCommand: AsyncParsableCommand {
             let connections = try await Self.openPlainConnections(streams, nodes: nodes)
             held = connections.map { connection in { await connection.close() } }
         } else {
-            let peers = try await Peer.connectMany(streams, nodes: nodes, prefix: "idle")
+            let peers = try await Peer.connectMany(streams, nodes: nodes, prefix: "idle", reusing: afterAccess)
             held = peers.map { peer in { peer.stream.close() } }
         }
         let openSeconds = Double(monotonicNanoseconds() - start) / 1e9
         progress.update("holding \(streams) \(plainHTTP ? "connections" : "streams")")
+        let cpuBefore = pids.map(CostMeter.cpuNanoseconds).reduce(0, +)
         try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
+        let holdCPUms = Double(pids.map(CostMeter.cpuNanoseconds).reduce(0, +) - cpuBefore) / 1e6
         let rssAfter = pids.compactMap(residentKiB).reduce(0, +)
         let clientsAfter = try await connectedClients(redisClient)
         progress.stop()
         for close in held { await close() }
-        let what = plainHTTP ? "plain HTTP connections" : "streams"
+        let what = plainHTTP ? "plain HTTP connections" : afterAccess ? "streams after POST /access" : "streams"
         var report = Report(
             title: "idle: \(streams) \(what) over \(nodes.count) node(s), held \(Int(hold)) s",
-            columns: ["held", "open_s", "node_rss_before_mib", "node_rss_after_mib", "kib_each", "redis_clients_before", "redis_clients_after"])
+            columns: [
+                "held", "open_s", "node_rss_before_mib", "node_rss_after_mib", "kib_each", "hold_cpu_ms", "ping_round_ms",
+                "redis_clients_before", "redis_clients_after",
+            ])
         report.rows.append([
             "held": "\(streams) \(what)", "open_s": openSeconds,
             "node_rss_before_mib": pids.isEmpty ? "-" : String(format: "%.1f", Double(rssBefore) / 1024),
             "node_rss_after_mib": pids.isEmpty ? "-" : String(format: "%.1f", Double(rssAfter) / 1024),
             "kib_each": pids.isEmpty ? "-" : String(format: "%.2f", Double(rssAfter - rssBefore) / Double(streams)),
+            "hold_cpu_ms": pids.isEmpty ? "-" : String(format: "%.1f", holdCPUms),
+            // The hold's CPU, all of it counted as pings (the node's heartbeats are a few commands).
+            "ping_round_ms": pingInterval.map { pids.isEmpty || $0 <= 0 ? "-" : String(format: "%.2f", holdCPUms / (hold / $0)) } ?? "-",
             "redis_clients_before": clientsBefore.map(String.init) ?? "-",
             "redis_clients_after": clientsAfter.map(String.init) ?? "-",
         ])
