@@ -305,3 +305,22 @@ func json(_ text: String) -> [String: Any] {
 func nextSignal(_ stream: EventStream, seconds: Double = 10) async -> ServerSentEvent? {
     await stream.nextSignal(timeout: .milliseconds(Int(seconds * 1000)))
 }
+
+/// A plain TCP socket connected to 127.0.0.1:`port`, for tests that speak raw HTTP; close it when
+/// done, once.
+func loopbackSocket(port: Int, receiveBuffer: Int32? = nil) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    if var receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receiveBuffer, socklen_t(MemoryLayout<Int32>.size)) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = UInt16(port).bigEndian
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else {
+        close(fd)
+        throw SignalingClientError.connectionClosed
+    }
+    return fd
+}

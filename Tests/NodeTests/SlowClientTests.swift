@@ -7,20 +7,8 @@ struct SlowClientTests {
     /// Opens an event stream on a raw socket that the test then stops reading, so the node's
     /// writes back up. Returns the socket; close it when done.
     static func openUnreadStream(port: Int, token: String) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var receiveBuffer: Int32 = 4096  // small, so the backlog lands on the node quickly
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receiveBuffer, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else {
-            close(fd)
-            throw SignalingClientError.connectionClosed
-        }
+        // A small receive buffer, so the backlog lands on the node quickly.
+        let fd = try loopbackSocket(port: port, receiveBuffer: 4096)
         let request = "GET /connect?token=\(token) HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
         _ = request.withCString { send(fd, $0, strlen($0), 0) }
         return fd
