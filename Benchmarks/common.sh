@@ -10,3 +10,10 @@ stolen_percent() {
   local before=($1) after=($2)
   echo $(( (after[0] - before[0]) * 100 / (after[1] - before[1]) ))
 }
+# Waits up to 10 s until every node URL given answers GET /readyz.
+wait_ready() {
+  local url
+  for url in "$@"; do
+    for _ in $(seq 100); do curl -sf -o /dev/null "$url/readyz" && break; sleep 0.1; done
+  done
+}

@@ -41,7 +41,7 @@ measure() { # bin, load-tool options...
   shift
   "$bin/switchboard" serve --port 18501 --redis redis://127.0.0.1:$REDIS_PORT --node-id idle &
   local node=$!
-  for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18501/readyz && break; sleep 0.1; done
+  wait_ready http://127.0.0.1:18501
   "$LOAD" idle --node http://127.0.0.1:18501 --hold 5 --pid $node --ping-interval 1 "$@" 2>/dev/null | tail -1
   kill -TERM $node
   wait $node

@@ -52,7 +52,7 @@ start_switchboard() {
     PIDS+=($!)
     pids+=" $!"
   done
-  for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$((18401 + 10 * $3))/readyz && curl -sf -o /dev/null http://127.0.0.1:$((18402 + 10 * $3))/readyz && break; sleep 0.1; done
+  wait_ready http://127.0.0.1:$((18401 + 10 * $3)) http://127.0.0.1:$((18402 + 10 * $3))
   NAMES+=("$1") URLS+=("--node http://127.0.0.1:$((18401 + 10 * $3)) --node http://127.0.0.1:$((18402 + 10 * $3))") NODE_PIDS+=("$pids") REDIS_PORTS+=($redis_port)
 }
 start_switchboard switchboard "$BIN" 0

@@ -28,7 +28,7 @@ struct EventStreamEndpoint: Sendable {
     init(coordinator: Coordinator, tokens: TokenAuthority, configuration: NodeConfiguration, logger: Logger) {
         self.coordinator = coordinator
         self.tokens = tokens
-        allowedOrigins = configuration.allowedOrigins.contains("*") ? nil : Set(configuration.allowedOrigins)
+        allowedOrigins = configuration.originsAllowed
         self.logger = logger
     }
 
@@ -102,8 +102,7 @@ struct EventStreamEndpoint: Sendable {
     /// Tries once to open the stream, before the answer's head goes out: a client that joins
     /// as soon as its stream is open (rather than on `connected`) finds its session there.
     func openAtOnce(_ admission: Admission, onEnd: @escaping @Sendable (PeerStream.EndReason) -> Void) async -> PeerStream? {
-        let stream = try? await coordinator.openStream(
-            for: admission.identity.user, granted: admission.identity.rooms, resumingAfter: admission.lastEvent, onEnd: onEnd)
+        let stream = try? await openStream(admission, onEnd: onEnd)
         if stream != nil { logOpened(admission) }
         return stream
     }
@@ -119,8 +118,7 @@ struct EventStreamEndpoint: Sendable {
         do {
             let stream = try await Outage.retrying(until: .now + Self.openWait) {
                 try Task.checkCancellation()
-                return try await coordinator.openStream(
-                    for: user, granted: admission.identity.rooms, resumingAfter: admission.lastEvent, onEnd: onEnd)
+                return try await openStream(admission, onEnd: onEnd)
             } pause: { delay in
                 if commented.map({ .now - $0 >= Self.keepAliveInterval }) ?? true {
                     keepAlive()
@@ -138,6 +136,11 @@ struct EventStreamEndpoint: Sendable {
             }
         }
         return nil
+    }
+
+    private func openStream(_ admission: Admission, onEnd: @escaping @Sendable (PeerStream.EndReason) -> Void) async throws -> PeerStream {
+        try await coordinator.openStream(
+            for: admission.identity.user, granted: admission.identity.rooms, resumingAfter: admission.lastEvent, onEnd: onEnd)
     }
 
     private func logOpened(_ admission: Admission) {

@@ -184,7 +184,7 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let (head, body) = endpoint.refusal(error, for: request)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)
-        endAnswer()
+        endAnswer(closing: stopping)
     }
 
     /// The stream's head and its reconnect delay; then its events, if it is open already.
@@ -214,7 +214,7 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         guard let stream else {
             write("retry: \(EventStreamEndpoint.retryLaterDelay())\n\n")
-            return endStream()
+            return endAnswer(closing: true)
         }
         phase = .streaming(stream)
         if stopping {
@@ -254,7 +254,7 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             replaced.id = stream.eventID
             context.writeAndFlush(wrapOutboundOut(.body(Self.frame([replaced]))), promise: nil)
         }
-        closeSession(stream) { $0.endStream() }
+        closeSession(stream) { $0.endAnswer(closing: true) }
     }
 
     private func closeSession(_ stream: PeerStream, then: (@Sendable (EventStreamHandler) -> Void)? = nil) {
@@ -266,18 +266,9 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Ends a refusal; the connection then serves the client's next request, unless the node
-    /// is stopping.
-    private func endAnswer() {
-        endAnswer(closing: stopping)
-    }
-
-    /// Ends a stream's answer and closes the connection (its head said `Connection: close`):
-    /// a client learns that its stream ended when its connection does.
-    private func endStream() {
-        endAnswer(closing: true)
-    }
-
+    /// Ends the answer. A refusal's connection then serves the client's next request, unless
+    /// the node is stopping; a stream's closes (its head said `Connection: close`), so that a
+    /// client learns that its stream ended when its connection does.
     private func endAnswer(closing: Bool) {
         guard let context, context.channel.isActive else { return }
         phase = closing ? .ending : .idle

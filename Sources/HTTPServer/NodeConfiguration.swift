@@ -24,6 +24,11 @@ public struct NodeConfiguration: Sendable {
     public var joinRate: Double
     public var joinBurst: Double
 
+    /// The origins a browser may call from; nil for any (`*` among `allowedOrigins`).
+    var originsAllowed: Set<String>? {
+        allowedOrigins.contains("*") ? nil : Set(allowedOrigins)
+    }
+
     public init(
         host: String = "127.0.0.1",
         port: Int = 8080,

@@ -18,13 +18,13 @@ public enum SignalingServer {
         onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         let router = Router(context: BasicRequestContext.self)
-        let allowsAnyOrigin = configuration.allowedOrigins.contains("*")
-        if !allowsAnyOrigin {
-            router.add(middleware: OriginFilter(allowed: Set(configuration.allowedOrigins)))
+        let originsAllowed = configuration.originsAllowed
+        if let originsAllowed {
+            router.add(middleware: OriginFilter(allowed: originsAllowed))
         }
         router.add(
             middleware: CORSMiddleware(
-                allowOrigin: allowsAnyOrigin ? .all : .originBased,
+                allowOrigin: originsAllowed == nil ? .all : .originBased,
                 allowHeaders: [.accept, .authorization, .contentType, HTTPField.Name("Last-Event-ID")!],
                 allowMethods: [.get, .post, .options],
                 maxAge: .seconds(600)))

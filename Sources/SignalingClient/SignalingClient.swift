@@ -36,19 +36,28 @@ public struct SignalingClient: Sendable {
             deadline.cancel()
             channel.close(promise: nil)
         }
-        var result: HTTPResult?
+        var parts = exchange.parts.makeAsyncIterator()
+        guard let result = await Self.response(from: &parts) else { throw SignalingClientError.connectionClosed }
+        return result
+    }
+
+    /// The next whole response on `parts` (the parts after `head`, if it was read already); nil
+    /// if the connection ends first.
+    private static func response(
+        from parts: inout AsyncStream<HTTPClientResponsePart>.AsyncIterator, head: HTTPResponseHead? = nil
+    ) async -> HTTPResult? {
+        var head = head
         var bytes: [UInt8] = []
-        for await part in exchange.parts {
+        while let part = await parts.next() {
             switch part {
-            case .head(let head): result = HTTPResult(status: Int(head.status.code), headers: head.headers, body: "")
+            case .head(let first): head = first
             case .body(let buffer): bytes += buffer.readableBytesView
             case .end:
-                guard var result else { throw SignalingClientError.connectionClosed }
-                result.body = String(decoding: bytes, as: UTF8.self)
-                return result
+                guard let head else { return nil }
+                return HTTPResult(status: Int(head.status.code), headers: head.headers, body: String(decoding: bytes, as: UTF8.self))
             }
         }
-        throw SignalingClientError.connectionClosed
+        return nil
     }
 
     /// `POST /access`: a token for a new peer.
@@ -77,20 +86,11 @@ public struct SignalingClient: Sendable {
         var parts = exchange.parts.makeAsyncIterator()
         let channel = exchange.channel
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
-        var status = 0
-        var bytes: [UInt8] = []
-        reading: while let part = await parts.next() {
-            switch part {
-            case .head(let head): status = Int(head.status.code)
-            case .body(let buffer): bytes += buffer.readableBytesView
-            case .end: break reading
-            }
-        }
+        let result = await Self.response(from: &parts)
         deadline.cancel()
-        let body = String(decoding: bytes, as: UTF8.self)
-        guard status == 200, let token = Self.token(in: body) else {
+        guard let result, result.status == 200, let token = Self.token(in: result.body) else {
             channel.close(promise: nil)
-            throw SignalingClientError.unexpectedStatus(status, body)
+            throw SignalingClientError.unexpectedStatus(result?.status ?? 0, result?.body ?? "")
         }
         try await exchange.send(
             method: .GET, path: "/connect?token=\(token)", headers: [("Accept", "text/event-stream")], body: nil, host: host, port: port)
@@ -121,16 +121,10 @@ public struct SignalingClient: Sendable {
             throw SignalingClientError.connectionClosed
         }
         guard head.status == .ok else {
-            var body: [UInt8] = []
-            reading: while let part = await parts.next() {
-                switch part {
-                case .body(let buffer): body += buffer.readableBytesView
-                case .end: break reading  // the connection stays open (keep-alive): don't wait for it
-                case .head: break
-                }
-            }
+            // Read to the answer's end, not the connection's: it stays open (keep-alive).
+            let body = await Self.response(from: &parts, head: head)?.body ?? ""
             exchange.channel.close(promise: nil)
-            throw SignalingClientError.unexpectedStatus(Int(head.status.code), String(decoding: body, as: UTF8.self))
+            throw SignalingClientError.unexpectedStatus(Int(head.status.code), body)
         }
         return EventStream(channel: exchange.channel, parts: parts)
     }
