@@ -175,15 +175,17 @@ struct EventStreamEndpoint: Sendable {
     }
 
     /// What `CORSMiddleware` adds to the API's other answers: the allowed origin echoed (any
-    /// origin: `*`), so that a page on another origin may read the stream.
+    /// origin: `*`), so that a page on another origin may read the stream. A refused origin gets
+    /// none, as from `OriginFilter`.
     private func corsHeaders(for request: HTTPRequest) -> HTTPFields {
         var headers = HTTPFields()
         guard let origin = request.headerFields[.origin] else { return headers }
-        if allowedOrigins == nil {
-            headers[.accessControlAllowOrigin] = "*"
-        } else if origin != "null" {
+        if let allowedOrigins {
+            guard allowedOrigins.contains(origin) else { return headers }
             headers[.accessControlAllowOrigin] = origin
             headers[.vary] = "Origin"
+        } else {
+            headers[.accessControlAllowOrigin] = "*"
         }
         return headers
     }

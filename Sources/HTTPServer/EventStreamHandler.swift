@@ -40,6 +40,9 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingReset: Scheduled<Void>?
     /// The node is stopping: a stream's connection closes once its answer has ended.
     private var stopping = false
+    /// A request came behind a stream's and was dropped, or the client asked to close: a
+    /// refusal closes the connection rather than leave that request unanswered.
+    private var closeAfterRefusal = false
 
     private enum Phase {
         /// No stream: requests go to Hummingbird.
@@ -73,6 +76,7 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let part = unwrapInboundIn(data)
         if case .head(let request) = part, case .idle = phase, waitingStream == nil, EventStreamEndpoint.serves(request) {
             inStreamRequest = true
+            closeAfterRefusal = request.headerFields[.connection]?.lowercased().contains("close") ?? false
             if answersPending > 0 { waitingStream = request } else { begin(request) }
             return
         }
@@ -81,7 +85,10 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         // A client sends nothing after a stream's request; whatever it does send is dropped.
-        guard case .idle = phase, waitingStream == nil else { return }
+        guard case .idle = phase, waitingStream == nil else {
+            if case .head = part { closeAfterRefusal = true }
+            return
+        }
         if case .head = part {
             do { try hummingbird.install(behind: context) } catch { return context.close(promise: nil) }
             answersPending += 1
@@ -117,8 +124,9 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
-        case let event as ChannelEvent where event == .inputClosed && isStreaming:
-            // The client shut its side: it is gone.
+        case let event as ChannelEvent where event == .inputClosed && (isStreaming || !hummingbird.isInstalled):
+            // The client shut its side: it is gone. (Hummingbird, once installed, closes an idle
+            // connection itself; before that nothing else would.)
             context.close(promise: nil)
         case is ChannelShouldQuiesceEvent:
             stopping = true
@@ -129,11 +137,26 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .streaming(let stream):
                 stream.end(.closed)
                 resetSoon()
-            case .ending: break
+            case .ending: resetSoon()
             }
         default:
             context.fireUserInboundEventTriggered(event)
         }
+    }
+
+    /// A request that does not parse. Hummingbird answers it once it serves the connection;
+    /// before that, or around a stream, the connection closes (a 400 first, if nothing else is
+    /// being answered on it).
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard isStreaming || !hummingbird.isInstalled else { return context.fireErrorCaught(error) }
+        if case .idle = phase, !isStreaming {
+            let head = HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            phase = .ending
+            return
+        }
+        context.close(promise: nil)
     }
 
     private var isStreaming: Bool {
@@ -152,13 +175,13 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             handler.eventLoop.execute { body(handler.value) }
         }
         let channel = context.channel
-        // A stream cut off for falling behind is reset at once: a write may be stuck on it. A
-        // replaced one is reset only if its last event does not go out in time.
+        // A stream cut off for falling behind is reset at once: a write may be stuck on it. Any
+        // other is reset only if its last bytes do not go out in time (a write stuck behind a
+        // client that stopped reading would never tell the handler that its stream ended).
         let onEnd: @Sendable (PeerStream.EndReason) -> Void = { reason in
             switch reason {
             case .tooSlow: Self.reset(channel)
-            case .replaced: onLoop { $0.resetSoon() }
-            case .closed: break
+            case .replaced, .closed: onLoop { $0.streamEnded() }
             }
         }
         phase = .opening(nil)
@@ -181,10 +204,12 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// A request the endpoint refused: its error, and the connection serves the next request.
     private func refuse(_ request: HTTPRequest, _ error: HTTPError) {
         guard case .opening = phase, let context else { return }
-        let (head, body) = endpoint.refusal(error, for: request)
+        let closing = stopping || closeAfterRefusal
+        var (head, body) = endpoint.refusal(error, for: request)
+        if closing { head.headerFields[.connection] = "close" }
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)
-        endAnswer(closing: stopping)
+        endAnswer(closing: closing)
     }
 
     /// The stream's head and its reconnect delay; then its events, if it is open already.
@@ -272,6 +297,7 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func endAnswer(closing: Bool) {
         guard let context, context.channel.isActive else { return }
         phase = closing ? .ending : .idle
+        if closing { resetSoon() }
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
             guard closing else {
                 self.pendingReset?.cancel()
@@ -287,9 +313,16 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context?.writeAndFlush(wrapOutboundOut(.body(ByteBuffer(string: text))), promise: nil)
     }
 
+    /// A stream ended, not for falling behind. Only the one being served counts: opening
+    /// through an outage may end attempts before it.
+    private func streamEnded() {
+        guard case .streaming(let stream) = phase, stream.endReason != nil else { return }
+        resetSoon()
+    }
+
     /// Gives the stream's last bytes `finalWriteDeadline` to go out, then resets the connection.
     private func resetSoon() {
-        guard let context, pendingReset == nil else { return }
+        guard let context, context.channel.isActive, pendingReset == nil else { return }
         let channel = context.channel
         pendingReset = context.eventLoop.assumeIsolated().scheduleTask(in: EventStreamEndpoint.finalWriteDeadline) {
             Self.reset(channel)

@@ -13,6 +13,8 @@ struct EventStreamConnectionTests {
     final class RawConnection {
         private var fd: Int32
         private(set) var received = ""
+        /// The node closed (or reset) the connection.
+        private(set) var ended = false
 
         init(port: Int) throws {
             fd = try loopbackSocket(port: port)
@@ -28,8 +30,29 @@ struct EventStreamConnectionTests {
         }
 
         func send(_ method: String, _ path: String, headers: [String] = []) {
-            let request = "\(method) \(path) HTTP/1.1\r\nHost: x\r\n" + headers.map { "\($0)\r\n" }.joined() + "\r\n"
-            _ = request.withCString { Glibc.send(fd, $0, strlen($0), 0) }
+            send(raw: Self.request(method, path, headers: headers))
+        }
+
+        static func request(_ method: String, _ path: String, headers: [String] = []) -> String {
+            "\(method) \(path) HTTP/1.1\r\nHost: x\r\n" + headers.map { "\($0)\r\n" }.joined() + "\r\n"
+        }
+
+        /// Writes `text` in one `send`.
+        func send(raw text: String) {
+            _ = text.withCString { Glibc.send(fd, $0, strlen($0), 0) }
+        }
+
+        /// Shuts the sending side (a FIN), as a client that is done does.
+        func shutdownWrite() {
+            shutdown(fd, Int32(SHUT_WR))
+        }
+
+        /// Everything that comes until the node closes the connection, or nil if it is still
+        /// open after 10 s.
+        func readToEnd() async throws -> String? {
+            let marker = "\u{0}never sent\u{0}"
+            guard try await read(until: marker) == nil, ended else { return nil }
+            return received
         }
 
         /// Reads until `text` has come (true) or the connection ended or 10 s passed (false);
@@ -43,9 +66,15 @@ struct EventStreamConnectionTests {
                     return String(received[..<range.upperBound])
                 }
                 let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-                if count == 0 { return nil }
+                if count == 0 {
+                    ended = true
+                    return nil
+                }
                 if count < 0 {
-                    guard errno == EAGAIN || errno == EWOULDBLOCK else { return nil }
+                    guard errno == EAGAIN || errno == EWOULDBLOCK else {
+                        ended = true
+                        return nil
+                    }
                     try await Task.sleep(for: .milliseconds(10))
                     continue
                 }
@@ -104,6 +133,7 @@ struct EventStreamConnectionTests {
             let refusal = try #require(try await stranger.read(until: "\"}}"))
             #expect(refusal.hasPrefix("HTTP/1.1 403"), "\(refusal)")
             #expect(refusal.contains("origin not allowed"), "\(refusal)")
+            #expect(!refusal.lowercased().contains("access-control-allow-origin"), "\(refusal)")
 
             let page = try RawConnection(port: fleet.nodes[0].port)
             page.send("GET", "/connect?token=\(token)", headers: ["Accept: text/event-stream", "Origin: https://app.example"])
@@ -111,6 +141,53 @@ struct EventStreamConnectionTests {
             #expect(head.hasPrefix("http/1.1 200"), "\(head)")
             #expect(head.contains("access-control-allow-origin: https://app.example"), "\(head)")
             #expect(head.contains("vary: origin"), "\(head)")
+        }
+    }
+
+    /// A connection the client shuts is closed by the node too, whatever it carried: nothing, a
+    /// refused stream, or a request Hummingbird answered.
+    @Test func aConnectionTheClientShutsIsClosed() async throws {
+        try await Fleet.with(nodes: 1) { fleet in
+            let port = fleet.nodes[0].port
+            let silent = try RawConnection(port: port)
+            silent.shutdownWrite()
+            #expect(try await silent.readToEnd() == "")
+
+            let refused = try RawConnection(port: port)
+            refused.send("GET", "/connect", headers: ["Accept: text/event-stream"])
+            _ = try #require(try await refused.read(until: "\"}}"))
+            refused.shutdownWrite()
+            #expect(try await refused.readToEnd() == "")
+
+            let served = try RawConnection(port: port)
+            served.send("GET", "/healthz")
+            _ = try #require(try await served.read(until: "}"))
+            served.shutdownWrite()
+            #expect(try await served.readToEnd() == "")
+        }
+    }
+
+    /// A request pipelined behind a stream's is not served; if the stream is refused, the
+    /// connection closes with the refusal, so that the client knows to send it again.
+    @Test func aRefusedStreamWithARequestBehindItClosesItsConnection() async throws {
+        try await Fleet.with(nodes: 1) { fleet in
+            let connection = try RawConnection(port: fleet.nodes[0].port)
+            connection.send(raw: RawConnection.request("GET", "/connect", headers: ["Accept: text/event-stream"]) + RawConnection.request("GET", "/healthz"))
+            let answer = try #require(try await connection.readToEnd()).lowercased()
+            #expect(answer.hasPrefix("http/1.1 401"), "\(answer)")
+            #expect(answer.contains("connection: close"), "\(answer)")
+            #expect(!answer.contains("\"status\""), "\(answer)")
+        }
+    }
+
+    /// Bytes that are not HTTP get a 400 and the connection closes, as Hummingbird would answer
+    /// them (it has not been added to a connection that sent nothing before).
+    @Test func aRequestThatDoesNotParseIsRefusedAndItsConnectionClosed() async throws {
+        try await Fleet.with(nodes: 1) { fleet in
+            let connection = try RawConnection(port: fleet.nodes[0].port)
+            connection.send(raw: "NOT HTTP AT ALL\r\n\r\n")
+            let answer = try #require(try await connection.readToEnd())
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
         }
     }
 
