@@ -4,7 +4,7 @@
 enum IdentifierRules {
     static let maxLength = 64
 
-    static func isValid(_ text: some StringProtocol) -> Bool {
+    static func isValid(_ text: String) -> Bool {
         guard !text.isEmpty, text.utf8.count <= maxLength else { return false }
         return text.utf8.allSatisfy(isAllowed)
     }
@@ -31,10 +31,12 @@ public protocol Identifier: Hashable, Sendable, CustomStringConvertible {
 }
 
 extension Identifier {
-    /// The identifier, or nil unless `text` follows `IdentifierRules`.
+    /// The identifier, or nil unless `text` follows `IdentifierRules`. (Checked as a `String`:
+    /// called from other modules, a check of `some StringProtocol` runs unspecialized.)
     public init?(_ text: some StringProtocol) {
+        let text = String(text)
         guard IdentifierRules.isValid(text) else { return nil }
-        self.init(uncheckedRawValue: String(text))
+        self.init(uncheckedRawValue: text)
     }
 
     public var description: String { rawValue }

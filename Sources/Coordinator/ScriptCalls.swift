@@ -280,12 +280,24 @@ struct DisconnectCall: ScriptCall {
 /// relay.lua: logs and publishes a relay to its target, if they share a room.
 struct RelayCall: ScriptCall {
     static let script = LuaScript.relay
-    let keys: [String]
-    let arguments: [String]
+    private(set) var keys: [String]
+    private(set) var arguments: [String]
 
-    init(_ space: KeySpace, target: PeerID, event: EventName, data: String, senderRooms: [String], log: EventLogLimits) {
+    /// Where the script finds the sender's rooms.
+    enum SenderRooms: Sendable {
+        /// In the sender's rooms hash, read by the script (a single Redis: any key is at hand).
+        case read(of: PeerID)
+        /// As read by the node just before (a cluster: the sender's keys are in another slot).
+        case given([String])
+    }
+
+    init(_ space: KeySpace, target: PeerID, event: EventName, data: String, senderRooms: SenderRooms, log: EventLogLimits) {
         keys = [space.peer(target), space.peerRooms(target), space.peerLog(target)]
-        arguments = [space.channel(target), event.rawValue, data] + log.arguments + senderRooms
+        arguments = [space.channel(target), event.rawValue, data] + log.arguments
+        switch senderRooms {
+        case .read(let sender): keys.append(space.peerRooms(sender))
+        case .given(let rooms): arguments += rooms
+        }
     }
 
     enum Reply: Sendable, Equatable {

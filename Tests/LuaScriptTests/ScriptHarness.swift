@@ -150,8 +150,14 @@ final class ScriptHarness: Sendable {
 
     static let relayData = #"{"peer":{"id":"a","username":"user-a"},"data":{"candidate":"x"}}"#
 
-    /// relay.lua: an `ice-candidate` from `a` to `target`.
+    /// relay.lua: an `ice-candidate` from `a` to `target`, with the sender's rooms given.
     func relay(to target: String, senderRooms: [String], logLength: Int = 1000) async throws -> RESPValue {
+        try await relay(to: target, senderRooms: .given(senderRooms), logLength: logLength)
+    }
+
+    /// relay.lua: an `ice-candidate` from `a` to `target`; `.read(of:)` has the script read the
+    /// sender's rooms hash.
+    func relay(to target: String, senderRooms: RelayCall.SenderRooms, logLength: Int = 1000) async throws -> RESPValue {
         try await raw(RelayCall(
             keys, target: PeerID(target)!, event: EventName("ice-candidate")!, data: Self.relayData, senderRooms: senderRooms,
             log: EventLogLimits(entries: logLength, retention: .seconds(70))))

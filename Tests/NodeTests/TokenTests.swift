@@ -1,6 +1,7 @@
 import Coordinator
 import Foundation
-import HTTPServer
+import HTTPTypes
+@testable import HTTPServer
 import JWTKit
 import Testing
 
@@ -90,6 +91,20 @@ struct TokenTests {
 
     /// While a fleet rotates its secret, tokens signed with the previous one still verify, and
     /// new ones are signed with the current one only.
+    /// `Authorization: Bearer …`, its scheme in any case and blanks around the token; nothing
+    /// else is taken for a token.
+    @Test func bearerTokensAreReadFromTheAuthorizationHeader() {
+        func token(_ value: String) -> String? { TokenAuthority.bearerToken([.authorization: value]) }
+        #expect(token("Bearer abc.def") == "abc.def")
+        #expect(token("bEaReR \t abc  ") == "abc")
+        #expect(token("Bearer ") == nil)
+        #expect(token("Bearer  \t ") == nil)
+        #expect(token("Basic abc") == nil)
+        #expect(token("Bearerabc") == nil)
+        #expect(token("Bear") == nil)
+        #expect(TokenAuthority.bearerToken([:]) == nil)
+    }
+
     @Test func thePreviousSecretVerifiesButNeverSigns() async throws {
         let (old, new) = (String(repeating: "o", count: 32), String(repeating: "n", count: 32))
         let rotating = try await TokenAuthority(secret: new, previousSecret: old)
