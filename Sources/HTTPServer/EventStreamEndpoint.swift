@@ -160,6 +160,21 @@ struct EventStreamEndpoint: Sendable {
         return HTTPResponse(status: .ok, headerFields: headers)
     }
 
+    /// The stream's head as it goes on the wire, where NIO's encoder is not (see
+    /// `EventStreamHandler`): no `Transfer-Encoding`, the body ends with the connection. HTTP
+    /// types keep names and values free of line breaks.
+    func streamHeadBytes(for request: HTTPRequest) -> ByteBuffer {
+        var bytes = ByteBuffer(string: "HTTP/1.1 200 OK\r\n")
+        for field in streamHead(for: request).headerFields {
+            bytes.writeString(field.name.rawName)
+            bytes.writeString(": ")
+            bytes.writeString(field.value)
+            bytes.writeString("\r\n")
+        }
+        bytes.writeString("\r\n")
+        return bytes
+    }
+
     /// A refusal as the rest of the API gives it: `{"error": {"message": "..."}}`.
     func refusal(_ error: HTTPError, for request: HTTPRequest) -> (HTTPResponse, ByteBuffer) {
         struct Body: Encodable {
