@@ -55,11 +55,25 @@ local channel, event, data = ARGV[1], ARGV[2], ARGV[3]
 if redis.call("EXISTS", peer) == 0 then
   return NO_SESSION
 end
-local senderRooms = KEYS[4] and redis.call("HKEYS", KEYS[4]) or {unpack(ARGV, 6)}
-for _, room in ipairs(senderRooms) do
-  if redis.call("HEXISTS", rooms, room) == 1 then
-    local _, receivers = appendAndPublish(log, channel, "relay\n" .. event .. "\n" .. data, ARGV[4], ARGV[5])
-    return receivers
+-- Whether the target is in one of candidates[first..] (a loop, not unpack: a peer allowed any
+-- number of rooms may pass more than Lua can unpack).
+local function sharesARoom(candidates, first)
+  for i = first, #candidates do
+    if redis.call("HEXISTS", rooms, candidates[i]) == 1 then
+      return true
+    end
   end
+  return false
 end
-return NO_SHARED_ROOM
+
+local shared
+if KEYS[4] then
+  shared = sharesARoom(redis.call("HKEYS", KEYS[4]), 1)
+else
+  shared = sharesARoom(ARGV, 6)
+end
+if not shared then
+  return NO_SHARED_ROOM
+end
+local _, receivers = appendAndPublish(log, channel, "relay\n" .. event .. "\n" .. data, ARGV[4], ARGV[5])
+return receivers

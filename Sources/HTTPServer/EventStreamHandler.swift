@@ -90,8 +90,15 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         // A client sends nothing after a stream's request; whatever it does send is dropped.
+        // A request once the stream has begun closes the connection: NIO's decoder queues each
+        // request's method for an answer that will never come, so the queue would only grow.
         guard case .idle = phase, waitingStream == nil else {
-            if case .head = part { closeAfterRefusal = true }
+            guard case .head = part else { return }
+            switch phase {
+            case .streaming, .ending: context.close(promise: nil)
+            case .opening where streamOut != nil: context.close(promise: nil)  // its head is out
+            case .idle, .opening: closeAfterRefusal = true
+            }
             return
         }
         if case .head = part {

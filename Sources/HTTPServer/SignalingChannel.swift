@@ -85,7 +85,7 @@ final class HummingbirdSide {
         try pipeline.addHandlers(configuration.additionalChannelHandlers())
         // The node sets no idle timeout: behind this handler, Hummingbird's state handler sees
         // none of a stream's writes, and would close a live stream on a connection it served.
-        assert(configuration.idleTimeout == nil, "an idle timeout would cut streams off")
+        precondition(configuration.idleTimeout == nil, "an idle timeout would cut streams off")
         try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: configuration.idleTimeout.map { .init($0) }, logger: logger))
         let channel = try AsyncChannel(wrappingChannelSynchronously: context.channel, configuration: .init(isOutboundHalfClosureEnabled: true))
         resolve(channel)

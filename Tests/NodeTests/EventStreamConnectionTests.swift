@@ -180,6 +180,21 @@ struct EventStreamConnectionTests {
         }
     }
 
+    /// A request on a connection that is streaming ends the stream: an EventSource sends none,
+    /// and NIO's decoder would keep each one waiting for an answer for the stream's whole life.
+    @Test func aRequestSentOnAStreamsConnectionClosesIt() async throws {
+        try await Fleet.with(nodes: 1) { fleet in
+            let token = try await fleet.client(0).access(username: "ann")
+            let connection = try RawConnection(port: fleet.nodes[0].port)
+            connection.send("GET", "/connect?token=\(token)", headers: ["Accept: text/event-stream"])
+            let head = try #require(try await connection.read(until: "event: connected"))
+            #expect(!head.lowercased().contains("transfer-encoding"), "\(head)")
+            connection.send("GET", "/healthz")
+            #expect(try await connection.readToEnd() != nil)
+            #expect(try await fleet.eventually(seconds: 10) { fleet.nodes[0].coordinator.openStreamCount == 0 })
+        }
+    }
+
     /// Bytes that are not HTTP get a 400 and the connection closes, as Hummingbird would answer
     /// them (it has not been added to a connection that sent nothing before).
     @Test func aRequestThatDoesNotParseIsRefusedAndItsConnectionClosed() async throws {
