@@ -1,5 +1,7 @@
 extension Coordinator {
-    public enum RelayOutcome: Sendable, Equatable {
+    /// Its raw value names it in the relays counter (interpolating a case reflects on it, at a
+    /// cost that showed in a relay's profile).
+    public enum RelayOutcome: String, Sendable, Equatable {
         case delivered
         /// The peer has no open stream (never connected, or gone).
         case noSuchPeer
@@ -8,17 +10,6 @@ extension Coordinator {
         /// The peer has a session but no stream right now (it dropped and may resume, or its
         /// node died): the message waits in its event log.
         case held
-
-        /// Its name, for the relays counter (interpolating the case reflects on it, at a cost
-        /// that showed in a relay's profile).
-        var label: String {
-            switch self {
-            case .delivered: "delivered"
-            case .noSuchPeer: "noSuchPeer"
-            case .notInSharedRoom: "notInSharedRoom"
-            case .held: "held"
-            }
-        }
     }
 }
 
@@ -43,7 +34,7 @@ struct Relays: Sendable {
         case .published(receivers: 0): .held
         case .published: .delivered
         }
-        context.metrics.relayed(outcome.label)
+        context.metrics.relayed(outcome.rawValue)
         return outcome
     }
 }

@@ -282,9 +282,8 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Writes a batch (whatever queued while the last write was going out leaves in one
     /// write), and asks for the next once it is out.
     private func deliver(_ batch: [StreamEvent]?, from stream: PeerStream) {
-        guard case .streaming(let current) = phase, current === stream, let context else { return }
+        guard case .streaming(let current) = phase, current === stream, let streamOut else { return }
         guard let batch else { return end(stream) }
-        guard let streamOut else { return }
         streamOut.writeAndFlush(NIOAny(Self.frame(batch))).assumeIsolated().whenSuccess {
             stream.written()
             self.endpoint.coordinator.metrics.sentEvents(batch.count)
