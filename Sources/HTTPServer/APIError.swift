@@ -23,6 +23,7 @@ enum APIError {
     }
     static let accessOff = HTTPError(
         .notFound, message: "POST /access is off on this node (--access off): tokens come from the application's backend")
+    static func bodyTooLarge(limit: Int) -> HTTPError { HTTPError(.contentTooLarge, message: "body over \(limit) bytes") }
     static let tooManyRooms = HTTPError(.conflict, message: "in too many rooms: leave one first")
 
     static func tooManyRequests(retryAfter: Duration) -> HTTPError {

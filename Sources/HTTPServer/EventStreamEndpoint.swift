@@ -21,16 +21,9 @@ import RedisClient
 struct EventStreamEndpoint: Sendable {
     let coordinator: Coordinator
     let tokens: TokenAuthority
-    /// Origins a browser may connect from; nil for any.
-    let allowedOrigins: Set<String>?
+    /// The origin check and the headers of its answers.
+    let answers: DirectAnswers
     let logger: Logger
-
-    init(coordinator: Coordinator, tokens: TokenAuthority, configuration: NodeConfiguration, logger: Logger) {
-        self.coordinator = coordinator
-        self.tokens = tokens
-        allowedOrigins = configuration.originsAllowed
-        self.logger = logger
-    }
 
     /// How long a stream is held while the node cannot open it, before it ends with `retry:`.
     static let openWait = Duration.seconds(15)
@@ -69,9 +62,7 @@ struct EventStreamEndpoint: Sendable {
     }
 
     func admit(_ request: HTTPRequest) async -> Result<Admission, HTTPError> {
-        if let allowedOrigins, let origin = request.headerFields[.origin], !allowedOrigins.contains(origin) {
-            return .failure(APIError.originNotAllowed)
-        }
+        if answers.refusesOrigin(of: request) { return .failure(APIError.originNotAllowed) }
         let uri = URI(request.path ?? "/")
         let identity: TokenAuthority.Identity
         do {
@@ -152,7 +143,7 @@ struct EventStreamEndpoint: Sendable {
     /// The head of a stream: 200 `text/event-stream`, never cached or buffered. The connection
     /// closes when the stream ends.
     func streamHead(for request: HTTPRequest) -> HTTPResponse {
-        var headers = corsHeaders(for: request)
+        var headers = answers.headers(for: request)
         headers[.connection] = "close"
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
@@ -173,35 +164,5 @@ struct EventStreamEndpoint: Sendable {
         }
         bytes.writeString("\r\n")
         return bytes
-    }
-
-    /// A refusal as the rest of the API gives it: `{"error": {"message": "..."}}`.
-    func refusal(_ error: HTTPError, for request: HTTPRequest) -> (HTTPResponse, ByteBuffer) {
-        struct Body: Encodable {
-            struct Message: Encodable { let message: String }
-            let error: Message
-        }
-        let body = (try? JSONEncoder().encode(Body(error: .init(message: error.body ?? "")))) ?? Data()
-        var headers = corsHeaders(for: request)
-        headers.append(contentsOf: error.headers)
-        headers[.contentType] = "application/json; charset=utf-8"
-        headers[.contentLength] = String(body.count)
-        return (HTTPResponse(status: error.status, headerFields: headers), ByteBuffer(bytes: body))
-    }
-
-    /// What `CORSMiddleware` adds to the API's other answers: the allowed origin echoed (any
-    /// origin: `*`), so that a page on another origin may read the stream. A refused origin gets
-    /// none, as from `OriginFilter`.
-    private func corsHeaders(for request: HTTPRequest) -> HTTPFields {
-        var headers = HTTPFields()
-        guard let origin = request.headerFields[.origin] else { return headers }
-        if let allowedOrigins {
-            guard allowedOrigins.contains(origin) else { return headers }
-            headers[.accessControlAllowOrigin] = origin
-            headers[.vary] = "Origin"
-        } else {
-            headers[.accessControlAllowOrigin] = "*"
-        }
-        return headers
     }
 }

@@ -217,7 +217,7 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func refuse(_ request: HTTPRequest, _ error: HTTPError) {
         guard case .opening = phase, let context else { return }
         let closing = stopping || closeAfterRefusal
-        var (head, body) = endpoint.refusal(error, for: request)
+        var (head, body) = endpoint.answers.refusal(error, for: request)
         if closing { head.headerFields[.connection] = "close" }
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)

@@ -15,15 +15,18 @@ struct SignalingAPI: Sendable {
     let tokens: TokenAuthority
     let configuration: NodeConfiguration
     let metricsRegistry: PrometheusCollectorRegistry?
-    let relayLimiter: RateLimiter
+    let relays: RelayEndpoint
     let joinLimiter: RateLimiter
 
-    init(coordinator: Coordinator, tokens: TokenAuthority, configuration: NodeConfiguration, metricsRegistry: PrometheusCollectorRegistry?) {
+    init(
+        coordinator: Coordinator, tokens: TokenAuthority, configuration: NodeConfiguration, metricsRegistry: PrometheusCollectorRegistry?,
+        relays: RelayEndpoint
+    ) {
         self.coordinator = coordinator
         self.tokens = tokens
         self.configuration = configuration
         self.metricsRegistry = metricsRegistry
-        relayLimiter = RateLimiter(rate: configuration.relayRate, burst: configuration.relayBurst)
+        self.relays = relays
         joinLimiter = RateLimiter(rate: configuration.joinRate, burst: configuration.joinBurst)
     }
 
@@ -106,29 +109,13 @@ struct SignalingAPI: Sendable {
         return try json(["roomId": room.rawValue, "left": true])
     }
 
-    /// `POST /relay/:peerId/:event` with a JSON body: delivers `{"peer": sender, "data": body}`.
+    /// `POST /relay/:peerId/:event`, when the connection did not serve it itself (see
+    /// `RelayEndpoint`).
     @Sendable func relay(request: Request, context: BasicRequestContext) async throws -> Response {
-        let user = try await authenticate(request).user
-        guard let target = context.parameters.get("peerId").flatMap(PeerID.init) else { throw APIError.invalidID("peer id") }
-        guard let event = context.parameters.get("event").flatMap(EventName.init) else {
-            throw APIError.invalidID("event name")
-        }
-        if let wait = relayLimiter.take(for: user.id) {
-            coordinator.metrics.refused("relay_rate")
-            throw APIError.tooManyRequests(retryAfter: wait)
-        }
-        let body = try await readBody(request)
-        guard let data = RelayBody.compactJSON(body) else { throw APIError.badRequest("body must be JSON") }
-        let outcome = try await withRedis {
-            try await coordinator.relay(from: user, to: target, event: event, body: data)
-        }
-        context.logger.debug("relay", metadata: ["peer": "\(user.id)", "to": "\(target)", "event": "\(event)", "outcome": "\(outcome)"])
-        switch outcome {
-        case .delivered: return Self.relayAnswer(.ok, Self.deliveredBody)
-        case .held: return Self.relayAnswer(.accepted, Self.heldBody)
-        case .noSuchPeer: throw HTTPError(.notFound, message: "peer '\(target)' has no open stream")
-        case .notInSharedRoom: throw HTTPError(.forbidden, message: "peer '\(target)' shares no room with you")
-        }
+        let answer = try await relays.relay(
+            headers: request.headers, uri: request.uri, peerID: context.parameters.get("peerId"), event: context.parameters.get("event"),
+            body: { try await readBody(request) })
+        return Response(status: answer.status, headers: [.contentType: "application/json"], body: .init(byteBuffer: answer.body))
     }
 
     /// `GET /healthz`: the process is up.
@@ -205,7 +192,7 @@ struct SignalingAPI: Sendable {
         do {
             return try await request.body.collect(upTo: configuration.maxBodyBytes)
         } catch is NIOTooManyBytesError {
-            throw HTTPError(.contentTooLarge, message: "body over \(configuration.maxBodyBytes) bytes")
+            throw APIError.bodyTooLarge(limit: configuration.maxBodyBytes)
         }
     }
 
@@ -217,14 +204,6 @@ struct SignalingAPI: Sendable {
     private func roomID(_ context: BasicRequestContext) throws -> RoomID {
         guard let room = context.parameters.get("roomId").flatMap(RoomID.init) else { throw APIError.invalidID("room id") }
         return room
-    }
-
-    /// A relay's answers, made once: they never change, and relays are the hot path.
-    private static let deliveredBody = ByteBuffer(string: #"{"delivered":true}"#)
-    private static let heldBody = ByteBuffer(string: #"{"delivered":false,"held":true}"#)
-
-    private static func relayAnswer(_ status: HTTPResponse.Status, _ body: ByteBuffer) -> Response {
-        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
     }
 
     private func json(_ object: [String: any Sendable]) throws -> Response {

@@ -7,12 +7,12 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 
-/// The node's HTTP/1 connections: `GET /connect` is served on the channel itself
-/// (`EventStreamHandler`), every other request by Hummingbird, whose handlers a connection gets
-/// only once a request for them comes.
+/// The node's HTTP/1 connections: relays and `GET /connect` are served on the channel itself
+/// (`RelayHandler`, `EventStreamHandler`), every other request by Hummingbird, whose handlers
+/// a connection gets only once a request for them comes.
 ///
 /// The pipeline is the one `HTTP1Channel` builds (NIO's HTTP/1 codec, then HTTP types), with
-/// the stream handler after it and Hummingbird's connection handling behind that.
+/// the relay and stream handlers after it and Hummingbird's connection handling behind them.
 struct SignalingChannel: ServerChildChannel {
     struct Value: ServerChildChannelValue {
         let channel: any Channel
@@ -23,6 +23,7 @@ struct SignalingChannel: ServerChildChannel {
 
     let http1: HTTP1Channel
     let endpoint: EventStreamEndpoint
+    let relays: RelayEndpoint
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
@@ -42,6 +43,7 @@ struct SignalingChannel: ServerChildChannel {
                 withDecoderLimitConfiguration: limits)
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             let hummingbird = HummingbirdSide(configuration: http1.configuration, logger: logger, eventLoop: channel.eventLoop)
+            try channel.pipeline.syncOperations.addHandler(RelayHandler(endpoint: relays, answers: endpoint.answers))
             try channel.pipeline.syncOperations.addHandler(EventStreamHandler(endpoint: endpoint, hummingbird: hummingbird))
             return Value(channel: channel, hummingbird: hummingbird.asyncChannel)
         }

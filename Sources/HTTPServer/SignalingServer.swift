@@ -28,13 +28,17 @@ public enum SignalingServer {
                 allowHeaders: [.accept, .authorization, .contentType, HTTPField.Name("Last-Event-ID")!],
                 allowMethods: [.get, .post, .options],
                 maxAge: .seconds(600)))
-        SignalingAPI(coordinator: coordinator, tokens: tokens, configuration: configuration, metricsRegistry: metricsRegistry)
+        let relays = RelayEndpoint(coordinator: coordinator, tokens: tokens, configuration: configuration, logger: logger)
+        SignalingAPI(coordinator: coordinator, tokens: tokens, configuration: configuration, metricsRegistry: metricsRegistry, relays: relays)
             .addRoutes(to: router)
-        let eventStreams = EventStreamEndpoint(coordinator: coordinator, tokens: tokens, configuration: configuration, logger: logger)
+        let eventStreams = EventStreamEndpoint(
+            coordinator: coordinator, tokens: tokens, answers: DirectAnswers(allowedOrigins: originsAllowed), logger: logger)
         return Application(
             router: router,
-            server: HTTPServerBuilder { responder in SignalingChannel(http1: HTTP1Channel(responder: responder), endpoint: eventStreams) },
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "switchboard"),
+            server: HTTPServerBuilder { responder in
+                SignalingChannel(http1: HTTP1Channel(responder: responder), endpoint: eventStreams, relays: relays)
+            },
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: DirectAnswers.serverName),
             // Stopped in reverse order: the server (which ends the streams), then the drain.
             services: [PingService(coordinator: coordinator, interval: configuration.pingInterval), StreamDrain(coordinator: coordinator)],
             onServerRunning: onServerRunning,

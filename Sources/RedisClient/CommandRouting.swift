@@ -15,6 +15,10 @@ enum CommandRouting {
         case "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO":
             guard command.count > 3, let count = Int(command[2]), count > 0 else { return nil }
             return command[3]
+        case "PUBSUB":
+            // A shard channel's subscribers are counted where its slot is served.
+            guard command.count > 2, command[1].uppercased() == "SHARDNUMSUB" else { return nil }
+            return command[2]
         default:
             return keyless.contains(name) || command.count < 2 ? nil : command[1]
         }

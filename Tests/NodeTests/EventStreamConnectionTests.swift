@@ -33,8 +33,10 @@ struct EventStreamConnectionTests {
             send(raw: Self.request(method, path, headers: headers))
         }
 
-        static func request(_ method: String, _ path: String, headers: [String] = []) -> String {
-            "\(method) \(path) HTTP/1.1\r\nHost: x\r\n" + headers.map { "\($0)\r\n" }.joined() + "\r\n"
+        /// A request as text; a body comes with its `Content-Length`.
+        static func request(_ method: String, _ path: String, headers: [String] = [], body: String? = nil) -> String {
+            let headers = headers + (body.map { ["Content-Length: \($0.utf8.count)"] } ?? [])
+            return "\(method) \(path) HTTP/1.1\r\nHost: x\r\n" + headers.map { "\($0)\r\n" }.joined() + "\r\n" + (body ?? "")
         }
 
         /// Writes `text` in one `send`.
@@ -58,29 +60,54 @@ struct EventStreamConnectionTests {
         /// Reads until `text` has come (true) or the connection ended or 10 s passed (false);
         /// what was read up to `text` is taken out of `received`.
         func read(until text: String) async throws -> String? {
-            var buffer = [UInt8](repeating: 0, count: 65536)
             let deadline = ContinuousClock.now + .seconds(10)
-            while ContinuousClock.now < deadline {
+            while true {
                 if let range = received.range(of: text) {
                     defer { received.removeSubrange(..<range.upperBound) }
                     return String(received[..<range.upperBound])
                 }
+                guard try await receive(before: deadline) else { return nil }
+            }
+        }
+
+        /// The next answer with a `Content-Length` body: its head and its body, taken out of
+        /// `received`; nil if it did not come whole within 10 s.
+        func readAnswer() async throws -> (head: String, body: String)? {
+            guard let head = try await read(until: "\r\n\r\n") else { return nil }
+            let lengthLine = head.lowercased().split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+            guard let length = lengthLine.flatMap({ Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) }) else {
+                return nil
+            }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while received.utf8.count < length {
+                guard try await receive(before: deadline) else { return nil }
+            }
+            let end = received.utf8.index(received.utf8.startIndex, offsetBy: length)
+            defer { received.removeSubrange(..<end) }
+            return (head, String(received[..<end]))
+        }
+
+        /// Waits for more bytes: false once the connection ended or the deadline passed.
+        private func receive(before deadline: ContinuousClock.Instant) async throws -> Bool {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while ContinuousClock.now < deadline {
                 let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
                 if count == 0 {
                     ended = true
-                    return nil
+                    return false
                 }
                 if count < 0 {
                     guard errno == EAGAIN || errno == EWOULDBLOCK else {
                         ended = true
-                        return nil
+                        return false
                     }
                     try await Task.sleep(for: .milliseconds(10))
                     continue
                 }
                 received += String(decoding: buffer[..<count], as: UTF8.self)
+                return true
             }
-            return nil
+            return false
         }
     }
 

@@ -42,7 +42,7 @@ struct ResumeTests {
 
             ann.stream.close()
             // While ann is away: relays wait for her (202), and carol joins.
-            #expect(try await fleet.eventually { fleet.nodes[0].coordinator.openStreamCount == 0 })
+            #expect(try await fleet.eventually { try await fleet.noOneListens(to: ann.id) })
             #expect(try await send(2, from: bob, to: ann, fleet: fleet) == 202)
             #expect(try await send(3, from: bob, to: ann, fleet: fleet) == 202)
             let carol = try await Participant.connect("carol", fleet: fleet, node: 1)
@@ -172,7 +172,7 @@ struct ResumeTests {
             #expect(try await send(0, from: bob, to: ann, fleet: fleet) == 200)
             let lastID = try #require(await nextSignal(ann.stream)?.id)
             ann.stream.close()
-            #expect(try await fleet.eventually { fleet.nodes[0].coordinator.openStreamCount == 0 })
+            #expect(try await fleet.eventually { try await fleet.noOneListens(to: ann.id) })
             #expect(try await send(1, from: bob, to: ann, fleet: fleet) == 202)
             // More than the log keeps (1,000 entries, trimmed in blocks of 100), over one connection.
             let connection = try await PersistentConnection.connect(port: fleet.nodes[1].port)
