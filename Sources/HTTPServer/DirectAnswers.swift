@@ -48,6 +48,11 @@ struct DirectAnswers: Sendable {
         return (HTTPResponse(status: status, headerFields: headers), body)
     }
 
+    /// Whether the client asked for the connection to close after this request's answer.
+    static func asksToClose(_ request: HTTPRequest) -> Bool {
+        request.headerFields[.connection]?.lowercased().contains("close") ?? false
+    }
+
     /// A refusal as Hummingbird gives an `HTTPError`.
     func refusal(_ error: HTTPError, for request: HTTPRequest) -> (HTTPResponse, ByteBuffer) {
         struct Body: Encodable {

@@ -1,5 +1,4 @@
 import Coordinator
-import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore

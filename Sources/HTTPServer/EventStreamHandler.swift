@@ -81,7 +81,7 @@ final class EventStreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let part = unwrapInboundIn(data)
         if case .head(let request) = part, case .idle = phase, waitingStream == nil, EventStreamEndpoint.serves(request) {
             inStreamRequest = true
-            closeAfterRefusal = request.headerFields[.connection]?.lowercased().contains("close") ?? false
+            closeAfterRefusal = DirectAnswers.asksToClose(request)
             if answersPending > 0 { waitingStream = request } else { begin(request) }
             return
         }

@@ -127,7 +127,7 @@ final class RelayHandler: ChannelDuplexHandler {
     /// Checks and relays in a task on this loop, then writes the answer here.
     private func answer(_ relay: IncomingRelay, context: ChannelHandlerContext) {
         answering = true
-        if relay.head.headerFields[.connection]?.lowercased().contains("close") ?? false { closeAfterAnswer = true }
+        if DirectAnswers.asksToClose(relay.head) { closeAfterAnswer = true }
         let executor = executor ?? EventLoopExecutor(context.eventLoop)
         self.executor = executor
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)

@@ -243,7 +243,6 @@ final class Fleet: Sendable {
         Set((try await redis.send(["HKEYS", "sb:room:{\(room)}:members"]).array ?? []).compactMap(\.string))
     }
 
-    /// Polls until `condition` holds (up to `seconds`); returns whether it did.
     /// Whether no node listens on the peer's channel any more: a closed stream leaves its
     /// node's count before its node has left the channel.
     func noOneListens(to peer: String) async throws -> Bool {
@@ -251,6 +250,7 @@ final class Fleet: Sendable {
         return try await redis.send(["PUBSUB", "SHARDNUMSUB", channel]).array?[1].int == 0
     }
 
+    /// Polls until `condition` holds (up to `seconds`); returns whether it did.
     func eventually(seconds: Double = 10, _ condition: () async throws -> Bool) async throws -> Bool {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         while ContinuousClock.now < deadline {

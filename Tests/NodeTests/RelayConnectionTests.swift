@@ -10,7 +10,7 @@ import Testing
 struct RelayConnectionTests {
     typealias RawConnection = EventStreamConnectionTests.RawConnection
 
-    /// Ann and bob, who share a room, and a raw connection to ann's node.
+    /// Ann and bob, on node 0, in one room.
     private func pair(_ fleet: Fleet, room: String) async throws -> (ann: Participant, bob: Participant) {
         let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
         let bob = try await Participant.connect("bob", fleet: fleet, node: 0)
@@ -80,9 +80,9 @@ struct RelayConnectionTests {
         }
     }
 
-    /// The checks of the route, in its order: the origin (403, no CORS headers), then the token
-    /// (401), the ids, the body (413 over the limit, the connection still usable); an allowed
-    /// origin is echoed.
+    /// The checks of the route: the origin (403, no CORS headers), the token (401), the body (413
+    /// over the limit, the connection still usable; 400 if not JSON, with the token in the
+    /// query); an allowed origin is echoed.
     @Test func theRoutesChecksHoldOnTheConnection() async throws {
         var configuration = Fleet.defaultConfiguration
         configuration.allowedOrigins = ["https://app.example"]
