@@ -4,7 +4,8 @@
 # each in turn, ROUNDS times (default 3, the order reversed every other round, since this VM
 # drifts over a run). Per round and per design:
 #   - closed-loop relays (16 pairs, each sender posting to the node after its receiver's):
-#     throughput, p99, and CPU µs per relay summed over both nodes and Redis (from /proc);
+#     throughput, p99, CPU µs per relay summed over both nodes and Redis (from /proc), and the
+#     load tool's own CPU per relay (it shares the machine: in closed loop it is a ceiling too);
 #   - relays at a fixed RATE (default 2000/s): p50, p99 and CPU µs per relay;
 #   - a join into a room of 99 members: joiner p50, and CPU µs per join (nodes + Redis, over
 #     windows from the POST until every member has its add-peer).
@@ -33,6 +34,7 @@ cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 TICKS=$(getconf CLK_TCK)
+TIMEFORMAT='%3U %3S'  # for `time`: the load tool's user and system seconds
 export SWITCHBOARD_TOKEN_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export SWITCHBOARD_LOG_LEVEL=error
 export SWITCHBOARD_RELAY_RATE=0 SWITCHBOARD_JOIN_RATE=0  # the load would trip the per-peer limits
@@ -96,12 +98,15 @@ for round in $(seq 1 "$ROUNDS"); do
     for rate in 0 "$RATE"; do
       before=$(cpu "${processes[@]}") switches_before=$(switches "${processes[@]}")
       # shellcheck disable=SC2086
-      relay=$("$LOAD" relay ${URLS[$i]} --pairs 16 --rate "$rate" --duration "$DURATION" --json 2>/dev/null)
+      # The load tool's own CPU too: it shares the machine, and closed-loop relays are its
+      # ceiling as much as the nodes' (bash's `time` reads the child's user + system time).
+      { time "$LOAD" relay ${URLS[$i]} --pairs 16 --rate "$rate" --duration "$DURATION" --json >"$WORK/relay.json" 2>/dev/null; } 2>"$WORK/relay.time"
+      relay=$(cat "$WORK/relay.json")
       after=$(cpu "${processes[@]}") switches_after=$(switches "${processes[@]}")
       delivered=$(echo "$relay" | field delivered)
       per_second=$(echo "$relay" | field per_second | cut -d. -f1)
       pace=$([ "$rate" = 0 ] && echo "closed loop" || echo "at $rate/s")
-      line="round $round, $name: relays $pace ${per_second}/s, p50 $(echo "$relay" | field p50_ms) ms, p99 $(echo "$relay" | field p99_ms) ms, lost $(echo "$relay" | field lost); CPU per relay $(us_per "$before" "$after" "$delivered") µs, $(echo "scale=1; ($switches_after - $switches_before) / $delivered" | bc) context switches"
+      line="round $round, $name: relays $pace ${per_second}/s, p50 $(echo "$relay" | field p50_ms) ms, p99 $(echo "$relay" | field p99_ms) ms, lost $(echo "$relay" | field lost); CPU per relay $(us_per "$before" "$after" "$delivered") µs, $(echo "scale=1; ($switches_after - $switches_before) / $delivered" | bc) context switches; load tool CPU per relay $(awk -v n="$delivered" '{print int(($1 + $2) * 1000000 / (n > 0 ? n : 1))}' "$WORK/relay.time") µs"
       [ -n "$ceiling" ] && [ "$rate" = 0 ] && line+=" ($(echo "scale=2; $per_second / $ceiling" | bc) of the healthz ceiling)"
       echo "$line"
     done

@@ -16,7 +16,7 @@ struct DirectAnswers: Sendable {
     /// A browser's origin that is not allowed, as `OriginFilter` refuses it. A request without
     /// one (not from a browser) passes.
     func refusesOrigin(of request: HTTPRequest) -> Bool {
-        guard let allowedOrigins, let origin = request.headerFields[.origin] else { return false }
+        guard let allowedOrigins, let origin = request.headerFields.value(of: .origin) else { return false }
         return !allowedOrigins.contains(origin)
     }
 
@@ -25,7 +25,7 @@ struct DirectAnswers: Sendable {
     /// refused origin gets none, as from `OriginFilter`.
     func headers(for request: HTTPRequest) -> HTTPFields {
         var headers: HTTPFields = [.server: Self.serverName]
-        guard let origin = request.headerFields[.origin] else { return headers }
+        guard let origin = request.headerFields.value(of: .origin) else { return headers }
         if let allowedOrigins {
             guard allowedOrigins.contains(origin) else { return headers }
             headers[.accessControlAllowOrigin] = origin
@@ -43,14 +43,15 @@ struct DirectAnswers: Sendable {
     ) -> (HTTPResponse, ByteBuffer) {
         var headers = headers(for: request)
         headers.append(contentsOf: extraHeaders)
-        headers[.contentType] = contentType
-        headers[.contentLength] = String(body.readableBytes)
+        // Appended, not set: neither is there yet, and setting one searches and rebuilds.
+        headers.append(HTTPField(name: .contentType, value: contentType))
+        headers.append(HTTPField(name: .contentLength, value: String(body.readableBytes)))
         return (HTTPResponse(status: status, headerFields: headers), body)
     }
 
     /// Whether the client asked for the connection to close after this request's answer.
     static func asksToClose(_ request: HTTPRequest) -> Bool {
-        request.headerFields[.connection]?.lowercased().contains("close") ?? false
+        request.headerFields.value(of: .connection)?.lowercased().contains("close") ?? false
     }
 
     /// A refusal as Hummingbird gives an `HTTPError`.

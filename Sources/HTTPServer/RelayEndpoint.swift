@@ -76,10 +76,17 @@ struct RelayEndpoint: Sendable {
         let bytes = path.utf8
         let prefix = "/relay/".utf8
         guard bytes.starts(with: prefix), !bytes.contains(UInt8(ascii: "%")) else { return nil }
-        let queryStart = bytes.firstIndex(of: UInt8(ascii: "?")) ?? bytes.endIndex
-        let segments = path[bytes.index(bytes.startIndex, offsetBy: prefix.count)..<queryStart]
-            .split(separator: "/", omittingEmptySubsequences: false)
-        guard segments.count == 2, !segments[0].isEmpty, !segments[1].isEmpty else { return nil }
-        return Route(peerID: String(segments[0]), event: String(segments[1]), uri: queryStart == bytes.endIndex ? nil : URI(path))
+        // Two non-empty segments, found by index: splitting into an array showed in a profile.
+        let slashOrQuery = { (byte: UInt8) in byte == UInt8(ascii: "/") || byte == UInt8(ascii: "?") }
+        let peerStart = bytes.index(bytes.startIndex, offsetBy: prefix.count)
+        guard let peerEnd = bytes[peerStart...].firstIndex(where: slashOrQuery), peerEnd > peerStart,
+            bytes[peerEnd] == UInt8(ascii: "/")
+        else { return nil }
+        let eventStart = bytes.index(after: peerEnd)
+        let eventEnd = bytes[eventStart...].firstIndex(where: slashOrQuery) ?? bytes.endIndex
+        guard eventEnd > eventStart, eventEnd == bytes.endIndex || bytes[eventEnd] == UInt8(ascii: "?") else { return nil }
+        return Route(
+            peerID: String(path[peerStart..<peerEnd]), event: String(path[eventStart..<eventEnd]),
+            uri: eventEnd == bytes.endIndex ? nil : URI(path))
     }
 }

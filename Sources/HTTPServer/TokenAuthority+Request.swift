@@ -16,7 +16,7 @@ extension TokenAuthority {
     /// API call but `/access` comes through here, and Foundation's trimming cost 4% of a
     /// loaded node's CPU.
     static func bearerToken(_ headers: HTTPFields) -> String? {
-        guard let header = headers[.authorization] else { return nil }
+        guard let header = headers.value(of: .authorization) else { return nil }
         let scheme = "bearer ".utf8
         let bytes = header.utf8
         guard bytes.count > scheme.count, zip(bytes, scheme).allSatisfy({ Self.lowercased($0) == $1 }) else { return nil }

@@ -57,7 +57,11 @@ struct RelayCommand: AsyncParsableCommand {
                     var latencies = Latencies()
                     var expected = 0
                     var seen = Set<Int>()
-                    while let event = await receiver.stream.nextSignal(timeout: .seconds(10)) {
+                    // Ten seconds without a message ends the stream (its load-end was lost).
+                    let silence = SilenceWatchdog(limit: .seconds(10)) { receiver.stream.close() }
+                    defer { silence.stop() }
+                    while let event = await receiver.stream.nextSignal() {
+                        silence.heard()
                         let now = monotonicNanoseconds()
                         guard let sequence = integer(after: #""s":"#, in: event.data) else { continue }
                         if event.event == "load-end" { break }
@@ -123,8 +127,58 @@ final class Counters: Sendable {
     var reorderedCount: Int { values.withLockedValue { $0.reordered } }
 }
 
-/// The integer after the first `key` in `text` (a cheap read of our own compact JSON).
+/// The integer after the first `key` in `text` (a cheap read of our own compact JSON), found
+/// in its UTF-8: Foundation's `range(of:)` was the tool's costliest call per message.
 func integer(after key: String, in text: String) -> Int? {
-    guard let range = text.range(of: key) else { return nil }
-    return Int(text[range.upperBound...].prefix { $0.isNumber || $0 == "-" })
+    let bytes = text.utf8
+    let pattern = key.utf8
+    guard let first = pattern.first else { return nil }
+    var from = bytes.startIndex
+    while let start = bytes[from...].firstIndex(of: first) {
+        guard bytes[start...].starts(with: pattern) else {
+            from = bytes.index(after: start)
+            continue
+        }
+        var cursor = bytes.index(start, offsetBy: pattern.count)
+        let negative = cursor < bytes.endIndex && bytes[cursor] == UInt8(ascii: "-")
+        if negative { cursor = bytes.index(after: cursor) }
+        var value = 0
+        var digits = 0
+        while cursor < bytes.endIndex, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[cursor]) {
+            value = value &* 10 &+ Int(bytes[cursor] - UInt8(ascii: "0"))
+            digits += 1
+            cursor = bytes.index(after: cursor)
+        }
+        return digits > 0 ? (negative ? -value : value) : nil
+    }
+    return nil
+}
+
+/// Calls `expire` once nothing was `heard` for `limit`: one timer for a whole stream, where a
+/// timeout per message (a task group and a sleep each) cost the tool more CPU than the nodes
+/// spent on the message.
+final class SilenceWatchdog: Sendable {
+    private let lastHeard = NIOLockedValueBox(monotonicNanoseconds())
+    private let timer = NIOLockedValueBox<Task<Void, Never>?>(nil)
+
+    init(limit: Duration, expire: @escaping @Sendable () -> Void) {
+        let limitNanoseconds = UInt64(limit.components.seconds) * 1_000_000_000 + UInt64(limit.components.attoseconds / 1_000_000_000)
+        let lastHeard = lastHeard
+        timer.withLockedValue {
+            $0 = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    let last = lastHeard.withLockedValue { $0 }
+                    if monotonicNanoseconds() > last + limitNanoseconds {
+                        expire()
+                        return
+                    }
+                }
+            }
+        }
+    }
+
+    func heard() { lastHeard.withLockedValue { $0 = monotonicNanoseconds() } }
+
+    func stop() { timer.withLockedValue { $0?.cancel() } }
 }
