@@ -4,9 +4,9 @@ import Hummingbird
 import NIOCore
 
 /// Answers written on the connection itself rather than by Hummingbird (`EventStreamHandler`,
-/// `RelayHandler`), with what Hummingbird's middleware adds to the others: the origin check of
-/// `OriginFilter`, the headers of `CORSMiddleware`, the server's name, and errors as
-/// `{"error": {"message": "..."}}`.
+/// `RelayHandler`), with what Hummingbird and its middleware add to the others: the origin
+/// check of `OriginFilter`, the headers of `CORSMiddleware`, the server's name and the date,
+/// and errors as `{"error": {"message": "..."}}`.
 struct DirectAnswers: Sendable {
     /// Origins a browser may call from; nil for any.
     let allowedOrigins: Set<String>?
@@ -20,11 +20,11 @@ struct DirectAnswers: Sendable {
         return !allowedOrigins.contains(origin)
     }
 
-    /// The headers every direct answer to `request` starts from: the allowed origin echoed (any
-    /// origin: `*`) so that a page on another origin may read it, as `CORSMiddleware` does. A
-    /// refused origin gets none, as from `OriginFilter`.
+    /// The headers every direct answer to `request` starts from: the server and the date, and
+    /// the allowed origin echoed (any origin: `*`) so that a page on another origin may read
+    /// it, as `CORSMiddleware` does. A refused origin gets none, as from `OriginFilter`.
     func headers(for request: HTTPRequest) -> HTTPFields {
-        var headers: HTTPFields = [.server: Self.serverName]
+        var headers: HTTPFields = [.server: Self.serverName, .date: HTTPDate.shared.now]
         guard let origin = request.headerFields.value(of: .origin) else { return headers }
         if let allowedOrigins {
             guard allowedOrigins.contains(origin) else { return headers }

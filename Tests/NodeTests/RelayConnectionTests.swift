@@ -10,6 +10,15 @@ import Testing
 struct RelayConnectionTests {
     typealias RawConnection = EventStreamConnectionTests.RawConnection
 
+    /// RFC 9110's IMF-fixdate, the `Date` of every answer.
+    static let httpDate: DateFormatter = {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        return formatter
+    }()
+
     /// Ann and bob, on node 0, in one room.
     private func pair(_ fleet: Fleet, room: String) async throws -> (ann: Participant, bob: Participant) {
         let ann = try await Participant.connect("ann", fleet: fleet, node: 0)
@@ -51,6 +60,11 @@ struct RelayConnectionTests {
             for answer in [answers[0], answers[2]] {
                 #expect(answer.head.lowercased().contains("content-type: application/json\r\n"), "\(answer.head)")
                 #expect(answer.head.lowercased().contains("server: switchboard"), "\(answer.head)")
+            }
+            // Every answer is dated, the direct ones as Hummingbird's are (RFC 9110's format).
+            for answer in answers {
+                let date = answer.head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("date: ") }?.dropFirst(6)
+                #expect(date.flatMap { Self.httpDate.date(from: String($0)) } != nil, "\(answer.head)")
             }
             #expect(await nextSignal(bob.stream)?.event == "first")
             #expect(await nextSignal(bob.stream)?.event == "second")
