@@ -6,8 +6,9 @@ import NIOPosix
 /// Connections to one Redis server that come back by themselves: one per event loop of the
 /// group, each opened when a command first comes from its loop, and shared, pipelined, by every
 /// task sending from there (a caller on no loop of the group uses the first loop's). A command
-/// then never crosses threads on its way out or its reply's way back: on two loops, sharing one
-/// connection cost a relay a tenth of its CPU in hops (Benchmarks/versus-original.sh).
+/// then never crosses threads on its way out or its reply's way back: a node on two loops that
+/// shared one connection spent a tenth more CPU per relay than a node on one loop; with one per
+/// loop the two no longer differ (README, "Design").
 /// While the server is unreachable, commands fail at once with `RedisConnectionError` (so
 /// callers can answer 503) and a new connection is tried on use, no more often than the
 /// back-off allows. `RedisClient` uses one for a single Redis, and one per primary on a cluster.
