@@ -128,7 +128,10 @@ let package = Package(
         ),
         .testTarget(
             name: "RedisClientTests",
-            dependencies: ["RedisClient", "RedisServer", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+            dependencies: [
+                "RedisClient", "RedisServer", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "LuaScriptTests",

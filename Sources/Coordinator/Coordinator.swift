@@ -120,7 +120,7 @@ public final class Coordinator: Service, Sendable {
         self.status = FleetStatus(context: context, localStreams: localStreams)
         let identities = ServerIdentities()
         redis.observeServers { [weak recovery] endpoint, identity in
-            if identities.changed(identity, at: endpoint.address) { recovery?.serverChanged(endpoint) }
+            identities.record(identity, at: endpoint.address) { recovery?.serverChanged(endpoint) }
         }
     }
 

@@ -353,17 +353,21 @@ final class Reassertions: Sendable {
 final class ServerIdentities: Sendable {
     private let known = NIOLockedValueBox<[RedisEndpoint.Address: ServerIdentity]>([:])
 
-    /// Records the identity a server gave; true if it may have lost writes since: it restarted
-    /// or was promoted since this node last saw it, or this node never saw it and it was a
-    /// replica once (a promoted replica, or one at an address this node meets late: putting
-    /// back what it holds there is safe either way). A replica holds no slots: false.
-    func changed(_ identity: ServerIdentity, at address: RedisEndpoint.Address) -> Bool {
-        guard identity.isPrimary else { return false }
-        let previous = known.withLockedValue { known in
-            defer { known[address] = identity }
-            return known[address]
+    /// Records the identity a server gave, and calls `onChange` if it may have lost writes
+    /// since: it restarted or was promoted since this node last saw it, or this node never saw
+    /// it and it was a replica once (a promoted replica, or one at an address this node meets
+    /// late: putting back what it holds there is safe either way). A replica holds no slots.
+    ///
+    /// `onChange` runs under the lock: a node opens a connection to a server per event loop,
+    /// and another one opening meanwhile must not find the new identity known, and be handed
+    /// out, before `onChange` has held back the commands that must wait.
+    func record(_ identity: ServerIdentity, at address: RedisEndpoint.Address, onChange: () -> Void) {
+        guard identity.isPrimary else { return }
+        known.withLockedValue { known in
+            let previous = known[address]
+            known[address] = identity
+            let changed = previous.map { $0.runID != identity.runID || $0.replicationID != identity.replicationID } ?? identity.wasPromoted
+            if changed { onChange() }
         }
-        guard let previous else { return identity.wasPromoted }
-        return previous.runID != identity.runID || previous.replicationID != identity.replicationID
     }
 }

@@ -43,9 +43,8 @@ struct DirectAnswers: Sendable {
     ) -> (HTTPResponse, ByteBuffer) {
         var headers = headers(for: request)
         headers.append(contentsOf: extraHeaders)
-        // Appended, not set: neither is there yet, and setting one searches and rebuilds.
-        headers.append(HTTPField(name: .contentType, value: contentType))
-        headers.append(HTTPField(name: .contentLength, value: String(body.readableBytes)))
+        headers[.contentType] = contentType
+        headers[.contentLength] = String(body.readableBytes)
         return (HTTPResponse(status: status, headerFields: headers), body)
     }
 

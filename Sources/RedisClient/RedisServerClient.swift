@@ -87,6 +87,8 @@ public final class RedisServerClient: Sendable {
             if let connecting = state.connecting[place] { return .opening(connecting) }
             let now = NIODeadline.now()
             guard now >= state.nextAttempt else {
+                // This loop's connection failed while another loop's is up: share that one.
+                if let live = state.connections.lazy.compactMap({ $0 }).first(where: \.isActive) { return .open(live) }
                 let wait = (state.nextAttempt - now).nanoseconds / 1_000_000
                 throw RedisConnectionError.unavailable(retryAfterMilliseconds: Int(max(wait, 1)))
             }
@@ -127,13 +129,18 @@ public final class RedisServerClient: Sendable {
                 }
                 if let identity = info.flatMap(ServerIdentity.init(info:)) { identityObserver.observe(endpoint, identity) }
             }
-            let wasDown = state.withLockedValue { state in
+            let (wasDown, closed) = state.withLockedValue { state in
+                state.connecting[place] = nil
+                guard !state.closed else { return (false, true) }  // closed while connecting
                 let wasDown = state.failedAttempts > 0
                 state.failedAttempts = 0
                 state.backoff.reset()
                 state.connections[place] = connection
-                state.connecting[place] = nil
-                return wasDown
+                return (wasDown, false)
+            }
+            if closed {
+                await connection.close()
+                throw RedisConnectionError.connectionClosed
             }
             if wasDown {
                 logger.info("redis connection restored", metadata: ["redis": "\(endpoint)"])
@@ -142,9 +149,12 @@ public final class RedisServerClient: Sendable {
             connection.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
             return connection
         } catch {
-            let delay = state.withLockedValue { state in
+            let delay: TimeAmount? = state.withLockedValue { state in
                 state.connecting[place] = nil
-                state.failedAttempts += 1
+                guard !state.closed else { return nil }
+                // The server is down unless another loop's connection to it is up (then this
+                // loop shares that one until the back-off allows another try).
+                if !state.connections.contains(where: { $0?.isActive == true }) { state.failedAttempts += 1 }
                 // Another loop's attempt of the same moment failed first: one step of back-off
                 // for both, not one each.
                 let now = NIODeadline.now()
@@ -153,6 +163,7 @@ public final class RedisServerClient: Sendable {
                 state.nextAttempt = now + delay
                 return delay
             }
+            guard let delay else { throw error }  // the client closed meanwhile
             onConnectionEvent?(.connectFailed)
             logger.warning(
                 "redis connection failed",

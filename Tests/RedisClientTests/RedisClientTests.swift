@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import RedisServer
 import Testing
 
@@ -159,6 +160,33 @@ struct RedisClientTests {
         }
     }
 
+    /// A command goes over the connection of the event loop it is sent from: two loops, two
+    /// connections. One killed on the server is replaced on its loop's next command, while the
+    /// other loop's connection stays as it was.
+    @Test func eachEventLoopSendsOverAConnectionOfItsOwn() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        try await RedisServerProcess.with { server in
+            let client = RedisClient(endpoint: try RedisEndpoint(url: server.url), group: group)
+            let loops = Array(group.makeIterator())
+            // The id of the server connection a command from `loop` used.
+            func connectionID(from loop: any EventLoop) async throws -> Int? {
+                try await Task(executorPreference: LoopExecutor(loop)) { try await client.send(["CLIENT", "ID"]).int }.value
+            }
+            let first = [try await connectionID(from: loops[0]), try await connectionID(from: loops[1])]
+            #expect(first[0] != nil && first[1] != nil && first[0] != first[1])
+            #expect(try await connectionID(from: loops[0]) == first[0], "a loop keeps its connection")
+            try await client.send(["CLIENT", "KILL", "ID", String(first[1]!)])
+            var replaced: Int?
+            for _ in 0..<100 where replaced == nil {
+                do { replaced = try await connectionID(from: loops[1]) } catch is RedisConnectionError { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(replaced != nil && replaced != first[1] && replaced != first[0])
+            #expect(try await connectionID(from: loops[0]) == first[0])
+            await client.close()
+        }
+        try await group.shutdownGracefully()
+    }
+
     @Test func commandsFailFastWhileRedisIsDown() async throws {
         try await RedisServerProcess.with { server in
             let client = RedisClient(endpoint: try RedisEndpoint(url: server.url))
@@ -272,5 +300,18 @@ struct HashSlotTests {
         #expect(HashSlot.of("foo{}{bar}") != HashSlot.of("bar"))  // an empty first tag: the whole name
         #expect(HashSlot.of("foo{{bar}}zap") == HashSlot.of("{bar"))
         #expect(HashSlot.of("foo{bar}{zap}") == HashSlot.of("bar"))
+    }
+}
+
+/// Runs a task's jobs on one event loop, as the node's relays run (HTTPServer's
+/// `EventLoopExecutor`): what the client sees as "sent from that loop".
+private final class LoopExecutor: TaskExecutor {
+    let loop: any EventLoop
+
+    init(_ loop: any EventLoop) { self.loop = loop }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
