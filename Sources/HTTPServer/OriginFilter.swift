@@ -1,14 +1,15 @@
 import Hummingbird
 
 /// Refuses browser requests from origins not on the allowed list (CORSMiddleware then echoes
-/// the allowed origin). Requests without an `Origin` header (non-browser clients) pass.
+/// the allowed origin), by the rule the direct answers apply (`DirectAnswers`). Requests
+/// without an `Origin` header (non-browser clients) pass.
 struct OriginFilter<Context: RequestContext>: RouterMiddleware {
-    let allowed: Set<String>
+    let answers: DirectAnswers
+
+    init(allowed: Set<String>) { answers = DirectAnswers(allowedOrigins: allowed) }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if let origin = request.headers[.origin], !allowed.contains(origin) {
-            throw APIError.originNotAllowed
-        }
+        if answers.refusesOrigin(of: request.head) { throw APIError.originNotAllowed }
         return try await next(request, context)
     }
 }

@@ -94,9 +94,9 @@ struct RelayConnectionTests {
         }
     }
 
-    /// The checks of the route: the origin (403, no CORS headers), the token (401), the body (413
-    /// over the limit, the connection still usable; 400 if not JSON, with the token in the
-    /// query); an allowed origin is echoed.
+    /// The checks of the route: the origin (403, no CORS headers, as on Hummingbird's routes),
+    /// the token (401), the body (413 over the limit, the connection still usable; 400 if not
+    /// JSON, with the token in the query); an allowed origin is echoed.
     @Test func theRoutesChecksHoldOnTheConnection() async throws {
         var configuration = Fleet.defaultConfiguration
         configuration.allowedOrigins = ["https://app.example"]
@@ -108,6 +108,12 @@ struct RelayConnectionTests {
             let stranger = try #require(try await connection.readAnswer())
             #expect(stranger.head.hasPrefix("HTTP/1.1 403") && stranger.body.contains("origin not allowed"), "\(stranger)")
             #expect(!stranger.head.lowercased().contains("access-control-allow-origin"), "\(stranger.head)")
+            // The same stranger on a route Hummingbird serves (`OriginFilter`): the same refusal.
+            connection.send(
+                raw: RawConnection.request(
+                    "POST", "/checks/leave", headers: ["Authorization: Bearer \(ann.token)", "Origin: https://elsewhere.example"]))
+            let strangerLeaving = try #require(try await connection.readAnswer())
+            #expect(strangerLeaving.head.hasPrefix("HTTP/1.1 403") && strangerLeaving.body == stranger.body, "\(strangerLeaving)")
 
             connection.send(raw: RawConnection.request("POST", "/relay/\(bob.id)/anonymous", body: "{}"))
             #expect(try #require(try await connection.readAnswer()).head.hasPrefix("HTTP/1.1 401"))
