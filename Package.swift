@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(
             name: "RedisClientTests",
             dependencies: [
-                "RedisClient", "RedisServer", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                "RedisClient", "RedisServer", "HTTPServer", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -17,3 +17,13 @@ wait_ready() {
     for _ in $(seq 100); do curl -sf -o /dev/null "$url/readyz" && break; sleep 0.1; done
   done
 }
+
+# CPU ticks summed over the listed processes (every thread, user + system), from /proc.
+cpu_sum() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | paste -sd+ | bc; }
+# µs of CPU per operation: (ticks before, ticks after, operations).
+us_per() { echo $(( ($2 - $1) * 1000000 / $(getconf CLK_TCK) / ($3 > 0 ? $3 : 1) )); }
+# The load tool's own CPU per operation, from a `time` line ("user system", TIMEFORMAT below)
+# and the operations: (file, operations).
+tool_us_per() { awk -v n="$2" '{print int(($1 + $2) * 1000000 / (n > 0 ? n : 1))}' "$1"; }
+TIMEFORMAT='%3U %3S'  # for bash's `time`: a child's user and system seconds
+

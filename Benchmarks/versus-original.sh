@@ -33,8 +33,6 @@ PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
-TICKS=$(getconf CLK_TCK)
-TIMEFORMAT='%3U %3S'  # for `time`: the load tool's user and system seconds
 export SWITCHBOARD_TOKEN_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export SWITCHBOARD_LOG_LEVEL=error
 export SWITCHBOARD_RELAY_RATE=0 SWITCHBOARD_JOIN_RATE=0  # the load would trip the per-peer limits
@@ -67,13 +65,10 @@ for _ in $(seq 300); do [ "$(grep -c '^node pid' "$WORK/original.out")" = 2 ] &&
 NAMES+=(original) URLS+=("--node http://127.0.0.1:18491 --node http://127.0.0.1:18492") REDIS_PORTS+=(16491)
 NODE_PIDS+=("$(sed -n 's/^node pid \([0-9]*\):.*/\1/p' "$WORK/original.out" | xargs)")
 
-# CPU ticks summed over the listed processes (every thread, user + system).
-cpu() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | paste -sd+ | bc; }
 # Context switches summed over the listed processes' threads: a hop between two threads costs
 # one on each side, and the host's stealing moves this count far less than CPU time (the
 # offered rate does move it: at a low rate nothing is batched).
 switches() { for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done | awk '/ctxt_switches/ {n += $2} END {print n}'; }
-us_per() { echo $(( ($2 - $1) * 1000000 / TICKS / ($3 > 0 ? $3 : 1) )); }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 head -1 "$WORK/original.out"
@@ -88,25 +83,25 @@ for round in $(seq 1 "$ROUNDS"); do
     ceiling=""
     if [ "$name" != original ]; then
       url=$(echo "${URLS[$i]}" | cut -d' ' -f2)
-      before=$(cpu "${processes[0]}")
+      before=$(cpu_sum "${processes[0]}")
       wrk_out=$(wrk -t2 -c16 -d"${DURATION}s" "$url/healthz")
-      after=$(cpu "${processes[0]}")
+      after=$(cpu_sum "${processes[0]}")
       requests=$(echo "$wrk_out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
       ceiling=$(echo "$wrk_out" | sed -n 's/^Requests\/sec: *\([0-9]*\).*/\1/p')
       echo "round $round, $name: healthz ceiling ${ceiling}/s, node CPU per request $(us_per "$before" "$after" "$requests") µs"
     fi
     for rate in 0 "$RATE"; do
-      before=$(cpu "${processes[@]}") switches_before=$(switches "${processes[@]}")
+      before=$(cpu_sum "${processes[@]}") switches_before=$(switches "${processes[@]}")
       # shellcheck disable=SC2086
       # The load tool's own CPU too: it shares the machine, and closed-loop relays are its
       # ceiling as much as the nodes' (bash's `time` reads the child's user + system time).
       { time "$LOAD" relay ${URLS[$i]} --pairs 16 --rate "$rate" --duration "$DURATION" --json >"$WORK/relay.json" 2>/dev/null; } 2>"$WORK/relay.time"
       relay=$(cat "$WORK/relay.json")
-      after=$(cpu "${processes[@]}") switches_after=$(switches "${processes[@]}")
+      after=$(cpu_sum "${processes[@]}") switches_after=$(switches "${processes[@]}")
       delivered=$(echo "$relay" | field delivered)
       per_second=$(echo "$relay" | field per_second | cut -d. -f1)
       pace=$([ "$rate" = 0 ] && echo "closed loop" || echo "at $rate/s")
-      line="round $round, $name: relays $pace ${per_second}/s, p50 $(echo "$relay" | field p50_ms) ms, p99 $(echo "$relay" | field p99_ms) ms, lost $(echo "$relay" | field lost); CPU per relay $(us_per "$before" "$after" "$delivered") µs, $(echo "scale=1; ($switches_after - $switches_before) / $delivered" | bc) context switches; load tool CPU per relay $(awk -v n="$delivered" '{print int(($1 + $2) * 1000000 / (n > 0 ? n : 1))}' "$WORK/relay.time") µs"
+      line="round $round, $name: relays $pace ${per_second}/s, p50 $(echo "$relay" | field p50_ms) ms, p99 $(echo "$relay" | field p99_ms) ms, lost $(echo "$relay" | field lost); CPU per relay $(us_per "$before" "$after" "$delivered") µs, $(echo "scale=1; ($switches_after - $switches_before) / $delivered" | bc) context switches; load tool CPU per relay $(tool_us_per "$WORK/relay.time" "$delivered") µs"
       [ -n "$ceiling" ] && [ "$rate" = 0 ] && line+=" ($(echo "scale=2; $per_second / $ceiling" | bc) of the healthz ceiling)"
       echo "$line"
     done

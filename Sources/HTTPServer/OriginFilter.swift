@@ -6,8 +6,6 @@ import Hummingbird
 struct OriginFilter<Context: RequestContext>: RouterMiddleware {
     let answers: DirectAnswers
 
-    init(allowed: Set<String>) { answers = DirectAnswers(allowedOrigins: allowed) }
-
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if answers.refusesOrigin(of: request.head) { throw APIError.originNotAllowed }
         return try await next(request, context)

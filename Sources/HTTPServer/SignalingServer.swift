@@ -19,8 +19,9 @@ public enum SignalingServer {
     ) -> some ApplicationProtocol {
         let router = Router(context: BasicRequestContext.self)
         let originsAllowed = configuration.originsAllowed
-        if let originsAllowed {
-            router.add(middleware: OriginFilter(allowed: originsAllowed))
+        let answers = DirectAnswers(allowedOrigins: originsAllowed)
+        if originsAllowed != nil {
+            router.add(middleware: OriginFilter(answers: answers))
         }
         router.add(
             middleware: CORSMiddleware(
@@ -32,7 +33,7 @@ public enum SignalingServer {
         SignalingAPI(coordinator: coordinator, tokens: tokens, configuration: configuration, metricsRegistry: metricsRegistry, relays: relays)
             .addRoutes(to: router)
         let eventStreams = EventStreamEndpoint(
-            coordinator: coordinator, tokens: tokens, answers: DirectAnswers(allowedOrigins: originsAllowed), logger: logger)
+            coordinator: coordinator, tokens: tokens, answers: answers, logger: logger)
         return Application(
             router: router,
             server: HTTPServerBuilder { responder in

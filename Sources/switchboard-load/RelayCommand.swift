@@ -158,27 +158,23 @@ func integer(after key: String, in text: String) -> Int? {
 /// timeout per message (a task group and a sleep each) cost the tool more CPU than the nodes
 /// spent on the message.
 final class SilenceWatchdog: Sendable {
-    private let lastHeard = NIOLockedValueBox(monotonicNanoseconds())
-    private let timer = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    private let lastHeard: NIOLockedValueBox<UInt64>
+    private let timer: Task<Void, Never>
 
     init(limit: Duration, expire: @escaping @Sendable () -> Void) {
         let limitNanoseconds = UInt64(limit.components.seconds) * 1_000_000_000 + UInt64(limit.components.attoseconds / 1_000_000_000)
-        let lastHeard = lastHeard
-        timer.withLockedValue {
-            $0 = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(250))
-                    let last = lastHeard.withLockedValue { $0 }
-                    if monotonicNanoseconds() > last + limitNanoseconds {
-                        expire()
-                        return
-                    }
-                }
+        let lastHeard = NIOLockedValueBox(monotonicNanoseconds())
+        self.lastHeard = lastHeard
+        timer = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                let last = lastHeard.withLockedValue { $0 }
+                if monotonicNanoseconds() > last + limitNanoseconds { return expire() }
             }
         }
     }
 
     func heard() { lastHeard.withLockedValue { $0 = monotonicNanoseconds() } }
 
-    func stop() { timer.withLockedValue { $0?.cancel() } }
+    func stop() { timer.cancel() }
 }

@@ -3,6 +3,7 @@ import NIOPosix
 import RedisServer
 import Testing
 
+@testable import HTTPServer  // EventLoopExecutor: the executor the node's relays send from
 @testable import RedisClient
 
 @Suite("Redis client against a live redis-server")
@@ -170,7 +171,7 @@ struct RedisClientTests {
             let loops = Array(group.makeIterator())
             // The id of the server connection a command from `loop` used.
             func connectionID(from loop: any EventLoop) async throws -> Int? {
-                try await Task(executorPreference: LoopExecutor(loop)) { try await client.send(["CLIENT", "ID"]).int }.value
+                try await Task(executorPreference: EventLoopExecutor(loop)) { try await client.send(["CLIENT", "ID"]).int }.value
             }
             let first = [try await connectionID(from: loops[0]), try await connectionID(from: loops[1])]
             #expect(first[0] != nil && first[1] != nil && first[0] != first[1])
@@ -300,18 +301,5 @@ struct HashSlotTests {
         #expect(HashSlot.of("foo{}{bar}") != HashSlot.of("bar"))  // an empty first tag: the whole name
         #expect(HashSlot.of("foo{{bar}}zap") == HashSlot.of("{bar"))
         #expect(HashSlot.of("foo{bar}{zap}") == HashSlot.of("bar"))
-    }
-}
-
-/// Runs a task's jobs on one event loop, as the node's relays run (HTTPServer's
-/// `EventLoopExecutor`): what the client sees as "sent from that loop".
-private final class LoopExecutor: TaskExecutor {
-    let loop: any EventLoop
-
-    init(_ loop: any EventLoop) { self.loop = loop }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
