@@ -27,6 +27,8 @@ final class ClusterRouter: Sendable {
         var refreshing: Task<ClusterTopology, Error>?
         var watchers: [UInt64: AsyncStream<ClusterTopology>.Continuation] = [:]
         var nextWatcher: UInt64 = 0
+        /// `close()` was called: no server client is made any more.
+        var closed = false
     }
 
     init(
@@ -103,11 +105,20 @@ final class ClusterRouter: Sendable {
     /// Makes `change(current map)` the map, unless it is nil or the same, and tells the
     /// watchers. Returns the map now (nil if none was ever read). Under the lock, so that a change made from a map is
     /// never applied over a newer one, and watchers get the maps in the order adopted.
+    ///
+    /// A server the map makes a primary that was not one before gets new connections before
+    /// any command routed by this map reaches it (see `RedisServerClient.reconnect`).
     @discardableResult
     private func adopt(_ change: (ClusterTopology?) -> ClusterTopology?) -> ClusterTopology? {
         let (current, changed) = state.withLockedValue { state -> (ClusterTopology?, Bool) in
             guard var topology = change(state.topology), topology != state.topology else { return (state.topology, false) }
             topology.version = (state.topology?.version ?? 0) + 1
+            if let previous = state.topology {  // the first map comes right after the seeds said who they are
+                let wasPrimary = Set(previous.primaries.map(\.address))
+                for primary in topology.primaries where !wasPrimary.contains(primary.address) {
+                    state.servers[primary.address]?.reconnect()
+                }
+            }
             state.topology = topology
             for watcher in state.watchers.values { watcher.yield(topology) }
             return (topology, true)
@@ -119,9 +130,12 @@ final class ClusterRouter: Sendable {
     }
 
     /// The client of the server at `address` (made on first use, with the seeds' credentials).
-    func server(at address: RedisEndpoint.Address) -> RedisServerClient {
-        state.withLockedValue { state in
+    /// Once the router is closed, none: a refresh or a redirection still under way would
+    /// open connections nothing closes.
+    func server(at address: RedisEndpoint.Address) throws -> RedisServerClient {
+        try state.withLockedValue { state in
             if let server = state.servers[address] { return server }
+            if state.closed { throw RedisConnectionError.connectionClosed }
             var endpoint = seeds[0]
             endpoint.address = address
             let server = RedisServerClient(
@@ -134,7 +148,7 @@ final class ClusterRouter: Sendable {
 
     /// The clients of every primary in the map.
     func primaries() async throws -> [RedisServerClient] {
-        try await topology().primaries.map { server(at: $0.address) }
+        try await topology().primaries.map { try server(at: $0.address) }
     }
 
     // MARK: Routing
@@ -176,7 +190,7 @@ final class ClusterRouter: Sendable {
         try await withThrowingTaskGroup(of: [(Int, RESPValue?)].self) { group in
             for (address, indices) in batches {
                 group.addTask {
-                    let server = self.server(at: address)
+                    let server = try self.server(at: address)
                     let batch: [RESPValue]
                     do {
                         batch = try await server.pipeline(indices.map { commands[$0] })
@@ -218,7 +232,7 @@ final class ClusterRouter: Sendable {
                 _ = try? await refresh()
                 continue
             }
-            let server = server(at: address)
+            let server = try server(at: address)
             let result: Result
             do {
                 result = try await attempt(server, asking)
@@ -253,7 +267,10 @@ final class ClusterRouter: Sendable {
     }
 
     func close() async {
-        let servers = state.withLockedValue { Array($0.servers.values) }
+        let servers = state.withLockedValue { state in
+            state.closed = true
+            return Array(state.servers.values)
+        }
         for server in servers { await server.close() }
     }
 }

@@ -122,8 +122,10 @@ public final class RedisServerClient: Sendable {
                 do {
                     info = try await connection.send(["INFO", "server", "replication"]).string
                 } catch let error as RedisConnectionError {
+                    // Whatever went wrong, the caller's command was not sent: say so, so
+                    // that a cluster's router may send it elsewhere rather than answer 503.
                     await connection.close()
-                    throw error
+                    throw RedisConnectionError.connectFailed("\(endpoint): INFO on a new connection failed: \(error)")
                 } catch {
                     info = nil  // refused (a user without INFO): no identity to watch
                 }
@@ -183,6 +185,19 @@ public final class RedisServerClient: Sendable {
             state.withLockedValue { $0.failedAttempts = max($0.failedAttempts, 1) }  // the next connection is a recovery
             onConnectionEvent?(.lost)
         }
+    }
+
+    /// Closes the open connections without counting them as lost, so that the next command
+    /// opens one that reads who the server is first. For a server a new cluster map makes a
+    /// primary: Redis keeps its clients' connections across a change of role, so one opened
+    /// while it was a replica, or a primary before a failover and back, never read what it
+    /// became (a promotion may have lost writes).
+    func reconnect() {
+        let retired = state.withLockedValue { state in
+            defer { state.connections = Array(repeating: nil, count: state.connections.count) }
+            return state.connections.compactMap { $0 }
+        }
+        for connection in retired { connection.channel.close(promise: nil) }
     }
 
     /// Closes the connection; later commands fail.

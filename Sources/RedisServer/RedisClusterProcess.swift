@@ -30,6 +30,9 @@ public final class RedisCluster: Sendable {
                             "--cluster-node-timeout", String(nodeTimeout),
                             // One shard down must not stop the others (and a failover test checks them).
                             "--cluster-require-full-coverage", "no",
+                            // A replica's first sync starts at once, not after the 5 s Redis waits
+                            // for more replicas to share it.
+                            "--repl-diskless-sync-delay", "0",
                         ]))
             }
             let cluster = RedisCluster(servers: servers, replicasPerPrimary: replicasPerPrimary)
@@ -194,11 +197,19 @@ public final class RedisCluster: Sendable {
     /// every running node reports `cluster_state:ok`.
     public func failOver(_ primary: RedisServerProcess, _ how: Failover, timeout: Duration = .seconds(30)) async throws -> RedisServerProcess {
         guard let replica = try await replica(of: primary) else { throw FailedToForm(why: "\(primary.tcpPort ?? 0) has no replica") }
+        let deadline = ContinuousClock.now + timeout
         switch how {
-        case .manual: try await replica.command("CLUSTER", "FAILOVER")
+        case .manual:
+            // A primary answers a manual failover only from a node it knows as its replica, which
+            // a primary that just took over learns by gossip a moment later; until then the
+            // request times out (after 5 s) and changes nothing.
+            let primaryID = try await nodeID(of: primary), replicaID = try await nodeID(of: replica)
+            while ContinuousClock.now < deadline, !(try await primary.command("CLUSTER", "REPLICAS", primaryID).contains(replicaID)) {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            try await replica.command("CLUSTER", "FAILOVER")
         case .kill: await primary.kill()
         }
-        let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if try await replica.command("ROLE").hasPrefix("master"), try await waitUntilHealthy(timeout: .milliseconds(100)) { return replica }
             try await Task.sleep(for: .milliseconds(100))

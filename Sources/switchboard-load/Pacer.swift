@@ -12,11 +12,15 @@ struct Pacer: Sendable {
         interval = rate > 0 ? 1e9 / (rate / Double(senders)) : 0
     }
 
-    /// Waits until a sender's request number `count` is due and returns when that was (now,
-    /// in a closed loop). `offset`, a fraction of one interval, staggers the senders.
+    /// When a sender's request number `count` is due (now, in a closed loop). `offset`, a
+    /// fraction of one interval, staggers the senders.
+    func dueTime(_ count: Int, offset: Double = 0) -> UInt64 {
+        interval > 0 ? start + UInt64((Double(count) + offset) * interval) : monotonicNanoseconds()
+    }
+
+    /// Waits until a sender's request number `count` is due and returns when that was.
     func due(_ count: Int, offset: Double = 0) async throws -> UInt64 {
-        guard interval > 0 else { return monotonicNanoseconds() }
-        let due = start + UInt64((Double(count) + offset) * interval)
+        let due = dueTime(count, offset: offset)
         let now = monotonicNanoseconds()
         if due > now { try await Task.sleep(for: .nanoseconds(Int(due - now))) }
         return due

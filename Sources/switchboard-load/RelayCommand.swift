@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
 import SignalingClient
 
 struct RelayCommand: AsyncParsableCommand {
@@ -17,83 +20,51 @@ struct RelayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let nodes = try options.fleet()
-        let receivers = try await Peer.connectMany(pairs, nodes: nodes, prefix: "receiver")
+        let counters = Counters()
+        let receivers = try await connectReceivers(nodes: nodes, counters: counters)
+        defer { receivers.forEach { $0.close() } }
         // Receivers and senders share one room, so any server that limits relays to room
         // members lets them through.
         let room = "relay-\(UUID().uuidString.prefix(8))"
-        for receiver in receivers { _ = try await receiver.post("/\(room)/join", via: receiver.node) }
+        for receiver in receivers {
+            _ = try await SignalingClient(host: receiver.node.host, port: receiver.node.port).request(.POST, "/\(room)/join", token: receiver.token)
+        }
         let senders = try await Peer.connectMany(pairs, nodes: nodes, prefix: "sender")
+        defer { senders.forEach { $0.stream.close() } }
         for sender in senders { _ = try await sender.post("/\(room)/join", via: sender.node) }
 
-        let counters = Counters()
         let progress = Progress()
         progress.start("relay")
-        let padding = String(repeating: "x", count: padding)
         let start = monotonicNanoseconds()
         let pacer = Pacer(start: start, rate: rate, senders: pairs)
         let stop = start + UInt64(duration * 1e9)
-        let latencies = try await withThrowingTaskGroup(of: Latencies?.self) { group in
-            for index in 0..<pairs {
-                let receiver = receivers[index]
-                let node = nodes[(nodes.firstIndex { $0.port == receiver.node.port && $0.host == receiver.node.host }! + 1) % nodes.count]
-                let sender = senders[index]
-                group.addTask {
-                    let connection = try await PersistentConnection.connect(host: node.host, port: node.port)
-                    defer { Task { await connection.close() } }
-                    var sequence = 0
-                    while true {
-                        let sendAt = try await pacer.due(sequence)
-                        if sendAt >= stop { break }
-                        let body = #"{"s":\#(sequence),"t":\#(sendAt),"p":"\#(padding)"}"#
-                        let result = try await connection.request(.POST, "/relay/\(receiver.id)/load", token: sender.token, body: body)
-                        counters.sent(ok: result.status == 200)
-                        sequence += 1
-                    }
-                    // Tell the receiver how many went out; it waits for them.
-                    _ = try await connection.request(.POST, "/relay/\(receiver.id)/load-end", token: sender.token, body: #"{"s":\#(sequence)}"#)
-                    return nil
-                }
-                group.addTask {
-                    var latencies = Latencies()
-                    var expected = 0
-                    var seen = Set<Int>()
-                    // Ten seconds without a message ends the stream (its load-end was lost).
-                    let silence = SilenceWatchdog(limit: .seconds(10)) { receiver.stream.close() }
-                    defer { silence.stop() }
-                    while let event = await receiver.stream.nextSignal() {
-                        silence.heard()
-                        let now = monotonicNanoseconds()
-                        guard let sequence = integer(after: #""s":"#, in: event.data) else { continue }
-                        if event.event == "load-end" { break }
-                        guard event.event == "load", let sentAt = integer(after: #""t":"#, in: event.data) else { continue }
-                        latencies.record(nanoseconds: now > UInt64(sentAt) ? now - UInt64(sentAt) : 0)
-                        if !seen.insert(sequence).inserted {
-                            counters.duplicate()
-                        } else if sequence != expected {
-                            counters.reordered()
-                        }
-                        expected = sequence + 1
-                        counters.delivered()
-                    }
-                    return latencies
-                }
+        receivers.forEach { $0.listen() }
+        let progressTask = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+                let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+                progress.update(String(format: "sent %d, delivered %d (%.0f/s)", counters.sentCount, counters.deliveredCount, Double(counters.deliveredCount) / elapsed))
             }
-            let progressTask = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(500))
-                    let elapsed = Double(monotonicNanoseconds() - start) / 1e9
-                    progress.update(String(format: "sent %d, delivered %d (%.0f/s)", counters.sentCount, counters.deliveredCount, Double(counters.deliveredCount) / elapsed))
-                }
-            }
-            var all = Latencies()
-            for try await latencies in group { if let latencies { all.add(latencies) } }
-            progressTask.cancel()
-            return all
         }
+        let padding = String(repeating: "x", count: padding)
+        var sending: [EventLoopFuture<Void>] = []
+        for (receiver, sender) in zip(receivers, senders) {
+            let node = nodes[(nodes.firstIndex { $0.port == receiver.node.port && $0.host == receiver.node.host }! + 1) % nodes.count]
+            let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
+            let done = eventLoop.makePromise(of: Void.self)
+            _ = try await connectEncoded(to: node, on: eventLoop) {
+                RelaySender(
+                    receiver: receiver.id, token: sender.token, node: node, padding: padding, pacer: pacer, stop: stop,
+                    counters: counters, done: done)
+            }
+            sending.append(done.futureResult)
+        }
+        for sent in sending { try await sent.get() }
+        var latencies = Latencies()
+        for receiver in receivers { latencies.add(try await receiver.finished.get()) }
+        progressTask.cancel()
         progress.stop()
         let elapsed = min(Double(monotonicNanoseconds() - start), duration * 1e9) / 1e9
-        receivers.forEach { $0.stream.close() }
-        senders.forEach { $0.stream.close() }
 
         var report = Report(
             title: "relay: \(pairs) pairs over \(nodes.count) node(s), " + (rate > 0 ? "\(Int(rate)) msg/s offered" : "closed loop") + ", \(Int(duration)) s",
@@ -107,6 +78,25 @@ struct RelayCommand: AsyncParsableCommand {
         row.merge(latencies.summary) { $1 }
         report.rows.append(row)
         report.print(json: options.json)
+    }
+
+    /// The receivers' streams, spread round-robin over the nodes, 64 opening at a time.
+    private func connectReceivers(nodes: [NodeAddress], counters: Counters) async throws -> [ReceiverStream] {
+        try await withThrowingTaskGroup(of: (Int, ReceiverStream).self) { group in
+            var receivers: [ReceiverStream?] = Array(repeating: nil, count: pairs)
+            var next = 0
+            func add() {
+                let index = next
+                group.addTask { (index, try await ReceiverStream.open(name: "receiver\(index)", node: nodes[index % nodes.count], counters: counters)) }
+                next += 1
+            }
+            while next < min(64, pairs) { add() }
+            while let (index, receiver) = try await group.next() {
+                receivers[index] = receiver
+                if next < pairs { add() }
+            }
+            return receivers.map { $0! }
+        }
     }
 }
 
@@ -127,54 +117,26 @@ final class Counters: Sendable {
     var reorderedCount: Int { values.withLockedValue { $0.reordered } }
 }
 
-/// The integer after the first `key` in `text` (a cheap read of our own compact JSON), found
-/// in its UTF-8: Foundation's `range(of:)` was the tool's costliest call per message.
-func integer(after key: String, in text: String) -> Int? {
-    let bytes = text.utf8
-    let pattern = key.utf8
-    guard let first = pattern.first else { return nil }
+/// The integer after the first `key` in `bytes` (a cheap read of our own compact JSON).
+func integer(after key: [UInt8], in bytes: [UInt8]) -> Int? {
+    guard let first = key.first else { return nil }
     var from = bytes.startIndex
     while let start = bytes[from...].firstIndex(of: first) {
-        guard bytes[start...].starts(with: pattern) else {
-            from = bytes.index(after: start)
+        guard bytes[start...].starts(with: key) else {
+            from = start + 1
             continue
         }
-        var cursor = bytes.index(start, offsetBy: pattern.count)
+        var cursor = start + key.count
         let negative = cursor < bytes.endIndex && bytes[cursor] == UInt8(ascii: "-")
-        if negative { cursor = bytes.index(after: cursor) }
+        if negative { cursor += 1 }
         var value = 0
         var digits = 0
         while cursor < bytes.endIndex, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[cursor]) {
             value = value &* 10 &+ Int(bytes[cursor] - UInt8(ascii: "0"))
             digits += 1
-            cursor = bytes.index(after: cursor)
+            cursor += 1
         }
         return digits > 0 ? (negative ? -value : value) : nil
     }
     return nil
-}
-
-/// Calls `expire` once nothing was `heard` for `limit`: one timer for a whole stream, where a
-/// timeout per message (a task group and a sleep each) cost the tool more CPU than the nodes
-/// spent on the message.
-final class SilenceWatchdog: Sendable {
-    private let lastHeard: NIOLockedValueBox<UInt64>
-    private let timer: Task<Void, Never>
-
-    init(limit: Duration, expire: @escaping @Sendable () -> Void) {
-        let limitNanoseconds = UInt64(limit.components.seconds) * 1_000_000_000 + UInt64(limit.components.attoseconds / 1_000_000_000)
-        let lastHeard = NIOLockedValueBox(monotonicNanoseconds())
-        self.lastHeard = lastHeard
-        timer = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(250))
-                let last = lastHeard.withLockedValue { $0 }
-                if monotonicNanoseconds() > last + limitNanoseconds { return expire() }
-            }
-        }
-    }
-
-    func heard() { lastHeard.withLockedValue { $0 = monotonicNanoseconds() } }
-
-    func stop() { timer.cancel() }
 }

@@ -91,7 +91,7 @@ struct ResumeTests {
             #expect(stale.status == 403 && json(stale.body)["error"] != nil, "\(stale.status) \(stale.body)")
 
             ann.stream.close()
-            #expect(try await fleet.eventually { fleet.nodes[0].coordinator.openStreamCount == 0 })
+            #expect(try await fleet.eventually { try await fleet.noOneListens(to: ann.id) })
             #expect(try await send(2, from: bob, to: ann, fleet: fleet) == 202)
             let id = try #require(lastID.addingPercentEncoding(withAllowedCharacters: .alphanumerics))
             let resumed = try await fleet.client(1).connect(token: "\(fresh)&lastEventId=\(id)")

@@ -155,4 +155,49 @@ struct ClusterClientTests {
             await client.close()
         }
     }
+
+    /// A primary demoted by a manual failover and promoted again is seen anew. Redis keeps a
+    /// client's connection open across both changes of role, so without more the connection
+    /// opened before would be used again and nobody would learn that the server's history
+    /// changed (what it had may not be what its replacement acknowledged meanwhile).
+    @Test func aPrimaryPromotedAgainIsAskedWhoItIs() async throws {
+        try await RedisCluster.with(primaries: 1, replicasPerPrimary: 1) { cluster in
+            let client = RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds))
+            let seen = NIOLockedValueBox<[(address: RedisEndpoint.Address, identity: ServerIdentity)]>([])
+            client.observeServers { endpoint, identity in seen.withLockedValue { $0.append((endpoint.address, identity)) } }
+            let first = try #require(try await cluster.primaries().first)
+            let address = RedisEndpoint.Address.tcp(host: "127.0.0.1", port: try #require(first.tcpPort))
+            try await client.send(["SET", "k", "1"])
+            let replica = try await cluster.failOver(first, .manual)
+            try await client.send(["SET", "k", "2"])  // MOVED: the replica serves the slot now
+            #expect(try await cluster.failOver(replica, .manual) === first)
+            try await client.send(["SET", "k", "3"])  // MOVED back
+            #expect(try await client.send(["GET", "k"]).string == "3")
+
+            let now = try await first.command("INFO", "replication")
+            let asPrimary = seen.withLockedValue { $0.filter { $0.address == address && $0.identity.isPrimary }.map(\.identity) }
+            #expect(Set(asPrimary.map(\.replicationID)).count == 2, "asked as a primary before and after: \(asPrimary)")
+            #expect(now.contains("master_replid:\(asPrimary.last?.replicationID ?? "?")"))
+            await client.close()
+        }
+    }
+
+    /// Once closed, the client opens nothing. A command on it fails, which starts a read of the
+    /// map, and that read must not make a client for a seed not used before (the replica here),
+    /// whose connection nothing would close.
+    @Test func aClosedClientOpensNoConnection() async throws {
+        try await RedisCluster.with(primaries: 1, replicasPerPrimary: 1) { cluster in
+            let client = RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds))
+            try await client.send(["SET", "k", "1"])
+            let primary = try #require(try await cluster.primaries().first)
+            let replica = try #require(try await cluster.replica(of: primary))
+            // Ordinary clients but the one asking (redis-cli).
+            func clients() async throws -> Int { try await replica.command("CLIENT", "LIST", "TYPE", "normal").split(separator: "\n").count - 1 }
+            let before = try await clients()
+            await client.close()
+            await #expect(throws: (any Error).self) { try await client.send(["GET", "k"]) }
+            try await Task.sleep(for: .milliseconds(500))  // for the read of the map it started
+            #expect(try await clients() == before)
+        }
+    }
 }

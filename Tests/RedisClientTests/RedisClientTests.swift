@@ -188,6 +188,24 @@ struct RedisClientTests {
         try await group.shutdownGracefully()
     }
 
+    /// A server that takes connections but answers nothing (a stopped process) fails the
+    /// identity check of a new connection as a failed connect: the caller's command was never
+    /// written, so a cluster's router may send it to the slot's new primary rather than answer
+    /// 503 as for a command that may have run.
+    @Test func aServerThatNeverAnswersFailsTheConnectNotTheCommand() async throws {
+        let silent = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { $0.eventLoop.makeSucceededVoidFuture() }  // reads and drops
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(silent.localAddress?.port)
+        let client = RedisServerClient(
+            endpoint: try RedisEndpoint(url: "redis://127.0.0.1:\(port)"), commandTimeout: .milliseconds(300),
+            identityObserver: IdentityObserver())
+        let error = await #expect(throws: RedisConnectionError.self) { try await client.send(["SET", "k", "v"]) }
+        #expect(error?.neverSent == true, "\(String(describing: error))")
+        await client.close()
+        try await silent.close()
+    }
+
     @Test func commandsFailFastWhileRedisIsDown() async throws {
         try await RedisServerProcess.with { server in
             let client = RedisClient(endpoint: try RedisEndpoint(url: server.url))
