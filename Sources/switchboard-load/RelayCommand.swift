@@ -52,7 +52,7 @@ struct RelayCommand: AsyncParsableCommand {
             let node = nodes[(nodes.firstIndex { $0.port == receiver.node.port && $0.host == receiver.node.host }! + 1) % nodes.count]
             let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
             let done = eventLoop.makePromise(of: Void.self)
-            _ = try await connectEncoded(to: node, on: eventLoop) {
+            _ = try await connectHTTP(host: node.host, port: node.port, group: eventLoop, requests: .encoded) {
                 RelaySender(
                     receiver: receiver.id, token: sender.token, node: node, padding: padding, pacer: pacer, stop: stop,
                     counters: counters, done: done)

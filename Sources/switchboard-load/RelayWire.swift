@@ -226,7 +226,7 @@ struct ReceiverStream: Sendable {
         let opened = eventLoop.makePromise(of: String.self)
         let finished = eventLoop.makePromise(of: Latencies.self)
         let request = "GET /connect?token=\(token) HTTP/1.1\r\nHost: \(node.host):\(node.port)\r\nAccept: text/event-stream\r\n\r\n"
-        let channel = try await connectEncoded(to: node, on: eventLoop) {
+        let channel = try await connectHTTP(host: node.host, port: node.port, group: eventLoop, requests: .encoded) {
             RelayReceiver(request: request, opened: opened, finished: finished, counters: counters)
         }
         let deadline = eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
@@ -245,42 +245,6 @@ struct ReceiverStream: Sendable {
     }
 
     func close() { channel.close(promise: nil) }
-}
-
-/// Writes requests that come already encoded, as the body part of an `HTTPClientRequestPart`.
-/// Their head part goes out to the socket as nothing: it passes the response decoder only to
-/// tell it a request went out (it refuses a response it saw no request for) and which method
-/// (a `HEAD`'s response has no body).
-final class EncodedRequests: ChannelOutboundHandler {
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = ByteBuffer
-
-    static let post = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")
-    static let get = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .body(.byteBuffer(let bytes)): context.write(wrapOutboundOut(bytes), promise: promise)
-        case .body(.fileRegion): promise?.fail(ChannelError.operationUnsupported)
-        case .head, .end: promise?.succeed()
-        }
-    }
-}
-
-/// A connection to `node` that writes encoded requests and decodes the responses for `last`.
-func connectEncoded<Handler: ChannelInboundHandler>(
-    to node: NodeAddress, on eventLoop: any EventLoop, last: @escaping @Sendable () -> Handler
-) async throws -> Channel where Handler.InboundIn == HTTPClientResponsePart {
-    try await ClientBootstrap(group: eventLoop)
-        .channelOption(.socketOption(.tcp_nodelay), value: 1)
-        .connectTimeout(.seconds(5))
-        .channelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandlers(EncodedRequests(), ByteToMessageHandler(HTTPResponseDecoder()))
-                try channel.pipeline.syncOperations.addHandler(last())
-            }
-        }
-        .connect(host: node.host, port: node.port).get()
 }
 
 /// Splits an event stream into events, keeping only what the relay mode reads: the event's

@@ -119,11 +119,16 @@ struct ExecutableTests {
             #expect(storm?["pairs"] as? Int == 3 * 12 * 11 / 2)
             #expect(storm?["misses"] as? Int == 0)
             #expect(storm?["duplicates"] as? Int == 0)
-            let relay = try await Self.runLoadTool(["relay", "--pairs", "4", "--duration", "1"] + nodes)
-            #expect((relay?["delivered"] as? Int ?? 0) > 0)
-            #expect(relay?["delivered"] as? Int == relay?["sent"] as? Int)
-            #expect(relay?["lost"] as? Int == 0)
-            #expect(relay?["reordered"] as? Int == 0)
+            // Closed loop, then paced (each sender's requests scheduled on its event loop).
+            for pace in [[], ["--rate", "400"]] {
+                let relay = try await Self.runLoadTool(["relay", "--pairs", "4", "--duration", "1"] + pace + nodes)
+                #expect((relay?["delivered"] as? Int ?? 0) > 0)
+                #expect(relay?["delivered"] as? Int == relay?["sent"] as? Int)
+                #expect(relay?["lost"] as? Int == 0)
+                #expect(relay?["reordered"] as? Int == 0)
+                #expect(relay?["errors"] as? Int == 0)
+                if !pace.isEmpty { #expect((300...500).contains(relay?["sent"] as? Int ?? 0), "400/s for 1 s: \(relay?["sent"] ?? "none")") }
+            }
             #expect(await a.terminate() == 0)
             #expect(await b.terminate() == 0)
         }
