@@ -55,10 +55,11 @@ final class Recovery: Sendable {
                 first = false
             }
             await observeEpoch(replies[1].string ?? candidate)
-            // A command connection to each primary, opened again if it dropped: a primary that
-            // restarted or took over is noticed at its opening (see `serverChanged`), by every
-            // node within a heartbeat, whether or not it had anything to send there.
-            _ = try? await context.redis.sendToEachPrimary(["PING"])
+            // Each primary asked who it is, on a command connection opened again if it dropped:
+            // a primary that restarted or took over is noticed (see `serverChanged`) by every
+            // node within a heartbeat, whether or not it had anything to send there, and so is
+            // one demoted and promoted again behind a connection that stayed open.
+            await context.redis.observeEachPrimary()
             await sessions.retryUnfinished()
             await checkSubscription()
             await reapDeadNodes()

@@ -106,23 +106,26 @@ final class ClusterRouter: Sendable {
     /// watchers. Returns the map now (nil if none was ever read). Under the lock, so that a change made from a map is
     /// never applied over a newer one, and watchers get the maps in the order adopted.
     ///
-    /// A server the map makes a primary that was not one before gets new connections before
-    /// any command routed by this map reaches it (see `RedisServerClient.reconnect`).
+    /// A server the map makes a primary that served no slot before gets new connections before
+    /// any command routed by this map reaches it (see `RedisServerClient.retireConnections`).
     @discardableResult
     private func adopt(_ change: (ClusterTopology?) -> ClusterTopology?) -> ClusterTopology? {
-        let (current, changed) = state.withLockedValue { state -> (ClusterTopology?, Bool) in
-            guard var topology = change(state.topology), topology != state.topology else { return (state.topology, false) }
+        let (current, changed, retired) = state.withLockedValue { state -> (ClusterTopology?, Bool, [RedisConnection]) in
+            guard var topology = change(state.topology), topology != state.topology else { return (state.topology, false, []) }
             topology.version = (state.topology?.version ?? 0) + 1
+            var retired: [RedisConnection] = []
             if let previous = state.topology {  // the first map comes right after the seeds said who they are
-                let wasPrimary = Set(previous.primaries.map(\.address))
-                for primary in topology.primaries where !wasPrimary.contains(primary.address) {
-                    state.servers[primary.address]?.reconnect()
+                let wasServing = previous.servingPrimaries
+                for address in topology.servingPrimaries.subtracting(wasServing) {
+                    retired += state.servers[address]?.retireConnections() ?? []
                 }
             }
             state.topology = topology
             for watcher in state.watchers.values { watcher.yield(topology) }
-            return (topology, true)
+            return (topology, true, retired)
         }
+        // Closed outside the lock: a channel closed on its own loop runs its callbacks at once.
+        for connection in retired { connection.closeAfterPendingReplies() }
         if changed, let current {
             logger.info("cluster map read", metadata: ["primaries": "\(current.primaries.map(\.description))"])
         }

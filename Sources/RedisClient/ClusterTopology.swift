@@ -33,6 +33,14 @@ public struct ClusterTopology: Sendable, Equatable {
 
     public func owner(of keyOrChannel: String) -> RedisEndpoint? { owner(ofSlot: HashSlot.of(keyOrChannel)) }
 
+    /// The primaries that serve at least one slot (after a `MOVED`, the one that gave a slot up
+    /// may serve none and stay listed).
+    var servingPrimaries: Set<RedisEndpoint.Address> {
+        var serving = Set<Int16>()
+        for owner in owners where owner >= 0 { serving.insert(owner) }
+        return Set(serving.map { primaries[Int($0)].address })
+    }
+
     /// Whether every slot has a primary (a cluster whose state is ok).
     public var coversEverySlot: Bool { !owners.contains(-1) }
 

@@ -117,8 +117,8 @@ public final class RedisClient: Sendable {
 
     /// Sends a command that names no key to every primary (the one server, or each primary
     /// of the cluster), one after the other, and returns each one's reply (an error reply as
-    /// `.error`) or the error that kept it from answering. (Its uses are rare: script loads, a
-    /// ping each heartbeat, readiness. A task group filling the replies by index made a release
+    /// `.error`) or the error that kept it from answering. (Its uses are rare: script loads,
+    /// readiness, `/status`. A task group filling the replies by index made a release
     /// build with Swift 6.3.1 trap in `Array.subscript.modify` every time; debug builds did not.)
     public func sendToEachPrimary(_ command: [String]) async throws -> [Result<RESPValue, Error>] {
         var replies: [Result<RESPValue, Error>] = []
@@ -126,6 +126,17 @@ public final class RedisClient: Sendable {
             do { replies.append(.success(try await server.reply(to: command))) } catch { replies.append(.failure(error)) }
         }
         return replies
+    }
+
+    /// Asks each primary who it is and tells the observer (`observeServers`), on the
+    /// connection commands use (opened again if it dropped). A connection reads it as it opens,
+    /// but Redis keeps a connection open across a change of role: a primary demoted and
+    /// promoted again while the node sent it nothing is seen only this way. Errors are left to
+    /// the commands that meet them.
+    public func observeEachPrimary() async {
+        for server in (try? await primaries()) ?? [] {
+            try? await server.observeIdentity()
+        }
     }
 
     /// Every key matching `pattern`, on every primary (`SCAN … MATCH`). A key may be listed

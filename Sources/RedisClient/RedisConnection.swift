@@ -125,4 +125,11 @@ public final class RedisConnection: Sendable {
     public func close() async {
         try? await channel.close()
     }
+
+    /// Closes the connection once the commands written on it so far have their replies (a
+    /// `PING` after them comes back last), so that none of them fails as maybe-sent.
+    func closeAfterPendingReplies() {
+        let channel = channel
+        sendRaw(["PING"]).whenComplete { _ in channel.close(promise: nil) }
+    }
 }

@@ -32,6 +32,8 @@ public final class RedisServerClient: Sendable {
         var failedAttempts = 0
         var nextAttempt = NIODeadline.uptimeNanoseconds(0)
         var closed = false
+        /// Counts `retireConnections`: an identity read before the last one is stale.
+        var identityGeneration: UInt64 = 0
 
         init(loops: Int) {
             connections = Array(repeating: nil, count: loops)
@@ -113,38 +115,32 @@ public final class RedisServerClient: Sendable {
         do {
             let connection = try await RedisConnection.connect(
                 to: endpoint, on: loops[place], commandTimeout: commandTimeout)
-            if let identityObserver {
-                // Before any command runs on the new connection: the observer learns of a
-                // restart or a promotion first (see `ServerIdentity`).
-                // A server that accepts connections but does not answer (a stopped process)
-                // fails the attempt, so it is retried with back-off rather than handed out.
-                let info: String?
-                do {
-                    info = try await connection.send(["INFO", "server", "replication"]).string
-                } catch let error as RedisConnectionError {
-                    // Whatever went wrong, the caller's command was not sent: say so, so
-                    // that a cluster's router may send it elsewhere rather than answer 503.
-                    await connection.close()
-                    throw RedisConnectionError.connectFailed("\(endpoint): INFO on a new connection failed: \(error)")
-                } catch {
-                    info = nil  // refused (a user without INFO): no identity to watch
+            // Before any command runs on the new connection: the observer learns of a restart
+            // or a promotion first (see `ServerIdentity`), and again if the server's connections
+            // were retired while it read it.
+            var generation = state.withLockedValue { $0.identityGeneration }
+            var stored: Stored = .stale
+            while case .stale = stored {
+                try await observeIdentity(on: connection)
+                stored = state.withLockedValue { state in
+                    guard state.identityGeneration == generation else {
+                        generation = state.identityGeneration
+                        return .stale
+                    }
+                    state.connecting[place] = nil
+                    guard !state.closed else { return .closed }  // closed while connecting
+                    let wasDown = state.failedAttempts > 0
+                    state.failedAttempts = 0
+                    state.backoff.reset()
+                    state.connections[place] = connection
+                    return .stored(wasDown: wasDown)
                 }
-                if let identity = info.flatMap(ServerIdentity.init(info:)) { identityObserver.observe(endpoint, identity) }
             }
-            let (wasDown, closed) = state.withLockedValue { state in
-                state.connecting[place] = nil
-                guard !state.closed else { return (false, true) }  // closed while connecting
-                let wasDown = state.failedAttempts > 0
-                state.failedAttempts = 0
-                state.backoff.reset()
-                state.connections[place] = connection
-                return (wasDown, false)
-            }
-            if closed {
+            if case .closed = stored {
                 await connection.close()
                 throw RedisConnectionError.connectionClosed
             }
-            if wasDown {
+            if case .stored(wasDown: true) = stored {
                 logger.info("redis connection restored", metadata: ["redis": "\(endpoint)"])
                 onConnectionEvent?(.restored)
             }
@@ -174,6 +170,38 @@ public final class RedisServerClient: Sendable {
         }
     }
 
+    private enum Stored {
+        case stored(wasDown: Bool)
+        /// The server's connections were retired while its identity was read: read it again.
+        case stale
+        case closed
+    }
+
+    /// Reads who the server is on `connection` and tells the observer, if there is one. A
+    /// server that accepts connections but does not answer (a stopped process) fails the
+    /// attempt, so that it is retried with back-off rather than handed out.
+    private func observeIdentity(on connection: RedisConnection) async throws {
+        guard let identityObserver else { return }
+        let info: String?
+        do {
+            info = try await connection.send(["INFO", "server", "replication"]).string
+        } catch let error as RedisConnectionError {
+            // Whatever went wrong, the caller's command was not sent: say so, so that a
+            // cluster's router may send it elsewhere rather than answer 503.
+            await connection.close()
+            throw RedisConnectionError.connectFailed("\(endpoint): INFO failed: \(error)")
+        } catch {
+            info = nil  // refused (a user without INFO): no identity to watch
+        }
+        if let identity = info.flatMap(ServerIdentity.init(info:)) { identityObserver.observe(endpoint, identity) }
+    }
+
+    /// Asks the server who it is on the caller's loop's connection (opened first if there is
+    /// none, and then read as it opens) and tells the observer. See `RedisClient.observeEachPrimary`.
+    func observeIdentity() async throws {
+        try await observeIdentity(on: try await connection())
+    }
+
     private func forget(_ connection: RedisConnection) {
         let wasCurrent = state.withLockedValue { state in
             guard let place = state.connections.firstIndex(where: { $0 === connection }) else { return false }
@@ -187,17 +215,19 @@ public final class RedisServerClient: Sendable {
         }
     }
 
-    /// Closes the open connections without counting them as lost, so that the next command
-    /// opens one that reads who the server is first. For a server a new cluster map makes a
-    /// primary: Redis keeps its clients' connections across a change of role, so one opened
-    /// while it was a replica, or a primary before a failover and back, never read what it
-    /// became (a promotion may have lost writes).
-    func reconnect() {
-        let retired = state.withLockedValue { state in
+    /// Takes the open connections out of use, without counting them as lost, so that the next
+    /// command opens one that reads who the server is first; the caller closes them (see
+    /// `RedisConnection.closeAfterPendingReplies`). A connection being opened meanwhile reads
+    /// it again before it is handed out. For a server a new cluster map makes a primary: Redis
+    /// keeps its clients' connections across a change of role, so one opened while it was a
+    /// replica, or a primary before a failover and back, never saw what it became (a promotion
+    /// may have lost writes).
+    func retireConnections() -> [RedisConnection] {
+        state.withLockedValue { state in
             defer { state.connections = Array(repeating: nil, count: state.connections.count) }
+            state.identityGeneration += 1
             return state.connections.compactMap { $0 }
         }
-        for connection in retired { connection.channel.close(promise: nil) }
     }
 
     /// Closes the connection; later commands fail.

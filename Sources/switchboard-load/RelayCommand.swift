@@ -33,12 +33,25 @@ struct RelayCommand: AsyncParsableCommand {
         defer { senders.forEach { $0.stream.close() } }
         for sender in senders { _ = try await sender.post("/\(room)/join", via: sender.node) }
 
+        // Every sender connects first; then all start together.
+        let padding = String(repeating: "x", count: padding)
+        var sending: [(channel: Channel, done: EventLoopFuture<Void>)] = []
+        for (receiver, sender) in zip(receivers, senders) {
+            let node = nodes[(nodes.firstIndex { $0.port == receiver.node.port && $0.host == receiver.node.host }! + 1) % nodes.count]
+            let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
+            let done = eventLoop.makePromise(of: Void.self)
+            let channel = try await connectHTTP(host: node.host, port: node.port, group: eventLoop, requests: .encoded) {
+                RelaySender(receiver: receiver.id, token: sender.token, node: node, padding: padding, counters: counters, done: done)
+            }
+            sending.append((channel, done.futureResult))
+        }
         let progress = Progress()
         progress.start("relay")
         let start = monotonicNanoseconds()
         let pacer = Pacer(start: start, rate: rate, senders: pairs)
         let stop = start + UInt64(duration * 1e9)
         receivers.forEach { $0.listen() }
+        for sender in sending { sender.channel.pipeline.fireUserInboundEventTriggered(RelaySender.Start(pacer: pacer, stop: stop)) }
         let progressTask = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(500))
@@ -46,20 +59,7 @@ struct RelayCommand: AsyncParsableCommand {
                 progress.update(String(format: "sent %d, delivered %d (%.0f/s)", counters.sentCount, counters.deliveredCount, Double(counters.deliveredCount) / elapsed))
             }
         }
-        let padding = String(repeating: "x", count: padding)
-        var sending: [EventLoopFuture<Void>] = []
-        for (receiver, sender) in zip(receivers, senders) {
-            let node = nodes[(nodes.firstIndex { $0.port == receiver.node.port && $0.host == receiver.node.host }! + 1) % nodes.count]
-            let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
-            let done = eventLoop.makePromise(of: Void.self)
-            _ = try await connectHTTP(host: node.host, port: node.port, group: eventLoop, requests: .encoded) {
-                RelaySender(
-                    receiver: receiver.id, token: sender.token, node: node, padding: padding, pacer: pacer, stop: stop,
-                    counters: counters, done: done)
-            }
-            sending.append(done.futureResult)
-        }
-        for sent in sending { try await sent.get() }
+        for sender in sending { try await sender.done.get() }
         var latencies = Latencies()
         for receiver in receivers { latencies.add(try await receiver.finished.get()) }
         progressTask.cancel()

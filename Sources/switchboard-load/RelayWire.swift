@@ -10,8 +10,10 @@ import SignalingClient
 // parts and `SSEParser`'s strings it spent 58–68 µs of CPU per relay, as much as one node.
 // Here a request is one buffer written straight to the socket, and an event is read in place.
 
-/// A connection for one sender: posts `load` relays to its receiver, back to back or paced,
-/// until `stop`, then one `load-end` with the count; `done` succeeds once that is answered.
+/// A connection for one sender: once told to `Start`, posts `load` relays to its receiver, back
+/// to back or paced, until `stop`, then one `load-end` with the count; `done` succeeds once that
+/// is answered. (Every sender connects first and all start together: paced, a late one would
+/// begin with a burst of requests already due.)
 final class RelaySender: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
@@ -19,8 +21,8 @@ final class RelaySender: ChannelInboundHandler {
     /// The request heads up to their `Content-Length` value, for `load` and for `load-end`.
     private let loadHead: String, endHead: String
     private let padding: String
-    private let pacer: Pacer
-    private let stop: UInt64
+    private var pacer = Pacer(start: 0, rate: 0, senders: 1)
+    private var stop: UInt64 = 0
     private let counters: Counters
     private let done: EventLoopPromise<Void>
     private var sequence = 0
@@ -30,21 +32,26 @@ final class RelaySender: ChannelInboundHandler {
     private var sentAt: UInt64 = 0
     private var watchdog: Scheduled<Void>?
 
-    init(receiver: String, token: String, node: NodeAddress, padding: String, pacer: Pacer, stop: UInt64, counters: Counters, done: EventLoopPromise<Void>) {
+    /// The event that starts the sender: its pace, and when to stop.
+    struct Start: Sendable {
+        let pacer: Pacer
+        let stop: UInt64
+    }
+
+    init(receiver: String, token: String, node: NodeAddress, padding: String, counters: Counters, done: EventLoopPromise<Void>) {
         let headers = " HTTP/1.1\r\nHost: \(node.host):\(node.port)\r\nAuthorization: Bearer \(token)\r\nContent-Type: application/json\r\nContent-Length: "
         loadHead = "POST /relay/\(receiver)/load" + headers
         endHead = "POST /relay/\(receiver)/load-end" + headers
         self.padding = padding
-        self.pacer = pacer
-        self.stop = stop
         self.counters = counters
         self.done = done
     }
 
-    func channelActive(context: ChannelHandlerContext) {
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let start = event as? Start else { return context.fireUserInboundEventTriggered(event) }
+        (pacer, stop) = (start.pacer, start.stop)
         watch(context: context)
         sendNext(context: context)
-        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -122,7 +129,6 @@ final class RelayReceiver: ChannelInboundHandler {
     private var latencies = Latencies()
     private var expected = 0
     private var seen = Set<Int>()
-    private var listening = false
     private var lastHeard: UInt64 = 0
 
     private let request: String
@@ -164,9 +170,12 @@ final class RelayReceiver: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    /// From now on, ten seconds without an event ends the stream (its `load-end` was lost).
-    func listen(context: ChannelHandlerContext) {
-        listening = true
+    /// The event after which ten seconds without an event end the stream (its `load-end` was
+    /// lost): the relays are about to begin.
+    struct Listen: Sendable {}
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is Listen else { return context.fireUserInboundEventTriggered(event) }
         lastHeard = monotonicNanoseconds()
         watch(context: context)
     }
@@ -235,14 +244,7 @@ struct ReceiverStream: Sendable {
     }
 
     /// Starts the silence timer: the relays are about to begin.
-    func listen() {
-        channel.eventLoop.execute { [channel] in
-            guard let context = try? channel.pipeline.syncOperations.context(handlerType: RelayReceiver.self),
-                let receiver = context.handler as? RelayReceiver
-            else { return }
-            receiver.listen(context: context)
-        }
-    }
+    func listen() { channel.pipeline.fireUserInboundEventTriggered(RelayReceiver.Listen()) }
 
     func close() { channel.close(promise: nil) }
 }

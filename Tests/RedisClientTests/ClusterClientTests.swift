@@ -159,27 +159,55 @@ struct ClusterClientTests {
     /// A primary demoted by a manual failover and promoted again is seen anew. Redis keeps a
     /// client's connection open across both changes of role, so without more the connection
     /// opened before would be used again and nobody would learn that the server's history
-    /// changed (what it had may not be what its replacement acknowledged meanwhile).
+    /// changed (what it had may not be what its replacement acknowledged meanwhile). Here the
+    /// client follows the slot each time (`MOVED`), and the map that makes it a primary again
+    /// retires its connections.
     @Test func aPrimaryPromotedAgainIsAskedWhoItIs() async throws {
         try await RedisCluster.with(primaries: 1, replicasPerPrimary: 1) { cluster in
-            let client = RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds))
-            let seen = NIOLockedValueBox<[(address: RedisEndpoint.Address, identity: ServerIdentity)]>([])
-            client.observeServers { endpoint, identity in seen.withLockedValue { $0.append((endpoint.address, identity)) } }
+            let (client, seen) = try Self.observingClient(of: cluster)
             let first = try #require(try await cluster.primaries().first)
-            let address = RedisEndpoint.Address.tcp(host: "127.0.0.1", port: try #require(first.tcpPort))
             try await client.send(["SET", "k", "1"])
             let replica = try await cluster.failOver(first, .manual)
             try await client.send(["SET", "k", "2"])  // MOVED: the replica serves the slot now
             #expect(try await cluster.failOver(replica, .manual) === first)
             try await client.send(["SET", "k", "3"])  // MOVED back
             #expect(try await client.send(["GET", "k"]).string == "3")
-
-            let now = try await first.command("INFO", "replication")
-            let asPrimary = seen.withLockedValue { $0.filter { $0.address == address && $0.identity.isPrimary }.map(\.identity) }
-            #expect(Set(asPrimary.map(\.replicationID)).count == 2, "asked as a primary before and after: \(asPrimary)")
-            #expect(now.contains("master_replid:\(asPrimary.last?.replicationID ?? "?")"))
+            try await Self.expectSeenBeforeAndAfter(first, in: seen)
             await client.close()
         }
+    }
+
+    /// The same with nothing sent between the failovers: the client's map never changes, and
+    /// the server is seen anew only when asked who it is (each heartbeat asks every primary).
+    @Test func aPrimaryPromotedAgainWhileIdleIsSeenWhenAsked() async throws {
+        try await RedisCluster.with(primaries: 1, replicasPerPrimary: 1) { cluster in
+            let (client, seen) = try Self.observingClient(of: cluster)
+            let first = try #require(try await cluster.primaries().first)
+            try await client.send(["SET", "k", "1"])
+            #expect(try await cluster.failOver(try await cluster.failOver(first, .manual), .manual) === first)
+            await client.observeEachPrimary()
+            try await Self.expectSeenBeforeAndAfter(first, in: seen)
+            await client.close()
+        }
+    }
+
+    typealias Observed = NIOLockedValueBox<[(address: RedisEndpoint.Address, identity: ServerIdentity)]>
+
+    /// A client of the cluster, and every identity it is told of.
+    static func observingClient(of cluster: RedisCluster) throws -> (RedisClient, Observed) {
+        let client = RedisClient(cluster: try RedisEndpoint.clusterSeeds(cluster.seeds))
+        let seen = Observed([])
+        client.observeServers { endpoint, identity in seen.withLockedValue { $0.append((endpoint.address, identity)) } }
+        return (client, seen)
+    }
+
+    /// `server` was seen as a primary with two histories, the last its present one.
+    static func expectSeenBeforeAndAfter(_ server: RedisServerProcess, in seen: Observed) async throws {
+        let address = RedisEndpoint.Address.tcp(host: "127.0.0.1", port: try #require(server.tcpPort))
+        let asPrimary = seen.withLockedValue { $0.filter { $0.address == address && $0.identity.isPrimary }.map(\.identity) }
+        #expect(Set(asPrimary.map(\.replicationID)).count == 2, "asked as a primary before and after: \(asPrimary)")
+        let now = try await server.command("INFO", "replication")
+        #expect(now.contains("master_replid:\(asPrimary.last?.replicationID ?? "?")"))
     }
 
     /// Once closed, the client opens nothing. A command on it fails, which starts a read of the
