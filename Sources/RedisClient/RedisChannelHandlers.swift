@@ -86,11 +86,24 @@ final class RedisCommandHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Asks the handler to close its connection once no command waits for a reply (now, if
+    /// none does): a retired connection whose commands keep their replies.
+    struct CloseWhenIdle: Sendable {}
+    private var closeWhenIdle = false
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is CloseWhenIdle else { return context.triggerUserOutboundEvent(event, promise: promise) }
+        closeWhenIdle = true
+        promise?.succeed()
+        if waiting.isEmpty { context.close(promise: nil) }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let reply = unwrapInboundIn(data)
         if let promise = waiting.popFirst() {
             lastProgress = .now()
             promise.succeed(reply)
+            if closeWhenIdle, waiting.isEmpty { context.close(promise: nil) }
         } else if let onPush {
             onPush(reply)
         } else {

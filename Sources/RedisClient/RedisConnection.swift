@@ -126,10 +126,9 @@ public final class RedisConnection: Sendable {
         try? await channel.close()
     }
 
-    /// Closes the connection once the commands written on it so far have their replies (a
-    /// `PING` after them comes back last), so that none of them fails as maybe-sent.
+    /// Closes the connection once no command on it waits for a reply, so that none written
+    /// on it, before this or after, fails as maybe-sent.
     func closeAfterPendingReplies() {
-        let channel = channel
-        sendRaw(["PING"]).whenComplete { _ in channel.close(promise: nil) }
+        channel.triggerUserOutboundEvent(RedisCommandHandler.CloseWhenIdle(), promise: nil)
     }
 }

@@ -100,7 +100,11 @@ public final class RedisServerClient: Sendable {
         }
         switch next {
         case .open(let connection): return connection
-        case .opening(let task): return try await task.value
+        case .opening(let task):
+            let connection = try await task.value
+            // Retired as it opened (see `retireConnections`): the next one reads who the server is.
+            guard state.withLockedValue({ $0.connections[place] === connection }) else { return try await self.connection() }
+            return connection
         }
     }
 

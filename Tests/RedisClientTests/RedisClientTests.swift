@@ -206,6 +206,20 @@ struct RedisClientTests {
         try await silent.close()
     }
 
+    /// A retired connection (a cluster server that became a primary again) closes once what
+    /// was written on it has its reply, so that no command on it fails as maybe-sent.
+    @Test func aConnectionClosedWhenIdleFinishesWhatItWasSent() async throws {
+        try await RedisServerProcess.with { server in
+            let connection = try await RedisConnection.connect(to: try RedisEndpoint(url: server.url))
+            let blocked = connection.sendRaw(["BLPOP", "nothing", "0.3"])  // answers after 0.3 s
+            connection.closeAfterPendingReplies()
+            let later = connection.sendRaw(["PING"])
+            #expect(try await blocked.get() == .null)
+            #expect(try await later.get() == .simpleString("PONG"))
+            try await connection.closeFuture.get()
+        }
+    }
+
     @Test func commandsFailFastWhileRedisIsDown() async throws {
         try await RedisServerProcess.with { server in
             let client = RedisClient(endpoint: try RedisEndpoint(url: server.url))
