@@ -20,6 +20,8 @@ wait_ready() {
 
 # CPU ticks summed over the listed processes (every thread, user + system), from /proc.
 cpu_sum() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | paste -sd+ | bc; }
+# `write`-family system calls made so far by the listed processes (every thread), from /proc.
+writes_sum() { for pid in "$@"; do awk '/^syscw:/ {print $2}' "/proc/$pid/io"; done | paste -sd+ | bc; }
 # µs of CPU per operation: (ticks before, ticks after, operations).
 us_per() { echo $(( ($2 - $1) * 1000000 / $(getconf CLK_TCK) / ($3 > 0 ? $3 : 1) )); }
 # The load tool's own CPU per operation, from a `time` line ("user system", TIMEFORMAT below)

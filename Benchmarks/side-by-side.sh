@@ -6,10 +6,10 @@
 # nodes' CPU (from /proc), over windows from each POST until every member has its add-peer, and
 # each Redis command's calls and time in those windows (scripts' own calls included). Then
 # relays for DURATION, closed loop and at a fixed RATE (default 2000/s): throughput, p99, CPU µs
-# per relay summed over both nodes and Redis (from /proc), Redis's part of it, and the load
-# tool's own CPU per relay. LOAD_BEFORE (a folder with switchboard-load) drives the before
-# build with a tool of its own, to measure a change to the tool. SKIP_JOINS=1 runs the relays
-# only.
+# per relay summed over both nodes and Redis (from /proc), Redis's part of it, the nodes'
+# `write` system calls per relay (from /proc/PID/io), and the load tool's own CPU per relay.
+# LOAD_BEFORE (a folder with switchboard-load) drives the before build with a tool of its own,
+# to measure a change to the tool. SKIP_JOINS=1 runs the relays only.
 #   git worktree add /tmp/before <commit> && (cd /tmp/before && swift build -c release --product switchboard)
 #   swift build -c release
 #   Benchmarks/side-by-side.sh /tmp/before/.build/release .build/release
@@ -71,11 +71,12 @@ for round in $(seq 1 "$ROUNDS"); do
     # shellcheck disable=SC2086
     processes=($(echo ${NODE_PIDS[$i]} | sed 's/--pid //g') "${REDIS_PIDS[$i]}")
     for rate in 0 "$RATE"; do
-      before=$(cpu_sum "${processes[@]}") redis_before=$(cpu_sum "${REDIS_PIDS[$i]}")
+      nodes_only=("${processes[@]:0:2}")
+      before=$(cpu_sum "${processes[@]}") redis_before=$(cpu_sum "${REDIS_PIDS[$i]}") writes_before=$(writes_sum "${nodes_only[@]}")
       { time "${LOADS[$i]}" relay "${NODES[@]}" --pairs 16 --rate "$rate" --duration "$DURATION" --json >"$WORK/relay.json" 2>/dev/null; } 2>"$WORK/relay.time"
-      after=$(cpu_sum "${processes[@]}") redis_after=$(cpu_sum "${REDIS_PIDS[$i]}")
+      after=$(cpu_sum "${processes[@]}") redis_after=$(cpu_sum "${REDIS_PIDS[$i]}") writes_after=$(writes_sum "${nodes_only[@]}")
       delivered=$(field delivered <"$WORK/relay.json")
-      echo "relays $([ "$rate" = 0 ] && echo "closed loop" || echo "at $rate/s") $(field per_second <"$WORK/relay.json" | cut -d. -f1)/s, p99 $(field p99_ms <"$WORK/relay.json") ms, lost $(field lost <"$WORK/relay.json"); CPU per relay $(us_per "$before" "$after" "$delivered") µs (Redis $(us_per "$redis_before" "$redis_after" "$delivered")); load tool CPU per relay $(tool_us_per "$WORK/relay.time" "$delivered") µs"
+      echo "relays $([ "$rate" = 0 ] && echo "closed loop" || echo "at $rate/s") $(field per_second <"$WORK/relay.json" | cut -d. -f1)/s, p99 $(field p99_ms <"$WORK/relay.json") ms, lost $(field lost <"$WORK/relay.json"); CPU per relay $(us_per "$before" "$after" "$delivered") µs (Redis $(us_per "$redis_before" "$redis_after" "$delivered")), the nodes' writes per relay $(echo "scale=2; ($writes_after - $writes_before) / $delivered" | bc); load tool CPU per relay $(tool_us_per "$WORK/relay.time" "$delivered") µs"
     done
   done
 done

@@ -21,7 +21,9 @@ struct RelayCommand: AsyncParsableCommand {
     func run() async throws {
         let nodes = try options.fleet()
         let counters = Counters()
-        let receivers = try await connectReceivers(nodes: nodes, counters: counters)
+        let receivers = try await openMany(pairs) { index in
+            try await ReceiverStream.open(name: "receiver\(index)", node: nodes[index % nodes.count], counters: counters)
+        }
         defer { receivers.forEach { $0.close() } }
         // Receivers and senders share one room, so any server that limits relays to room
         // members lets them through.
@@ -78,25 +80,6 @@ struct RelayCommand: AsyncParsableCommand {
         row.merge(latencies.summary) { $1 }
         report.rows.append(row)
         report.print(json: options.json)
-    }
-
-    /// The receivers' streams, spread round-robin over the nodes, 64 opening at a time.
-    private func connectReceivers(nodes: [NodeAddress], counters: Counters) async throws -> [ReceiverStream] {
-        try await withThrowingTaskGroup(of: (Int, ReceiverStream).self) { group in
-            var receivers: [ReceiverStream?] = Array(repeating: nil, count: pairs)
-            var next = 0
-            func add() {
-                let index = next
-                group.addTask { (index, try await ReceiverStream.open(name: "receiver\(index)", node: nodes[index % nodes.count], counters: counters)) }
-                next += 1
-            }
-            while next < min(64, pairs) { add() }
-            while let (index, receiver) = try await group.next() {
-                receivers[index] = receiver
-                if next < pairs { add() }
-            }
-            return receivers.map { $0! }
-        }
     }
 }
 

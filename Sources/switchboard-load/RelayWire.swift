@@ -7,7 +7,8 @@ import SignalingClient
 // The relay mode's senders and receivers as channel handlers on the event loop. The tool shares
 // the machine with what it measures, and in a closed loop its CPU per relay is the nodes'
 // ceiling as much as their own: through `PersistentConnection`, an `AsyncStream` of response
-// parts and `SSEParser`'s strings it spent 58–68 µs of CPU per relay, as much as one node.
+// parts and `SSEParser`'s strings it spent about 60 µs of CPU per relay (README, "The load
+// tool"), half of what both nodes and Redis did.
 // Here a request is one buffer written straight to the socket, and an event is read in place.
 
 /// A connection for one sender: once told to `Start`, posts `load` relays to its receiver, back
@@ -124,14 +125,12 @@ final class RelayReceiver: ChannelInboundHandler {
     private let opened: EventLoopPromise<String>
     private let finished: EventLoopPromise<Latencies>
     private let counters: Counters
+    private let request: String
     private var scanner = EventScanner()
-    private var peerID: String?
     private var latencies = Latencies()
     private var expected = 0
     private var seen = Set<Int>()
     private var lastHeard: UInt64 = 0
-
-    private let request: String
 
     init(request: String, opened: EventLoopPromise<String>, finished: EventLoopPromise<Latencies>, counters: Counters) {
         self.request = request
@@ -211,11 +210,7 @@ final class RelayReceiver: ChannelInboundHandler {
             context.close(promise: nil)
         case .other(let name):
             lastHeard = now
-            guard peerID == nil, name == "connected",
-                let object = try? JSONSerialization.jsonObject(with: Data(data)) as? [String: Any],
-                let user = object["user"] as? [String: Any], let id = user["id"] as? String
-            else { return }
-            peerID = id
+            guard name == "connected", let id = Peer.peerID(connected: Data(data)) else { return }
             opened.succeed(id)
         }
     }
