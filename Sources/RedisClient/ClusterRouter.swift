@@ -16,6 +16,11 @@ final class ClusterRouter: Sendable {
     private let onConnectionEvent: (@Sendable (RedisConnectionEvent) -> Void)?
     private let identityObserver: IdentityObserver
     private let state = NIOLockedValueBox(State())
+    /// The version of the map last given to the watchers. Maps are yielded under this lock, not
+    /// `state`'s: a watcher's stream, cancelled, takes `state` (to forget the watcher) while it
+    /// holds its task's lock, and a yield that resumed that task under `state` waited for the
+    /// same task's lock (a deadlock seen once at a node's shutdown).
+    private let yielded = NIOLockedValueBox<UInt64>(0)
 
     /// Redirections and waits one command may go through before it fails as unavailable: a
     /// slot migration is a redirection or two, a failover's `CLUSTERDOWN` a few waits.
@@ -103,15 +108,17 @@ final class ClusterRouter: Sendable {
     }
 
     /// Makes `change(current map)` the map, unless it is nil or the same, and tells the
-    /// watchers. Returns the map now (nil if none was ever read). Under the lock, so that a change made from a map is
-    /// never applied over a newer one, and watchers get the maps in the order adopted.
+    /// watchers. Returns the map now (nil if none was ever read). Under the lock, so that a
+    /// change made from a map is never applied over a newer one; watchers never get a map
+    /// older than one they were given.
     ///
     /// A server the map makes a primary that served no slot before gets new connections before
     /// any command routed by this map reaches it (see `RedisServerClient.retireConnections`).
     @discardableResult
     private func adopt(_ change: (ClusterTopology?) -> ClusterTopology?) -> ClusterTopology? {
-        let (current, changed, retired) = state.withLockedValue { state -> (ClusterTopology?, Bool, [RedisConnection]) in
-            guard var topology = change(state.topology), topology != state.topology else { return (state.topology, false, []) }
+        typealias Adopted = (current: ClusterTopology?, changed: Bool, retired: [RedisConnection], watchers: [AsyncStream<ClusterTopology>.Continuation])
+        let (current, changed, retired, watchers) = state.withLockedValue { state -> Adopted in
+            guard var topology = change(state.topology), topology != state.topology else { return (state.topology, false, [], []) }
             topology.version = (state.topology?.version ?? 0) + 1
             var retired: [RedisConnection] = []
             if let previous = state.topology {  // the first map comes right after the seeds said who they are
@@ -121,12 +128,16 @@ final class ClusterRouter: Sendable {
                 }
             }
             state.topology = topology
-            for watcher in state.watchers.values { watcher.yield(topology) }
-            return (topology, true, retired)
+            return (topology, true, retired, Array(state.watchers.values))
         }
         // Closed outside the lock: a channel closed on its own loop runs its callbacks at once.
         for connection in retired { connection.closeAfterPendingReplies() }
         if changed, let current {
+            yielded.withLockedValue { last in
+                guard current.version > last else { return }  // a newer map went out first
+                last = current.version
+                for watcher in watchers { watcher.yield(current) }
+            }
             logger.info("cluster map read", metadata: ["primaries": "\(current.primaries.map(\.description))"])
         }
         return current

@@ -22,18 +22,7 @@ public final class RedisCluster: Sendable {
         var servers: [RedisServerProcess] = []
         do {
             for _ in 0..<(primaries * (1 + replicasPerPrimary)) {
-                servers.append(
-                    try await RedisServerProcess.start(
-                        tcpPort: try freeClusterPort(),
-                        extraArguments: [
-                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", String(nodeTimeout),
-                            // One shard down must not stop the others (and a failover test checks them).
-                            "--cluster-require-full-coverage", "no",
-                            // A replica's first sync starts at once, not after the 5 s Redis waits
-                            // for more replicas to share it.
-                            "--repl-diskless-sync-delay", "0",
-                        ]))
+                servers.append(try await startServer(nodeTimeout: nodeTimeout))
             }
             let cluster = RedisCluster(servers: servers, replicasPerPrimary: replicasPerPrimary)
             try await cluster.create()
@@ -260,6 +249,31 @@ public final class RedisCluster: Sendable {
     }
 
     /// A free loopback port whose cluster bus port (port + 10000) is free too.
+    /// One cluster-enabled server on a free port (and the bus port 10000 above it). A port found
+    /// free may be taken before the server binds it (every outgoing connection on the machine
+    /// draws from the same range): then another is tried.
+    private static func startServer(nodeTimeout: Int) async throws -> RedisServerProcess {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                return try await RedisServerProcess.start(
+                    tcpPort: try freeClusterPort(),
+                    extraArguments: [
+                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", String(nodeTimeout),
+                        // One shard down must not stop the others (and a failover test checks them).
+                        "--cluster-require-full-coverage", "no",
+                        // A replica's first sync starts at once, not after the 5 s Redis waits
+                        // for more replicas to share it.
+                        "--repl-diskless-sync-delay", "0",
+                    ])
+            } catch let error as RedisServerProcess.FailedToStart where attempt < 5 && error.log.contains("Address already in use") {
+                continue
+            }
+        }
+    }
+
     static func freeClusterPort() throws -> Int {
         for _ in 0..<100 {
             let port = try RedisServerProcess.freePort()

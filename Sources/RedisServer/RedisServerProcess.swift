@@ -36,7 +36,12 @@ public final class RedisServerProcess: @unchecked Sendable {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let server = RedisServerProcess(
             executable: executable, directory: directory, tcpPort: tcpPort, extraArguments: extraArguments)
-        try await server.launch()
+        do {
+            try await server.launch()
+        } catch {
+            await server.stop()  // its directory too
+            throw error
+        }
         return server
     }
 
